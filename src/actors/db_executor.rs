@@ -1,0 +1,236 @@
+//! `DbExecutor`: the one SQLite write connection, on a `SyncArbiter` thread.
+//!
+//! It owns the connection and handles one message at a time, so writes are
+//! serialised and every transaction is `BEGIN IMMEDIATE`. Messages commit
+//! in groups: `WriteBatcher` collects them and sends one [`CommitMessages`].
+//!
+//! # Architecture Invariant
+//! This is the only place that writes to the database.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::{Actor, Handler, Message, SyncContext};
+use rusqlite::Connection;
+use uuid::Uuid;
+
+use crate::db::writes::{self, LoginOutcome, MessageWrite, Purged, Skipped};
+use crate::db::DbError;
+use crate::metrics::Metrics;
+use crate::model::{now_ms, Conversation, DmKey, Pubkey, StoredMessage, User};
+
+pub struct DbExecutor {
+    /// The write connection; lives as long as the executor thread.
+    conn: Connection,
+    metrics: Arc<Metrics>,
+}
+
+impl DbExecutor {
+    pub fn new(conn: Connection, metrics: Arc<Metrics>) -> Self {
+        DbExecutor { conn, metrics }
+    }
+}
+
+impl Actor for DbExecutor {
+    type Context = SyncContext<Self>;
+}
+
+/// Registers a user on first login, or updates the display name.
+#[derive(Message)]
+#[rtype(result = "Result<LoginOutcome, DbError>")]
+pub struct LoginUser {
+    pub pubkey: Pubkey,
+    pub display_name: Option<String>,
+}
+
+impl Handler<LoginUser> for DbExecutor {
+    type Result = Result<LoginOutcome, DbError>;
+    fn handle(&mut self, msg: LoginUser, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::login_user(
+            &mut self.conn,
+            &msg.pubkey,
+            msg.display_name.as_deref(),
+            now_ms(),
+        )
+    }
+}
+
+/// Stores the hash of a newly issued refresh token.
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct StoreRefreshToken {
+    pub hash: [u8; 32],
+    pub user: Pubkey,
+    pub expires_at: u64,
+}
+
+impl Handler<StoreRefreshToken> for DbExecutor {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, msg: StoreRefreshToken, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::insert_refresh_token(
+            &mut self.conn,
+            &msg.hash,
+            &msg.user,
+            now_ms(),
+            msg.expires_at,
+        )
+    }
+}
+
+/// Consumes a refresh token and stores its successor.
+#[derive(Message)]
+#[rtype(result = "Result<Option<User>, DbError>")]
+pub struct RotateRefreshToken {
+    pub old_hash: [u8; 32],
+    pub new_hash: [u8; 32],
+    pub expires_at: u64,
+}
+
+impl Handler<RotateRefreshToken> for DbExecutor {
+    type Result = Result<Option<User>, DbError>;
+    fn handle(&mut self, msg: RotateRefreshToken, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::rotate_refresh_token(
+            &mut self.conn,
+            &msg.old_hash,
+            &msg.new_hash,
+            now_ms(),
+            msg.expires_at,
+        )
+    }
+}
+
+/// Publishes (upserts) a user's X25519 key; answers whether it changed.
+#[derive(Message)]
+#[rtype(result = "Result<(DmKey, bool), DbError>")]
+pub struct UpsertDmKey {
+    pub user: Pubkey,
+    pub key: [u8; 32],
+}
+
+impl Handler<UpsertDmKey> for DbExecutor {
+    type Result = Result<(DmKey, bool), DbError>;
+    fn handle(&mut self, msg: UpsertDmKey, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::upsert_dm_key(&mut self.conn, &msg.user, &msg.key, now_ms())
+    }
+}
+
+/// Creates the conversation of a normalised pair, or finds the existing one.
+#[derive(Message)]
+#[rtype(result = "Result<(Conversation, bool), DbError>")]
+pub struct CreateConversation {
+    pub participant_a: Pubkey,
+    pub participant_b: Pubkey,
+}
+
+impl Handler<CreateConversation> for DbExecutor {
+    type Result = Result<(Conversation, bool), DbError>;
+    fn handle(&mut self, msg: CreateConversation, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::create_conversation(
+            &mut self.conn,
+            &msg.participant_a,
+            &msg.participant_b,
+            now_ms(),
+        )
+    }
+}
+
+/// Group commit: messages of many conversations in one transaction.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Result<(), Skipped>>, DbError>")]
+pub struct CommitMessages(pub Vec<MessageWrite>);
+
+impl Handler<CommitMessages> for DbExecutor {
+    type Result = Result<Vec<Result<(), Skipped>>, DbError>;
+    fn handle(&mut self, msg: CommitMessages, _: &mut SyncContext<Self>) -> Self::Result {
+        let started = Instant::now();
+        let result = writes::commit_messages(&mut self.conn, &msg.0, now_ms());
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.write_batch_size.observe(msg.0.len() as f64);
+        result
+    }
+}
+
+/// Queues a committed message for a recipient whose live push failed.
+#[derive(Message)]
+#[rtype(result = "Result<bool, DbError>")]
+pub struct QueueOffline {
+    pub recipient: Pubkey,
+    pub message_id: Uuid,
+}
+
+impl Handler<QueueOffline> for DbExecutor {
+    type Result = Result<bool, DbError>;
+    fn handle(&mut self, msg: QueueOffline, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::queue_offline(&mut self.conn, &msg.recipient, &msg.message_id, now_ms())
+    }
+}
+
+/// Returns a user's undelivered offline entries and marks them delivered.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredMessage>, DbError>")]
+pub struct TakeOffline {
+    pub recipient: Pubkey,
+}
+
+impl Handler<TakeOffline> for DbExecutor {
+    type Result = Result<Vec<StoredMessage>, DbError>;
+    fn handle(&mut self, msg: TakeOffline, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::take_offline(&mut self.conn, &msg.recipient)
+    }
+}
+
+/// Marks the named entries of one user delivered.
+#[derive(Message)]
+#[rtype(result = "Result<u32, DbError>")]
+pub struct AckOffline {
+    pub recipient: Pubkey,
+    pub message_ids: Vec<Uuid>,
+}
+
+impl Handler<AckOffline> for DbExecutor {
+    type Result = Result<u32, DbError>;
+    fn handle(&mut self, msg: AckOffline, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::ack_offline(&mut self.conn, &msg.recipient, &msg.message_ids)
+    }
+}
+
+/// The janitor's purge of expired offline entries and refresh tokens.
+#[derive(Message)]
+#[rtype(result = "Result<Purged, DbError>")]
+pub struct PurgeExpired {
+    pub offline_cutoff: u64,
+}
+
+impl Handler<PurgeExpired> for DbExecutor {
+    type Result = Result<Purged, DbError>;
+    fn handle(&mut self, msg: PurgeExpired, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::purge_expired(&mut self.conn, msg.offline_cutoff, now_ms())
+    }
+}
+
+/// Answers whether the write connection works (for `/healthz`).
+#[derive(Message)]
+#[rtype(result = "Result<(), DbError>")]
+pub struct Ping;
+
+impl Handler<Ping> for DbExecutor {
+    type Result = Result<(), DbError>;
+    fn handle(&mut self, _: Ping, _: &mut SyncContext<Self>) -> Self::Result {
+        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// Reports the writer connection's `journal_mode` and `synchronous`.
+#[derive(Message)]
+#[rtype(result = "Result<(String, i64), DbError>")]
+pub struct DurabilitySettings;
+
+impl Handler<DurabilitySettings> for DbExecutor {
+    type Result = Result<(String, i64), DbError>;
+    fn handle(&mut self, _: DurabilitySettings, _: &mut SyncContext<Self>) -> Self::Result {
+        crate::db::durability_settings(&self.conn)
+    }
+}

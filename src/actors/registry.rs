@@ -1,0 +1,189 @@
+//! `SessionRegistry`: who is online. Maps each pubkey to every live session
+//! of that user (one per device).
+//!
+//! It is a shared map behind a lock rather than an actor: the
+//! `ConversationActor` must know, at the moment it assigns a sequence,
+//! whether the recipient has a live session (that decides whether the
+//! offline entry goes into the same transaction). An actor round trip there
+//! would put every conversation behind one mailbox.
+//!
+//! # Architecture Invariant
+//! A session is registered from its `started()` to its `stopping()`, and a
+//! session whose push fails is removed at once: the registry never keeps a
+//! dead session, so "online" is never a lie for longer than one push.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use actix::{Message, Recipient};
+use bytes::Bytes;
+
+use crate::metrics::Metrics;
+use crate::model::Pubkey;
+
+/// One encoded event `Envelope`, the same bytes for every recipient.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Bytes);
+
+/// Asks a session to close with a WebSocket close code.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Kick {
+    pub code: u16,
+    /// Let the session's in-flight requests answer before it closes.
+    pub drain: bool,
+}
+
+/// WebSocket close codes the hub uses.
+pub mod close_code {
+    /// The hub is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Too many bad frames in a row.
+    pub const POLICY: u16 = 1008;
+    /// A message over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The session fell too far behind (try again later).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// What the registry keeps of one session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub id: u64,
+    /// Bounded: `try_send` fails when the session is `--session-buffer` behind.
+    pub deliver: Recipient<Deliver>,
+    pub kick: Recipient<Kick>,
+}
+
+/// Outcome of pushing one event to one user's sessions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    pub delivered: usize,
+    pub failed: usize,
+}
+
+pub struct SessionRegistry {
+    /// pubkey → that user's live sessions.
+    users: RwLock<HashMap<Pubkey, Vec<SessionHandle>>>,
+    next_id: AtomicU64,
+    /// Set once shutdown begins; new sessions are turned away.
+    closing: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionRegistry {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        SessionRegistry {
+            users: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a session; `false` when the hub is shutting down.
+    pub fn register(&self, user: &Pubkey, handle: SessionHandle) -> bool {
+        if self.closing.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+        users.entry(user.clone()).or_default().push(handle);
+        self.metrics.live_sessions.inc();
+        true
+    }
+
+    /// Removes a session; idempotent.
+    pub fn unregister(&self, user: &Pubkey, session: u64) {
+        let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(sessions) = users.get_mut(user) {
+            let before = sessions.len();
+            sessions.retain(|s| s.id != session);
+            if sessions.len() < before {
+                self.metrics.live_sessions.dec();
+            }
+            if sessions.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    pub fn is_online(&self, user: &Pubkey) -> bool {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        users.get(user).is_some_and(|s| !s.is_empty())
+    }
+
+    pub fn session_count(&self, user: &Pubkey) -> usize {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        users.get(user).map_or(0, Vec::len)
+    }
+
+    pub fn total_sessions(&self) -> usize {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        users.values().map(Vec::len).sum()
+    }
+
+    /// Hands `event` to every live session of `user` without blocking.
+    ///
+    /// A session whose buffer is full is removed and told to close with 1013;
+    /// a closed one is removed. Neither counts as delivered.
+    pub fn push(&self, user: &Pubkey, event: &Bytes) -> Pushed {
+        let mut pushed = Pushed::default();
+        let mut dead = Vec::new();
+        {
+            let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+            let Some(sessions) = users.get(user) else {
+                return pushed;
+            };
+            for session in sessions {
+                match session.deliver.try_send(Deliver(event.clone())) {
+                    Ok(()) => pushed.delivered += 1,
+                    Err(err) => {
+                        pushed.failed += 1;
+                        if matches!(err, actix::prelude::SendError::Full(_)) {
+                            tracing::warn!(
+                                session = session.id,
+                                "session too slow; closing with 1013"
+                            );
+                            // `do_send` ignores the full mailbox; sent once,
+                            // since the session leaves the registry below.
+                            session.kick.do_send(Kick {
+                                code: close_code::TRY_AGAIN_LATER,
+                                drain: false,
+                            });
+                        }
+                        dead.push(session.id);
+                    }
+                }
+            }
+        }
+        self.metrics.pushes.inc_by(pushed.delivered as u64);
+        self.metrics.pushes_failed.inc_by(pushed.failed as u64);
+        for id in dead {
+            self.unregister(user, id);
+        }
+        pushed
+    }
+
+    /// Starts shutdown: refuses new sessions and asks every live one to
+    /// close with 1001 once its in-flight requests have answered.
+    pub fn close_all(&self) {
+        self.closing.store(true, Ordering::Release);
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        for session in users.values().flatten() {
+            session.kick.do_send(Kick {
+                code: close_code::GOING_AWAY,
+                drain: true,
+            });
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,279 @@
+//! `WsSession`: one actor per WebSocket connection.
+//!
+//! It owns the socket: it decodes binary `Envelope` frames, runs each request
+//! as its own future (so requests pipeline and may answer in any order),
+//! writes pushed events ([`Deliver`]) in the order it receives them, and keeps
+//! the heartbeat. Its mailbox is bounded by `--session-buffer`; a session
+//! that falls that far behind is closed with 1013 by the registry.
+//!
+//! Only this file and `http::ws` know about actix-web-actors.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::Item;
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+
+use super::registry::{close_code, Deliver, Kick, SessionHandle};
+use crate::error::ApiError;
+use crate::model::Pubkey;
+use crate::proto::Envelope;
+use crate::service;
+use crate::state::AppState;
+
+/// Bad frames in a row (text, undecodable, server-only) before closing with 1008.
+pub const MAX_BAD_FRAMES: u32 = 10;
+/// Continuation frames one message may have.
+pub const MAX_FRAGMENTS: usize = 4096;
+/// Requests one session may have in flight; past that a request gets 429.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// How long a closing session waits for its in-flight requests.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A message being assembled from continuation frames.
+struct Fragments {
+    buf: BytesMut,
+    binary: bool,
+    count: usize,
+}
+
+pub struct WsSession {
+    /// Unique per hub; the registry's key for this session.
+    id: u64,
+    user: Pubkey,
+    state: Arc<AppState>,
+    /// Last time the client sent anything (a pong included).
+    last_heard: Instant,
+    fragments: Option<Fragments>,
+    /// Bad frames since the last good one.
+    bad_frames: u32,
+    /// Requests whose answer has not been written yet.
+    in_flight: usize,
+    /// Set when asked to close once in-flight requests have answered.
+    closing: Option<u16>,
+}
+
+impl WsSession {
+    pub fn new(user: Pubkey, state: Arc<AppState>) -> Self {
+        WsSession {
+            id: state.registry.next_session_id(),
+            user,
+            state,
+            last_heard: Instant::now(),
+            fragments: None,
+            bad_frames: 0,
+            in_flight: 0,
+            closing: None,
+        }
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        tracing::debug!(session = self.id, code, reason, "closing session");
+        ctx.close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let idle_timeout = self.state.settings.idle_timeout();
+        ctx.run_interval(self.state.settings.ping_interval(), move |act, ctx| {
+            if act.last_heard.elapsed() >= idle_timeout {
+                act.close(ctx, 1000, "idle timeout");
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    /// Answers a frame the hub cannot use; closes after too many in a row.
+    fn bad_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>, request_id: &str, why: &str) {
+        self.bad_frames += 1;
+        ctx.binary(service::ws::error_envelope(
+            request_id,
+            &ApiError::invalid(why),
+        ));
+        if self.bad_frames >= MAX_BAD_FRAMES {
+            self.close(ctx, close_code::POLICY, "too many bad frames");
+        }
+    }
+
+    fn on_message(&mut self, ctx: &mut ws::WebsocketContext<Self>, data: Bytes) {
+        let envelope = match Envelope::decode(data) {
+            Ok(e) => e,
+            Err(_) => return self.bad_frame(ctx, "", "the frame is not a protobuf Envelope"),
+        };
+        let Some(payload) = envelope.payload else {
+            return self.bad_frame(ctx, &envelope.request_id, "the Envelope has no payload");
+        };
+        if !service::ws::is_request(&payload) {
+            return self.bad_frame(
+                ctx,
+                &envelope.request_id,
+                "this payload is sent only by the server",
+            );
+        }
+        self.bad_frames = 0;
+        if self.closing.is_some() {
+            let err = ApiError::ShuttingDown;
+            ctx.binary(service::ws::error_envelope(&envelope.request_id, &err));
+            return;
+        }
+        if self.in_flight >= MAX_IN_FLIGHT {
+            let err = ApiError::RateLimited { retry_after: 1 };
+            ctx.binary(service::ws::error_envelope(&envelope.request_id, &err));
+            return;
+        }
+        self.in_flight += 1;
+        let request = service::ws::handle(
+            self.state.clone(),
+            self.user.clone(),
+            envelope.request_id,
+            payload,
+        );
+        request
+            .into_actor(self)
+            .map(|answer, act, ctx| {
+                ctx.binary(answer);
+                act.in_flight -= 1;
+                if let (Some(code), 0) = (act.closing, act.in_flight) {
+                    act.close(ctx, code, "the hub is shutting down");
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn on_continuation(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: Item) {
+        let max = self.state.settings.max_frame_bytes;
+        let binary = matches!(item, Item::FirstBinary(_));
+        let (chunk, last) = match item {
+            Item::FirstText(b) | Item::FirstBinary(b) => {
+                if self.fragments.is_some() {
+                    return self.close(ctx, 1002, "a new message began inside a fragmented one");
+                }
+                self.fragments = Some(Fragments {
+                    buf: BytesMut::new(),
+                    binary,
+                    count: 0,
+                });
+                (b, false)
+            }
+            Item::Continue(b) => (b, false),
+            Item::Last(b) => (b, true),
+        };
+        let Some(fragments) = self.fragments.as_mut() else {
+            return self.close(ctx, 1002, "a continuation frame without a first frame");
+        };
+        fragments.count += 1;
+        if fragments.buf.len() + chunk.len() > max || fragments.count > MAX_FRAGMENTS {
+            self.fragments = None;
+            return self.close(ctx, close_code::TOO_BIG, "message too big");
+        }
+        fragments.buf.extend_from_slice(&chunk);
+        if last {
+            let Some(done) = self.fragments.take() else {
+                return;
+            };
+            if done.binary {
+                self.on_message(ctx, done.buf.freeze());
+            } else {
+                self.bad_frame(
+                    ctx,
+                    "",
+                    "text frames are not accepted; send binary Envelopes",
+                );
+            }
+        }
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.state.settings.session_buffer);
+        let addr = ctx.address();
+        let handle = SessionHandle {
+            id: self.id,
+            deliver: addr.clone().recipient(),
+            kick: addr.recipient(),
+        };
+        if !self.state.registry.register(&self.user, handle) {
+            return self.close(ctx, close_code::GOING_AWAY, "the hub is shutting down");
+        }
+        tracing::info!(session = self.id, user = ?self.user, "session started");
+        self.heartbeat(ctx);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.state.registry.unregister(&self.user, self.id);
+        tracing::info!(session = self.id, "session ended");
+        Running::Stop
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Binary(data)) => {
+                if self.fragments.is_some() {
+                    return self.close(ctx, 1002, "a new message began inside a fragmented one");
+                }
+                self.on_message(ctx, data)
+            }
+            Ok(ws::Message::Text(_)) => self.bad_frame(
+                ctx,
+                "",
+                "text frames are not accepted; send binary Envelopes",
+            ),
+            Ok(ws::Message::Continuation(item)) => self.on_continuation(ctx, item),
+            Ok(ws::Message::Ping(data)) => ctx.pong(&data),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => self.close(ctx, close_code::TOO_BIG, "message too big"),
+            Err(err) => {
+                tracing::debug!(session = self.id, error = %err, "protocol error");
+                self.close(ctx, 1002, "protocol error");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The client's side of the stream ended.
+        ctx.stop();
+    }
+}
+
+impl Handler<Deliver> for WsSession {
+    type Result = ();
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        ctx.binary(msg.0);
+    }
+}
+
+impl Handler<Kick> for WsSession {
+    type Result = ();
+    fn handle(&mut self, msg: Kick, ctx: &mut Self::Context) {
+        if msg.drain && self.in_flight > 0 {
+            self.closing = Some(msg.code);
+            ctx.run_later(DRAIN_TIMEOUT, move |act, ctx| {
+                act.close(ctx, msg.code, "the hub is shutting down")
+            });
+        } else {
+            let reason = if msg.code == close_code::TRY_AGAIN_LATER {
+                "too slow: try again later"
+            } else {
+                "the hub is shutting down"
+            };
+            self.close(ctx, msg.code, reason);
+        }
+    }
+}

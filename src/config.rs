@@ -1,0 +1,145 @@
+//! Runtime settings: one typed struct, every field a documented flag that also
+//! reads `UNITED_<FLAG>` from the environment (a flag beats its variable).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The defaults of the wire contract (section 5), in one place.
+pub mod defaults {
+    pub const BIND: &str = "127.0.0.1:1984";
+    pub const DATA_DIR: &str = "./data";
+    pub const ACCESS_TOKEN_TTL: u64 = 900;
+    pub const REFRESH_TOKEN_TTL: u64 = 7 * 24 * 3600;
+    pub const CHALLENGE_TTL: u64 = 60;
+    pub const OFFLINE_TTL: u64 = 30 * 24 * 3600;
+    pub const JANITOR_INTERVAL: u64 = 3600;
+    pub const PING_INTERVAL: u64 = 10;
+    pub const IDLE_TIMEOUT: u64 = 30;
+    pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+    pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+    pub const SESSION_BUFFER: usize = 1024;
+}
+
+/// Everything the hub can be told at start.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Settings {
+    /// Listen address (use port 0 to let the OS pick one).
+    #[arg(long, env = "UNITED_BIND", default_value = defaults::BIND)]
+    pub bind: SocketAddr,
+
+    /// Directory that holds `united.db` and `jwt_secret`; created if missing.
+    #[arg(long, env = "UNITED_DATA_DIR", default_value = defaults::DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// HS256 key file [default: <data-dir>/jwt_secret, generated on first start].
+    #[arg(long, env = "UNITED_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Access-token lifetime, seconds.
+    #[arg(long, env = "UNITED_ACCESS_TOKEN_TTL", default_value_t = defaults::ACCESS_TOKEN_TTL)]
+    pub access_token_ttl: u64,
+
+    /// Refresh-token lifetime, seconds.
+    #[arg(long, env = "UNITED_REFRESH_TOKEN_TTL", default_value_t = defaults::REFRESH_TOKEN_TTL)]
+    pub refresh_token_ttl: u64,
+
+    /// How long a login challenge can be answered, seconds.
+    #[arg(long, env = "UNITED_CHALLENGE_TTL", default_value_t = defaults::CHALLENGE_TTL)]
+    pub challenge_ttl: u64,
+
+    /// How long an offline-queue entry is kept, seconds (30 days).
+    #[arg(long, env = "UNITED_OFFLINE_TTL", default_value_t = defaults::OFFLINE_TTL)]
+    pub offline_ttl: u64,
+
+    /// Seconds between two runs of the janitor's purge.
+    #[arg(long, env = "UNITED_JANITOR_INTERVAL", default_value_t = defaults::JANITOR_INTERVAL)]
+    pub janitor_interval: u64,
+
+    /// Seconds between two WebSocket pings.
+    #[arg(long, env = "UNITED_PING_INTERVAL", default_value_t = defaults::PING_INTERVAL)]
+    pub ping_interval: u64,
+
+    /// A session that sends nothing (not even a pong) for this many seconds is closed.
+    #[arg(long, env = "UNITED_IDLE_TIMEOUT", default_value_t = defaults::IDLE_TIMEOUT)]
+    pub idle_timeout: u64,
+
+    /// Ciphertext bytes allowed in one message.
+    #[arg(long, env = "UNITED_MAX_PAYLOAD_BYTES", default_value_t = defaults::MAX_PAYLOAD_BYTES)]
+    pub max_payload_bytes: usize,
+
+    /// Bytes allowed in one WebSocket message, after continuation frames are joined.
+    #[arg(long, env = "UNITED_MAX_FRAME_BYTES", default_value_t = defaults::MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+
+    /// Events a session may have waiting before it counts as too slow (closed with 1013).
+    #[arg(long, env = "UNITED_SESSION_BUFFER", default_value_t = defaults::SESSION_BUFFER)]
+    pub session_buffer: usize,
+
+    /// HTTP worker threads [default: one per core].
+    #[arg(long, env = "UNITED_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            // The constant is a valid socket address; a unit test checks it.
+            bind: defaults::BIND.parse().expect("default bind address parses"),
+            data_dir: PathBuf::from(defaults::DATA_DIR),
+            jwt_secret_file: None,
+            access_token_ttl: defaults::ACCESS_TOKEN_TTL,
+            refresh_token_ttl: defaults::REFRESH_TOKEN_TTL,
+            challenge_ttl: defaults::CHALLENGE_TTL,
+            offline_ttl: defaults::OFFLINE_TTL,
+            janitor_interval: defaults::JANITOR_INTERVAL,
+            ping_interval: defaults::PING_INTERVAL,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            max_payload_bytes: defaults::MAX_PAYLOAD_BYTES,
+            max_frame_bytes: defaults::MAX_FRAME_BYTES,
+            session_buffer: defaults::SESSION_BUFFER,
+            workers: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The secret file actually used.
+    pub fn jwt_secret_path(&self) -> PathBuf {
+        self.jwt_secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("jwt_secret"))
+    }
+
+    /// Largest JSON body accepted: a message at the payload limit, in base64,
+    /// plus room for the other fields.
+    pub fn max_json_bytes(&self) -> usize {
+        self.max_payload_bytes.div_ceil(3) * 4 + 16 * 1024
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval.max(1))
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout.max(1))
+    }
+
+    pub fn janitor_interval(&self) -> Duration {
+        Duration::from_secs(self.janitor_interval.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = Settings::default();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:1984");
+        assert_eq!(s.jwt_secret_path(), PathBuf::from("./data/jwt_secret"));
+        // A 64 KiB payload in base64 fits in the JSON limit.
+        assert!(s.max_json_bytes() > 65536 * 4 / 3 + 200);
+    }
+}

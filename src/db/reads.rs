@@ -1,0 +1,191 @@
+//! Read queries. They take any `&Connection`; callers use the pool.
+//!
+//! # Architecture Invariant
+//! Nothing here writes.
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use uuid::Uuid;
+
+use super::DbError;
+use crate::model::{Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User};
+
+pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.sender_pubkey, m.encrypted_payload, \
+     m.nonce, m.ephemeral_pubkey, m.timestamp, m.server_sequence, m.sender_display_name, m.created_at";
+
+const CONVERSATION_SELECT: &str =
+    "SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \
+     ub.display_name, c.created_at, COALESCE(c.last_message_at, 0) \
+     FROM dm_conversations c \
+     JOIN users ua ON ua.public_key = c.participant_a \
+     JOIN users ub ON ub.public_key = c.participant_b";
+
+fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
+    let s: String = row.get(idx)?;
+    Uuid::parse_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn fixed<const N: usize>(row: &Row<'_>, idx: usize) -> rusqlite::Result<[u8; N]> {
+    let v: Vec<u8> = row.get(idx)?;
+    v.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Blob,
+            "stored blob has the wrong length".into(),
+        )
+    })
+}
+
+pub(crate) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let ephemeral: Option<Vec<u8>> = row.get(5)?;
+    let ephemeral_pubkey = match ephemeral {
+        Some(v) => Some(v.try_into().map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(
+                5,
+                rusqlite::types::Type::Blob,
+                "stored ephemeral key has the wrong length".into(),
+            )
+        })?),
+        None => None,
+    };
+    Ok(StoredMessage {
+        id: uuid_col(row, 0)?,
+        conversation_id: uuid_col(row, 1)?,
+        sender: Pubkey::from_db(row.get(2)?),
+        encrypted_payload: Bytes::from(row.get::<_, Vec<u8>>(3)?),
+        nonce: fixed::<24>(row, 4)?,
+        ephemeral_pubkey,
+        timestamp: row.get::<_, i64>(6)? as u64,
+        server_sequence: row.get::<_, i64>(7)? as u64,
+        sender_display_name: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+        created_at: row.get::<_, i64>(9)? as u64,
+    })
+}
+
+fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {
+    Ok(Conversation {
+        id: uuid_col(row, 0)?,
+        participant_a: Pubkey::from_db(row.get(1)?),
+        participant_b: Pubkey::from_db(row.get(2)?),
+        participant_a_display_name: row.get(3)?,
+        participant_b_display_name: row.get(4)?,
+        created_at: row.get::<_, i64>(5)? as u64,
+        last_message_at: row.get::<_, i64>(6)? as u64,
+    })
+}
+
+pub fn user(conn: &Connection, pubkey: &Pubkey) -> Result<Option<User>, DbError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT public_key, display_name FROM users WHERE public_key = ?1")?;
+    let user = stmt
+        .query_row([pubkey.as_str()], |r| {
+            Ok(User {
+                public_key: Pubkey::from_db(r.get(0)?),
+                display_name: r.get(1)?,
+            })
+        })
+        .optional()?;
+    Ok(user)
+}
+
+pub fn dm_key(conn: &Connection, pubkey: &Pubkey) -> Result<Option<DmKey>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT x25519_pubkey, published_at FROM dm_public_keys WHERE ed25519_pubkey = ?1",
+    )?;
+    let key = stmt
+        .query_row([pubkey.as_str()], |r| {
+            Ok(DmKey {
+                ed25519_pubkey: pubkey.clone(),
+                x25519_pubkey: fixed::<32>(r, 0)?,
+                published_at: r.get::<_, i64>(1)? as u64,
+            })
+        })
+        .optional()?;
+    Ok(key)
+}
+
+pub fn conversation(conn: &Connection, id: &Uuid) -> Result<Option<Conversation>, DbError> {
+    let mut stmt = conn.prepare_cached(&format!("{CONVERSATION_SELECT} WHERE c.id = ?1"))?;
+    Ok(stmt
+        .query_row([id.to_string()], conversation_from_row)
+        .optional()?)
+}
+
+/// The caller's conversations: most recent message first, then conversations
+/// without messages, newest first.
+pub fn conversations_of(conn: &Connection, user: &Pubkey) -> Result<Vec<Conversation>, DbError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{CONVERSATION_SELECT} WHERE c.participant_a = ?1 OR c.participant_b = ?1 \
+         ORDER BY c.last_message_at IS NULL, c.last_message_at DESC, c.created_at DESC, c.id"
+    ))?;
+    let rows = stmt.query_map([user.as_str()], conversation_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Everyone who shares a conversation with `user`.
+pub fn partners_of(conn: &Connection, user: &Pubkey) -> Result<Vec<Pubkey>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT participant_b FROM dm_conversations WHERE participant_a = ?1 \
+         UNION SELECT participant_a FROM dm_conversations WHERE participant_b = ?1",
+    )?;
+    let rows = stmt.query_map([user.as_str()], |r| Ok(Pubkey::from_db(r.get(0)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn message(conn: &Connection, id: &Uuid) -> Result<Option<StoredMessage>, DbError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM dm_messages m WHERE m.id = ?1"
+    ))?;
+    Ok(stmt
+        .query_row([id.to_string()], message_from_row)
+        .optional()?)
+}
+
+/// The highest committed sequence of a conversation (0 when it has none).
+pub fn max_sequence(conn: &Connection, conversation: &Uuid) -> Result<u64, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(MAX(server_sequence), 0) FROM dm_messages WHERE conversation_id = ?1",
+    )?;
+    let max: i64 = stmt.query_row([conversation.to_string()], |r| r.get(0))?;
+    Ok(max as u64)
+}
+
+/// One page of history; `has_more` is exact (one extra row is read).
+pub fn history(
+    conn: &Connection,
+    conversation: &Uuid,
+    page: HistoryPage,
+    limit: u32,
+) -> Result<History, DbError> {
+    let fetch = i64::from(limit) + 1;
+    let id = conversation.to_string();
+    let mut messages = match page {
+        HistoryPage::Before(before) => {
+            let before = before
+                .map(|b| b.min(i64::MAX as u64) as i64)
+                .unwrap_or(i64::MAX);
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
+                 WHERE m.conversation_id = ?1 AND m.server_sequence < ?2 \
+                 ORDER BY m.server_sequence DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![id, before, fetch], message_from_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        }
+        HistoryPage::After(after) => {
+            let after = after.min(i64::MAX as u64) as i64;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
+                 WHERE m.conversation_id = ?1 AND m.server_sequence > ?2 \
+                 ORDER BY m.server_sequence ASC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![id, after, fetch], message_from_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    let has_more = messages.len() > limit as usize;
+    messages.truncate(limit as usize);
+    Ok(History { messages, has_more })
+}

@@ -1,0 +1,367 @@
+//! Write transactions. Only `actors::DbExecutor` calls these, on its one
+//! connection; every transaction is `BEGIN IMMEDIATE`.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use uuid::Uuid;
+
+use super::{reads, DbError};
+use crate::model::{Conversation, DmKey, Pubkey, StoredMessage, User};
+
+fn begin(conn: &mut Connection) -> Result<Transaction<'_>, DbError> {
+    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+}
+
+/// What a login does to the users table.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginOutcome {
+    /// Known user (display name updated if one was given) or newly registered.
+    User(User),
+    /// Unknown pubkey and no display name to register it with.
+    NeedsDisplayName,
+}
+
+/// Registers on first login, updates the display name on a later one.
+pub fn login_user(
+    conn: &mut Connection,
+    pubkey: &Pubkey,
+    display_name: Option<&str>,
+    now: u64,
+) -> Result<LoginOutcome, DbError> {
+    let tx = begin(conn)?;
+    let existing = reads::user(&tx, pubkey)?;
+    let outcome = match (existing, display_name) {
+        (Some(user), None) => LoginOutcome::User(user),
+        (Some(_), Some(name)) | (None, Some(name)) => {
+            tx.execute(
+                "INSERT INTO users (public_key, display_name, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?3) \
+                 ON CONFLICT(public_key) DO UPDATE SET display_name = ?2, updated_at = ?3",
+                params![pubkey.as_str(), name, now as i64],
+            )?;
+            LoginOutcome::User(User {
+                public_key: pubkey.clone(),
+                display_name: name.to_owned(),
+            })
+        }
+        (None, None) => LoginOutcome::NeedsDisplayName,
+    };
+    tx.commit()?;
+    Ok(outcome)
+}
+
+pub fn insert_refresh_token(
+    conn: &mut Connection,
+    hash: &[u8; 32],
+    user: &Pubkey,
+    now: u64,
+    expires_at: u64,
+) -> Result<(), DbError> {
+    conn.prepare_cached(
+        "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        &hash[..],
+        user.as_str(),
+        now as i64,
+        expires_at as i64
+    ])?;
+    Ok(())
+}
+
+/// Consumes a live refresh token and stores its successor, atomically.
+/// `None` when the old token is unknown, expired or already used.
+pub fn rotate_refresh_token(
+    conn: &mut Connection,
+    old_hash: &[u8; 32],
+    new_hash: &[u8; 32],
+    now: u64,
+    expires_at: u64,
+) -> Result<Option<User>, DbError> {
+    let tx = begin(conn)?;
+    let owner: Option<String> = tx
+        .query_row(
+            "DELETE FROM refresh_tokens WHERE token_hash = ?1 AND expires_at > ?2 \
+             RETURNING user_pubkey",
+            params![&old_hash[..], now as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(owner) = owner else {
+        return Ok(None);
+    };
+    let owner = Pubkey::from_db(owner);
+    let user = reads::user(&tx, &owner)?;
+    tx.execute(
+        "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+        params![&new_hash[..], owner.as_str(), now as i64, expires_at as i64],
+    )?;
+    tx.commit()?;
+    Ok(user)
+}
+
+/// Upserts a user's X25519 key. Returns the stored key and whether it changed.
+pub fn upsert_dm_key(
+    conn: &mut Connection,
+    user: &Pubkey,
+    key: &[u8; 32],
+    now: u64,
+) -> Result<(DmKey, bool), DbError> {
+    let tx = begin(conn)?;
+    let existing = reads::dm_key(&tx, user)?;
+    let result = match existing {
+        Some(stored) if &stored.x25519_pubkey == key => (stored, false),
+        _ => {
+            tx.execute(
+                "INSERT INTO dm_public_keys (ed25519_pubkey, x25519_pubkey, published_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?3) \
+                 ON CONFLICT(ed25519_pubkey) DO UPDATE SET x25519_pubkey = ?2, \
+                 published_at = ?3, updated_at = ?3",
+                params![user.as_str(), &key[..], now as i64],
+            )?;
+            let stored = DmKey {
+                ed25519_pubkey: user.clone(),
+                x25519_pubkey: *key,
+                published_at: now,
+            };
+            (stored, true)
+        }
+    };
+    tx.commit()?;
+    Ok(result)
+}
+
+/// Creates the conversation of a normalised pair, or returns the existing one.
+/// The writer is serial, so two concurrent creates cannot both insert.
+pub fn create_conversation(
+    conn: &mut Connection,
+    a: &Pubkey,
+    b: &Pubkey,
+    now: u64,
+) -> Result<(Conversation, bool), DbError> {
+    debug_assert!(a < b, "the pair is normalised by the caller");
+    let tx = begin(conn)?;
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT id FROM dm_conversations WHERE participant_a = ?1 AND participant_b = ?2",
+            params![a.as_str(), b.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let (id, created) = match existing {
+        Some(id) => (id, false),
+        None => {
+            let id = Uuid::new_v4().to_string();
+            tx.execute(
+                "INSERT INTO dm_conversations (id, participant_a, participant_b, created_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, a.as_str(), b.as_str(), now as i64],
+            )?;
+            (id, true)
+        }
+    };
+    let id = Uuid::parse_str(&id).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let conversation =
+        reads::conversation(&tx, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    tx.commit()?;
+    Ok((conversation, created))
+}
+
+/// One message of a group commit.
+#[derive(Clone, Debug)]
+pub struct MessageWrite {
+    pub message: std::sync::Arc<StoredMessage>,
+    /// Write the recipient's offline-queue entry in the same transaction.
+    pub offline_for: Option<Pubkey>,
+}
+
+/// Why one message of a committed batch was not written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skipped {
+    /// Its sequence does not follow the conversation's last committed one
+    /// (an earlier message of the conversation failed): writing it would
+    /// leave a gap.
+    SequenceGap,
+}
+
+/// Commits a batch of messages from any number of conversations in one
+/// transaction: one fsync for all of them.
+///
+/// Each message must carry the next sequence of its conversation; a message
+/// that does not is skipped (and so is every later one of that conversation),
+/// so the table never has a gap. An error fails the whole batch.
+pub fn commit_messages(
+    conn: &mut Connection,
+    batch: &[MessageWrite],
+    now: u64,
+) -> Result<Vec<Result<(), Skipped>>, DbError> {
+    let tx = begin(conn)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut last_seq: HashMap<Uuid, u64> = HashMap::new();
+        let mut last_at: HashMap<Uuid, u64> = HashMap::new();
+        let mut insert_message = tx.prepare_cached(
+            "INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, \
+             ephemeral_pubkey, timestamp, server_sequence, sender_display_name, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let mut insert_offline = tx.prepare_cached(
+            "INSERT OR IGNORE INTO dm_offline_queue (recipient_pubkey, dm_message_id, queued_at) \
+             VALUES (?1, ?2, ?3)",
+        )?;
+        for write in batch {
+            let m = &write.message;
+            let last = match last_seq.get(&m.conversation_id) {
+                Some(seq) => *seq,
+                None => reads::max_sequence(&tx, &m.conversation_id)?,
+            };
+            if m.server_sequence != last + 1 {
+                results.push(Err(Skipped::SequenceGap));
+                continue;
+            }
+            let id = m.id.to_string();
+            insert_message.execute(params![
+                id,
+                m.conversation_id.to_string(),
+                m.sender.as_str(),
+                &m.encrypted_payload[..],
+                &m.nonce[..],
+                m.ephemeral_pubkey.as_ref().map(|k| &k[..]),
+                m.timestamp as i64,
+                m.server_sequence as i64,
+                m.sender_display_name,
+                m.created_at as i64,
+            ])?;
+            if let Some(recipient) = &write.offline_for {
+                insert_offline.execute(params![recipient.as_str(), id, now as i64])?;
+            }
+            last_seq.insert(m.conversation_id, m.server_sequence);
+            last_at.insert(m.conversation_id, m.created_at);
+            results.push(Ok(()));
+        }
+        let mut touch = tx.prepare_cached(
+            "UPDATE dm_conversations SET last_message_at = MAX(COALESCE(last_message_at, 0), ?2) \
+             WHERE id = ?1",
+        )?;
+        for (conversation, at) in last_at {
+            touch.execute(params![conversation.to_string(), at as i64])?;
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+/// Queues an already committed message for a recipient whose live push failed.
+pub fn queue_offline(
+    conn: &mut Connection,
+    recipient: &Pubkey,
+    message_id: &Uuid,
+    now: u64,
+) -> Result<bool, DbError> {
+    let n = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO dm_offline_queue (recipient_pubkey, dm_message_id, queued_at) \
+             VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![
+            recipient.as_str(),
+            message_id.to_string(),
+            now as i64
+        ])?;
+    Ok(n == 1)
+}
+
+/// Most entries one offline fetch returns; the rest come with the next call.
+pub const OFFLINE_FETCH_LIMIT: u32 = 1000;
+
+/// Returns the recipient's undelivered entries, oldest first, and marks them
+/// delivered in the same transaction.
+pub fn take_offline(
+    conn: &mut Connection,
+    recipient: &Pubkey,
+) -> Result<Vec<StoredMessage>, DbError> {
+    let tx = begin(conn)?;
+    let (ids, messages) = {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {}, q.id FROM dm_offline_queue q JOIN dm_messages m ON m.id = q.dm_message_id \
+             WHERE q.recipient_pubkey = ?1 AND q.delivered = 0 ORDER BY q.id LIMIT ?2",
+            reads::MESSAGE_COLUMNS
+        ))?;
+        let mut ids = Vec::new();
+        let mut messages = Vec::new();
+        let mut rows = stmt.query(params![recipient.as_str(), OFFLINE_FETCH_LIMIT])?;
+        while let Some(row) = rows.next()? {
+            messages.push(reads::message_from_row(row)?);
+            ids.push(row.get::<_, i64>(10)?);
+        }
+        (ids, messages)
+    };
+    {
+        let mut mark =
+            tx.prepare_cached("UPDATE dm_offline_queue SET delivered = 1 WHERE id = ?1")?;
+        for id in ids {
+            mark.execute([id])?;
+        }
+    }
+    tx.commit()?;
+    Ok(messages)
+}
+
+/// Marks the caller's named entries delivered; returns how many changed.
+pub fn ack_offline(
+    conn: &mut Connection,
+    recipient: &Pubkey,
+    ids: &[Uuid],
+) -> Result<u32, DbError> {
+    let tx = begin(conn)?;
+    let mut changed = 0;
+    {
+        let mut stmt = tx.prepare_cached(
+            "UPDATE dm_offline_queue SET delivered = 1 \
+             WHERE recipient_pubkey = ?1 AND dm_message_id = ?2 AND delivered = 0",
+        )?;
+        for id in ids {
+            changed += stmt.execute(params![recipient.as_str(), id.to_string()])? as u32;
+        }
+    }
+    tx.commit()?;
+    Ok(changed)
+}
+
+/// What one janitor run removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub offline_entries: u64,
+    pub refresh_tokens: u64,
+}
+
+/// Deletes offline entries queued before `offline_cutoff` and refresh tokens
+/// expired by `now`, then checkpoints the WAL so deleted bytes leave it too.
+pub fn purge_expired(
+    conn: &mut Connection,
+    offline_cutoff: u64,
+    now: u64,
+) -> Result<Purged, DbError> {
+    let tx = begin(conn)?;
+    let offline_entries = tx.execute(
+        "DELETE FROM dm_offline_queue WHERE queued_at < ?1",
+        [offline_cutoff as i64],
+    )? as u64;
+    let refresh_tokens = tx.execute(
+        "DELETE FROM refresh_tokens WHERE expires_at <= ?1",
+        [now as i64],
+    )? as u64;
+    tx.commit()?;
+    if offline_entries + refresh_tokens > 0 {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    Ok(Purged {
+        offline_entries,
+        refresh_tokens,
+    })
+}

@@ -1,0 +1,75 @@
+//! `/api/auth/*` and `/api/users/{pubkey}`.
+
+use actix_web::{web, HttpResponse};
+
+use super::extract::AuthUser;
+use crate::error::ApiError;
+use crate::json::{ChallengeResponse, RefreshBody, TokenResponse, UserJson, VerifyBody};
+use crate::model::{parse_display_name, parse_uuid, Pubkey};
+use crate::service::{self, auth::VerifyRequest};
+use crate::state::AppState;
+
+pub async fn challenge(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let issued = service::auth::challenge(&state)?;
+    Ok(HttpResponse::Ok().json(ChallengeResponse {
+        challenge_id: issued.id.to_string(),
+        challenge: hex::encode(issued.bytes),
+        expires_at: issued.expires_at_ms,
+    }))
+}
+
+fn parse_verify(body: VerifyBody) -> Result<VerifyRequest, ApiError> {
+    let public_key = Pubkey::parse(&body.public_key)?;
+    let challenge_id = parse_uuid(&body.challenge_id, "challenge_id")?;
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(&body.signature, &mut signature)
+        .map_err(|_| ApiError::invalid("signature must be 128 hex characters"))?;
+    let display_name = body
+        .display_name
+        .as_deref()
+        .map(parse_display_name)
+        .transpose()?;
+    Ok(VerifyRequest {
+        public_key,
+        challenge_id,
+        signature,
+        display_name,
+    })
+}
+
+fn token_response(session: service::auth::Session) -> HttpResponse {
+    HttpResponse::Ok().json(TokenResponse {
+        access_token: session.access_token,
+        refresh_token: session.refresh_token,
+        token_type: "Bearer".into(),
+        expires_in: session.expires_in,
+        user: UserJson::from(&session.user),
+    })
+}
+
+pub async fn verify(
+    state: web::Data<AppState>,
+    body: web::Json<VerifyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let request = parse_verify(body.into_inner())?;
+    let session = service::auth::verify(&state.into_inner(), request).await?;
+    Ok(token_response(session))
+}
+
+pub async fn refresh(
+    state: web::Data<AppState>,
+    body: web::Json<RefreshBody>,
+) -> Result<HttpResponse, ApiError> {
+    let session = service::auth::refresh(&state, &body.refresh_token).await?;
+    Ok(token_response(session))
+}
+
+pub async fn user(
+    state: web::Data<AppState>,
+    _caller: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let pubkey = Pubkey::parse(&path)?;
+    let user = service::auth::user(&state, pubkey).await?;
+    Ok(HttpResponse::Ok().json(UserJson::from(&user)))
+}

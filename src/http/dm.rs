@@ -1,0 +1,157 @@
+//! `/api/dm/*`.
+
+use actix_web::{web, HttpResponse};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::extract::AuthUser;
+use crate::error::ApiError;
+use crate::json::{
+    AckBody, AckJson, ConversationJson, ConversationListJson, CreateConversationBody, HistoryJson,
+    KeyJson, MessageJson, OfflineJson, PublishKeyBody, SendMessageBody,
+};
+use crate::model::{parse_uuid, HistoryPage, NewMessage, Pubkey, DEFAULT_HISTORY_LIMIT};
+use crate::service;
+use crate::state::AppState;
+
+fn created_or_ok(created: bool) -> actix_web::HttpResponseBuilder {
+    if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    }
+}
+
+pub async fn publish_key(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+    body: web::Json<PublishKeyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(&body.x25519_pubkey, &mut key)
+        .map_err(|_| ApiError::invalid("x25519_pubkey must be 64 hex characters"))?;
+    let stored = service::dm::publish_key(&state, &user, key).await?;
+    Ok(HttpResponse::Ok().json(KeyJson::from(&stored)))
+}
+
+pub async fn get_key(
+    state: web::Data<AppState>,
+    _caller: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = service::dm::get_key(&state, Pubkey::parse(&path)?).await?;
+    Ok(HttpResponse::Ok().json(KeyJson::from(&key)))
+}
+
+pub async fn create_conversation(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+    body: web::Json<CreateConversationBody>,
+) -> Result<HttpResponse, ApiError> {
+    let recipient = Pubkey::parse(&body.recipient_pubkey)?;
+    let (conversation, created) =
+        service::dm::create_conversation(&state, &user, recipient).await?;
+    Ok(created_or_ok(created).json(ConversationJson::from(&conversation)))
+}
+
+pub async fn list_conversations(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let conversations = service::dm::list_conversations(&state, &user).await?;
+    Ok(HttpResponse::Ok().json(ConversationListJson {
+        conversations: conversations.iter().map(ConversationJson::from).collect(),
+    }))
+}
+
+fn b64(value: &str, field: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(value)
+        .map_err(|_| ApiError::invalid(format!("{field} is not standard base64")))
+}
+
+pub async fn send_message(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+    body: web::Json<SendMessageBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let payload = b64(&body.encrypted_payload, "encrypted_payload")?;
+    let nonce = b64(&body.nonce, "nonce")?;
+    let ephemeral = body
+        .ephemeral_pubkey
+        .as_deref()
+        .map(|k| b64(k, "ephemeral_pubkey"))
+        .transpose()?;
+    let message = NewMessage::validate(
+        body.id.as_deref(),
+        &body.conversation_id,
+        Bytes::from(payload),
+        &nonce,
+        ephemeral.as_deref(),
+        body.timestamp,
+        state.settings.max_payload_bytes,
+    )?;
+    let outcome = service::dm::send(&state.into_inner(), &user, message).await?;
+    Ok(created_or_ok(outcome.created).json(MessageJson::from(&*outcome.message)))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+impl HistoryQuery {
+    fn page(&self) -> Result<(HistoryPage, u32), ApiError> {
+        let limit = match self.limit {
+            Some(0) => return Err(ApiError::invalid("limit must be at least 1")),
+            Some(n) => n,
+            None => DEFAULT_HISTORY_LIMIT,
+        };
+        let page = match (self.before, self.after) {
+            (Some(_), Some(_)) => return Err(ApiError::invalid("give before or after, not both")),
+            (Some(0), None) => return Err(ApiError::invalid("before must be at least 1")),
+            (before, None) => HistoryPage::Before(before),
+            (None, Some(after)) => HistoryPage::After(after),
+        };
+        Ok((page, limit))
+    }
+}
+
+pub async fn history(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = parse_uuid(&path, "conversation_id")?;
+    let (page, limit) = query.page()?;
+    let history = service::dm::history(&state, &user, conversation, page, limit).await?;
+    Ok(HttpResponse::Ok().json(HistoryJson {
+        messages: history.messages.iter().map(MessageJson::from).collect(),
+        has_more: history.has_more,
+    }))
+}
+
+pub async fn offline(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<HttpResponse, ApiError> {
+    let messages = service::dm::take_offline(&state, &user).await?;
+    Ok(HttpResponse::Ok().json(OfflineJson {
+        messages: messages.iter().map(MessageJson::from).collect(),
+    }))
+}
+
+pub async fn ack(
+    state: web::Data<AppState>,
+    AuthUser(user): AuthUser,
+    body: web::Json<AckBody>,
+) -> Result<HttpResponse, ApiError> {
+    let ids = service::dm::parse_ack_ids(body.message_ids.iter().map(String::as_str))?;
+    let acked = service::dm::ack_offline(&state, &user, ids).await?;
+    Ok(HttpResponse::Ok().json(AckJson { acked }))
+}

@@ -1,0 +1,42 @@
+//! `GET /ws`: authenticates, then upgrades to a `WsSession`.
+//!
+//! The token comes from `Authorization: Bearer` or, for browsers that cannot
+//! set headers on a WebSocket, `?access_token=`. A bad token gets a 401 JSON
+//! error and no session exists.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use serde::Deserialize;
+
+use super::extract::bearer_token;
+use crate::actors::session::WsSession;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    access_token: Option<String>,
+}
+
+pub async fn upgrade(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let from_query = web::Query::<TokenQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().access_token);
+    let token = bearer_token(&req)
+        .map(str::to_owned)
+        .or(from_query)
+        .ok_or(ApiError::Unauthorized("missing access token"))?;
+    let user = state.jwt.verify(&token)?;
+    if state.registry.is_closing() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let session = WsSession::new(user, state.clone().into_inner());
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(state.settings.max_frame_bytes)
+        .start()
+        .map_err(|e| ApiError::invalid(format!("not a WebSocket upgrade: {e}")))
+}

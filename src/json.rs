@@ -1,0 +1,189 @@
+//! The JSON bodies of the HTTP API, field for field as in the contract.
+//! The hub serialises them; the reference client (`client`) parses them.
+//!
+//! X25519 keys and signatures are hex; ciphertext, nonces and ephemeral keys
+//! are standard base64 with padding; times are Unix ms.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Conversation, DmKey, StoredMessage, User};
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeResponse {
+    pub challenge_id: String,
+    pub challenge: String,
+    pub expires_at: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct VerifyBody {
+    pub public_key: String,
+    pub challenge_id: String,
+    pub signature: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RefreshBody {
+    pub refresh_token: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UserJson {
+    pub public_key: String,
+    pub display_name: String,
+}
+
+impl From<&User> for UserJson {
+    fn from(u: &User) -> Self {
+        UserJson {
+            public_key: u.public_key.to_string(),
+            display_name: u.display_name.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub user: UserJson,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PublishKeyBody {
+    pub x25519_pubkey: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KeyJson {
+    pub ed25519_pubkey: String,
+    pub x25519_pubkey: String,
+    pub published_at: u64,
+}
+
+impl From<&DmKey> for KeyJson {
+    fn from(k: &DmKey) -> Self {
+        KeyJson {
+            ed25519_pubkey: k.ed25519_pubkey.to_string(),
+            x25519_pubkey: hex::encode(k.x25519_pubkey),
+            published_at: k.published_at,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CreateConversationBody {
+    pub recipient_pubkey: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ConversationJson {
+    pub id: String,
+    pub participant_a_pubkey: String,
+    pub participant_b_pubkey: String,
+    pub participant_a_display_name: String,
+    pub participant_b_display_name: String,
+    pub created_at: u64,
+    pub last_message_at: u64,
+    pub last_message_preview: String,
+}
+
+impl From<&Conversation> for ConversationJson {
+    fn from(c: &Conversation) -> Self {
+        ConversationJson {
+            id: c.id.to_string(),
+            participant_a_pubkey: c.participant_a.to_string(),
+            participant_b_pubkey: c.participant_b.to_string(),
+            participant_a_display_name: c.participant_a_display_name.clone(),
+            participant_b_display_name: c.participant_b_display_name.clone(),
+            created_at: c.created_at,
+            last_message_at: c.last_message_at,
+            last_message_preview: String::new(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ConversationListJson {
+    pub conversations: Vec<ConversationJson>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SendMessageBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub conversation_id: String,
+    pub encrypted_payload: String,
+    pub nonce: String,
+    #[serde(default)]
+    pub ephemeral_pubkey: Option<String>,
+    pub timestamp: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MessageJson {
+    pub id: String,
+    pub conversation_id: String,
+    pub sender_pubkey: String,
+    pub encrypted_payload: String,
+    pub nonce: String,
+    pub ephemeral_pubkey: Option<String>,
+    pub timestamp: u64,
+    pub server_sequence: u64,
+    pub sender_display_name: String,
+}
+
+impl From<&StoredMessage> for MessageJson {
+    fn from(m: &StoredMessage) -> Self {
+        MessageJson {
+            id: m.id.to_string(),
+            conversation_id: m.conversation_id.to_string(),
+            sender_pubkey: m.sender.to_string(),
+            encrypted_payload: B64.encode(&m.encrypted_payload),
+            nonce: B64.encode(m.nonce),
+            ephemeral_pubkey: m.ephemeral_pubkey.map(|k| B64.encode(k)),
+            timestamp: m.timestamp,
+            server_sequence: m.server_sequence,
+            sender_display_name: m.sender_display_name.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HistoryJson {
+    pub messages: Vec<MessageJson>,
+    pub has_more: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OfflineJson {
+    pub messages: Vec<MessageJson>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AckBody {
+    pub message_ids: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AckJson {
+    pub acked: u32,
+}
+
+/// `{"error": {"code": ..., "message": ...}}`
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorJson {
+    pub error: ErrorDetailJson,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ErrorDetailJson {
+    pub code: String,
+    pub message: String,
+}

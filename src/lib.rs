@@ -1,0 +1,32 @@
+//! united-hub: a realtime hub that relays end-to-end-encrypted direct
+//! messages. Clients are Ed25519 identities; the hub orders, stores and
+//! pushes ciphertext it can never read.
+//!
+//! # Layout
+//! - [`startup`]: `Application`, which builds everything from [`config::Settings`].
+//! - [`http`]: the HTTP routes and the `/ws` upgrade.
+//! - [`actors`]: sessions, conversations, the group-commit writer, the janitor.
+//! - [`service`]: what the hub does, shared by HTTP and WebSocket.
+//! - [`db`]: SQLite schema, reads (pool) and writes (the one writer).
+//! - [`auth`]: challenges, JWTs and refresh tokens.
+//! - [`model`], [`json`], [`proto`]: domain, JSON and protobuf types.
+//!
+//! `ARCHITECTURE.md` has the map; `docs/protocol.md` the wire protocol.
+
+pub mod actors;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod json;
+pub mod metrics;
+pub mod model;
+pub mod proto;
+pub mod service;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use startup::{AppHandle, Application};

@@ -1,0 +1,95 @@
+//! Prometheus metrics: aggregate figures only, never a key, id or name.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the hub exports, registered in its own registry (so several
+/// hubs in one test process do not collide).
+pub struct Metrics {
+    registry: Registry,
+    pub live_sessions: IntGauge,
+    pub messages_accepted: IntCounter,
+    pub pushes: IntCounter,
+    pub pushes_failed: IntCounter,
+    pub offline_queued: IntCounter,
+    pub offline_purged: IntCounter,
+    pub write_batch_size: Histogram,
+    pub commit_seconds: Histogram,
+    pub request_seconds: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("united".into()), None)
+            .expect("a constant prefix is a valid registry");
+        macro_rules! register {
+            ($metric:expr) => {{
+                let m = $metric.expect("metric definitions are constant and valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        Metrics {
+            live_sessions: register!(IntGauge::new("live_sessions", "Open WebSocket sessions")),
+            messages_accepted: register!(IntCounter::new(
+                "messages_accepted_total",
+                "Messages committed and answered"
+            )),
+            pushes: register!(IntCounter::new(
+                "pushes_total",
+                "Events handed to a session's outbound buffer"
+            )),
+            pushes_failed: register!(IntCounter::new(
+                "pushes_failed_total",
+                "Events a session could not take (closed or too slow)"
+            )),
+            offline_queued: register!(IntCounter::new(
+                "offline_queued_total",
+                "Offline-queue entries written"
+            )),
+            offline_purged: register!(IntCounter::new(
+                "offline_purged_total",
+                "Offline-queue entries purged by the janitor"
+            )),
+            write_batch_size: register!(Histogram::with_opts(
+                HistogramOpts::new("write_batch_size", "Messages per group commit").buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0
+                ])
+            )),
+            commit_seconds: register!(Histogram::with_opts(
+                HistogramOpts::new("commit_seconds", "Time of one group commit").buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0
+                ])
+            )),
+            request_seconds: register!(HistogramVec::new(
+                HistogramOpts::from(Opts::new(
+                    "request_seconds",
+                    "HTTP request latency by route pattern"
+                ))
+                .buckets(vec![
+                    0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
+                ]),
+                &["route", "status"]
+            )),
+            registry,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,106 @@
+//! Login, refresh and user lookup.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::actors::db_executor::{LoginUser, RotateRefreshToken, StoreRefreshToken};
+use crate::auth::{self, IssuedChallenge};
+use crate::db::reads;
+use crate::db::writes::LoginOutcome;
+use crate::error::ApiError;
+use crate::model::{now_ms, Pubkey, User};
+use crate::state::AppState;
+
+/// A validated `POST /api/auth/verify`.
+pub struct VerifyRequest {
+    pub public_key: Pubkey,
+    pub challenge_id: Uuid,
+    pub signature: [u8; 64],
+    pub display_name: Option<String>,
+}
+
+/// Tokens for a logged-in user.
+pub struct Session {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+    pub user: User,
+}
+
+pub fn challenge(state: &AppState) -> Result<IssuedChallenge, ApiError> {
+    state.challenges.issue()
+}
+
+/// Checks a challenge answer; registers the user on first login.
+pub async fn verify(state: &Arc<AppState>, req: VerifyRequest) -> Result<Session, ApiError> {
+    let challenge = state.challenges.take(&req.challenge_id)?;
+    auth::verify_login(&req.public_key, &challenge, &req.signature)?;
+    let outcome = state
+        .writer
+        .send(LoginUser {
+            pubkey: req.public_key.clone(),
+            display_name: req.display_name.clone(),
+        })
+        .await??;
+    let user = match outcome {
+        LoginOutcome::User(user) => user,
+        LoginOutcome::NeedsDisplayName => {
+            return Err(ApiError::invalid(
+                "display_name is required on the first login",
+            ))
+        }
+    };
+    if let Some(name) = &req.display_name {
+        state.conversations.rename(&user.public_key, name);
+    }
+    let (refresh_token, hash) = auth::new_refresh_token();
+    state
+        .writer
+        .send(StoreRefreshToken {
+            hash,
+            user: user.public_key.clone(),
+            expires_at: refresh_expiry(state),
+        })
+        .await??;
+    let (access_token, expires_in) = state.jwt.issue(&user.public_key)?;
+    tracing::info!(user = ?user.public_key, "login");
+    Ok(Session {
+        access_token,
+        refresh_token,
+        expires_in,
+        user,
+    })
+}
+
+/// Rotates a refresh token: the old one stops working.
+pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Session, ApiError> {
+    let (new_token, new_hash) = auth::new_refresh_token();
+    let user = state
+        .writer
+        .send(RotateRefreshToken {
+            old_hash: auth::hash_refresh_token(refresh_token),
+            new_hash,
+            expires_at: refresh_expiry(state),
+        })
+        .await??
+        .ok_or(ApiError::InvalidRefreshToken)?;
+    let (access_token, expires_in) = state.jwt.issue(&user.public_key)?;
+    Ok(Session {
+        access_token,
+        refresh_token: new_token,
+        expires_in,
+        user,
+    })
+}
+
+fn refresh_expiry(state: &AppState) -> u64 {
+    now_ms() + state.settings.refresh_token_ttl * 1000
+}
+
+pub async fn user(state: &AppState, pubkey: Pubkey) -> Result<User, ApiError> {
+    state
+        .read(move |conn| reads::user(conn, &pubkey))
+        .await?
+        .ok_or(ApiError::NotFound("no such user"))
+}

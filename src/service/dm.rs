@@ -1,0 +1,206 @@
+//! Keys, conversations, messages and the offline queue.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::actors::conversation::SendOutcome;
+use crate::actors::db_executor::{AckOffline, CreateConversation, TakeOffline, UpsertDmKey};
+use crate::actors::directory::ConversationDirectory;
+use crate::db::reads;
+use crate::error::ApiError;
+use crate::model::{
+    is_small_order_x25519, now_ms, Conversation, DmKey, History, HistoryPage, NewMessage, Pubkey,
+    StoredMessage, MAX_HISTORY_LIMIT,
+};
+use crate::proto::{self, Payload};
+use crate::state::AppState;
+
+/// Publishes the caller's X25519 key. When it changes, the caller's sessions
+/// and those of everyone who shares a conversation with them hear of it.
+pub async fn publish_key(
+    state: &AppState,
+    user: &Pubkey,
+    key: [u8; 32],
+) -> Result<DmKey, ApiError> {
+    if is_small_order_x25519(&key) {
+        return Err(ApiError::invalid(
+            "x25519_pubkey is a small-order point (the zero key among them)",
+        ));
+    }
+    let (stored, changed) = state
+        .writer
+        .send(UpsertDmKey {
+            user: user.clone(),
+            key,
+        })
+        .await??;
+    if changed {
+        let who = user.clone();
+        let partners = state
+            .read(move |conn| reads::partners_of(conn, &who))
+            .await?;
+        let event = proto::encode_event(Payload::DmKeyRotatedEvent(proto::dm::DmKeyRotatedEvent {
+            user_pubkey: user.to_string(),
+            new_x25519_pubkey: bytes::Bytes::copy_from_slice(&stored.x25519_pubkey),
+            timestamp: stored.published_at,
+        }));
+        state.registry.push(user, &event);
+        for partner in &partners {
+            state.registry.push(partner, &event);
+        }
+    }
+    Ok(stored)
+}
+
+pub async fn get_key(state: &AppState, user: Pubkey) -> Result<DmKey, ApiError> {
+    state
+        .read(move |conn| reads::dm_key(conn, &user))
+        .await?
+        .ok_or(ApiError::NotFound("no published key for this user"))
+}
+
+/// Creates (or finds) the caller's conversation with `recipient`.
+/// Returns it and whether it was created.
+pub async fn create_conversation(
+    state: &AppState,
+    caller: &Pubkey,
+    recipient: Pubkey,
+) -> Result<(Conversation, bool), ApiError> {
+    if &recipient == caller {
+        return Err(ApiError::SelfConversation);
+    }
+    let who = recipient.clone();
+    if state
+        .read(move |conn| reads::user(conn, &who))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound("no such user"));
+    }
+    let (a, b) = if caller < &recipient {
+        (caller.clone(), recipient)
+    } else {
+        (recipient, caller.clone())
+    };
+    let (conversation, created) = state
+        .writer
+        .send(CreateConversation {
+            participant_a: a,
+            participant_b: b,
+        })
+        .await??;
+    if created {
+        let event = proto::encode_event(Payload::DmConversationCreatedEvent(
+            proto::dm::DmConversationCreatedEvent {
+                conversation: Some(conversation.to_proto()),
+            },
+        ));
+        state.registry.push(&conversation.participant_a, &event);
+        state.registry.push(&conversation.participant_b, &event);
+    }
+    Ok((conversation, created))
+}
+
+pub async fn list_conversations(
+    state: &AppState,
+    caller: &Pubkey,
+) -> Result<Vec<Conversation>, ApiError> {
+    let caller = caller.clone();
+    state
+        .read(move |conn| reads::conversations_of(conn, &caller))
+        .await
+}
+
+/// Sends a message through its conversation's actor. Answers once the
+/// message is committed.
+pub async fn send(
+    state: &Arc<AppState>,
+    sender: &Pubkey,
+    message: NewMessage,
+) -> Result<SendOutcome, ApiError> {
+    ConversationDirectory::send(state, sender.clone(), message).await
+}
+
+/// Loads a conversation and checks that the caller is in it.
+async fn member_conversation(
+    state: &AppState,
+    caller: &Pubkey,
+    id: Uuid,
+) -> Result<Conversation, ApiError> {
+    let conversation = state
+        .read(move |conn| reads::conversation(conn, &id))
+        .await?
+        .ok_or(ApiError::NotFound("no such conversation"))?;
+    if !conversation.has_participant(caller) {
+        return Err(ApiError::NotParticipant);
+    }
+    Ok(conversation)
+}
+
+/// A page of history; `limit` is already validated (1 or more) and is capped.
+pub async fn history(
+    state: &AppState,
+    caller: &Pubkey,
+    conversation_id: Uuid,
+    page: HistoryPage,
+    limit: u32,
+) -> Result<History, ApiError> {
+    member_conversation(state, caller, conversation_id).await?;
+    let limit = limit.clamp(1, MAX_HISTORY_LIMIT);
+    state
+        .read(move |conn| reads::history(conn, &conversation_id, page, limit))
+        .await
+}
+
+/// The caller's undelivered offline entries, oldest first; marks them delivered.
+pub async fn take_offline(
+    state: &AppState,
+    caller: &Pubkey,
+) -> Result<Vec<StoredMessage>, ApiError> {
+    Ok(state
+        .writer
+        .send(TakeOffline {
+            recipient: caller.clone(),
+        })
+        .await??)
+}
+
+/// Marks the caller's named entries delivered; other users' are never touched.
+pub async fn ack_offline(
+    state: &AppState,
+    caller: &Pubkey,
+    ids: Vec<Uuid>,
+) -> Result<u32, ApiError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(state
+        .writer
+        .send(AckOffline {
+            recipient: caller.clone(),
+            message_ids: ids,
+        })
+        .await??)
+}
+
+/// Most ids one ack may name.
+pub const MAX_ACK_IDS: usize = 1000;
+
+/// Parses the ids of an ack request.
+pub fn parse_ack_ids<'a>(
+    ids: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<Vec<Uuid>, ApiError> {
+    if ids.len() > MAX_ACK_IDS {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_ACK_IDS} ids per ack"
+        )));
+    }
+    ids.map(|id| crate::model::parse_uuid(id, "message_ids"))
+        .collect()
+}
+
+/// Janitor cutoff for offline entries.
+pub fn offline_cutoff(state: &AppState) -> u64 {
+    now_ms().saturating_sub(state.settings.offline_ttl * 1000)
+}
