@@ -1,0 +1,275 @@
+//! `HubClient`: the HTTP API, typed.
+
+use std::time::Duration;
+
+use awc::http::{Method, StatusCode};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::crypto::Identity;
+use crate::json::*;
+
+/// How long one HTTP call may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The hub answered with an error status.
+    #[error("HTTP {status}: {code}: {message}")]
+    Status {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+    #[error("crypto: {0}")]
+    Crypto(#[from] super::crypto::CryptoError),
+}
+
+impl ClientError {
+    /// The HTTP status, when the hub answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The contract's error code, when the hub answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Status { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one hub, for one user once logged in.
+#[derive(Clone)]
+pub struct HubClient {
+    base_url: String,
+    http: awc::Client,
+    access_token: Option<String>,
+}
+
+impl HubClient {
+    /// `base_url` like `http://127.0.0.1:1984`.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        HubClient {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            http: awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
+            access_token: None,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn access_token(&self) -> Option<&str> {
+        self.access_token.as_deref()
+    }
+
+    pub fn set_access_token(&mut self, token: impl Into<String>) {
+        self.access_token = Some(token.into());
+    }
+
+    /// The `ws://` URL of this hub's `/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("{}/ws", self.base_url.replacen("http", "ws", 1))
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path));
+        if let Some(token) = &self.access_token {
+            req = req.bearer_auth(token);
+        }
+        let result = match body {
+            Some(body) => req.send_json(body).await,
+            None => req.send().await,
+        };
+        let mut res = result.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = res.status();
+        let bytes = res
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            let err: ErrorJson = serde_json::from_slice(&bytes).map_err(|e| {
+                ClientError::Decode(format!("HTTP {status} without a JSON error body: {e}"))
+            })?;
+            return Err(ClientError::Status {
+                status: status.as_u16(),
+                code: err.error.code,
+                message: err.error.message,
+            });
+        }
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((status, value))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        Ok(self.call::<(), T>(Method::GET, path, None).await?.1)
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(StatusCode, T), ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn challenge(&self) -> Result<ChallengeResponse, ClientError> {
+        Ok(self
+            .call::<(), _>(Method::POST, "/api/auth/challenge", None)
+            .await?
+            .1)
+    }
+
+    /// Answers a challenge; `display_name` is required on the first login.
+    pub async fn verify(
+        &self,
+        identity: &Identity,
+        challenge: &ChallengeResponse,
+        display_name: Option<&str>,
+    ) -> Result<TokenResponse, ClientError> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&challenge.challenge, &mut bytes)
+            .map_err(|e| ClientError::Decode(format!("challenge: {e}")))?;
+        let body = VerifyBody {
+            public_key: identity.public_key_hex(),
+            challenge_id: challenge.challenge_id.clone(),
+            signature: hex::encode(identity.sign_login(&bytes)),
+            display_name: display_name.map(str::to_owned),
+        };
+        Ok(self.post("/api/auth/verify", &body).await?.1)
+    }
+
+    /// Challenge, sign, verify; keeps the access token for later calls.
+    pub async fn login(
+        &mut self,
+        identity: &Identity,
+        display_name: Option<&str>,
+    ) -> Result<TokenResponse, ClientError> {
+        let challenge = self.challenge().await?;
+        let tokens = self.verify(identity, &challenge, display_name).await?;
+        self.access_token = Some(tokens.access_token.clone());
+        Ok(tokens)
+    }
+
+    /// Rotates the refresh token; keeps the new access token.
+    pub async fn refresh(&mut self, refresh_token: &str) -> Result<TokenResponse, ClientError> {
+        let body = RefreshBody {
+            refresh_token: refresh_token.to_owned(),
+        };
+        let tokens: TokenResponse = self.post("/api/auth/refresh", &body).await?.1;
+        self.access_token = Some(tokens.access_token.clone());
+        Ok(tokens)
+    }
+
+    pub async fn user(&self, pubkey: &str) -> Result<UserJson, ClientError> {
+        self.get(&format!("/api/users/{pubkey}")).await
+    }
+
+    pub async fn publish_key(&self, x25519: &[u8; 32]) -> Result<KeyJson, ClientError> {
+        let body = PublishKeyBody {
+            x25519_pubkey: hex::encode(x25519),
+        };
+        Ok(self.post("/api/dm/keys", &body).await?.1)
+    }
+
+    pub async fn get_key(&self, pubkey: &str) -> Result<KeyJson, ClientError> {
+        self.get(&format!("/api/dm/keys/{pubkey}")).await
+    }
+
+    /// The recipient's published X25519 key, as bytes.
+    pub async fn recipient_key(&self, pubkey: &str) -> Result<[u8; 32], ClientError> {
+        let key = self.get_key(pubkey).await?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&key.x25519_pubkey, &mut out)
+            .map_err(|e| ClientError::Decode(format!("x25519_pubkey: {e}")))?;
+        Ok(out)
+    }
+
+    /// Returns the conversation and whether it was created.
+    pub async fn create_conversation(
+        &self,
+        recipient_pubkey: &str,
+    ) -> Result<(ConversationJson, bool), ClientError> {
+        let body = CreateConversationBody {
+            recipient_pubkey: recipient_pubkey.to_owned(),
+        };
+        let (status, conversation) = self.post("/api/dm/conversations", &body).await?;
+        Ok((conversation, status == StatusCode::CREATED))
+    }
+
+    pub async fn conversations(&self) -> Result<Vec<ConversationJson>, ClientError> {
+        Ok(self
+            .get::<ConversationListJson>("/api/dm/conversations")
+            .await?
+            .conversations)
+    }
+
+    /// Sends a raw message body; returns the stored message and whether it was new.
+    pub async fn send(&self, body: &SendMessageBody) -> Result<(MessageJson, bool), ClientError> {
+        let (status, message) = self.post("/api/dm/messages", body).await?;
+        Ok((message, status == StatusCode::CREATED))
+    }
+
+    /// `query` like `before=10&limit=20` or `after=0`.
+    pub async fn history(
+        &self,
+        conversation_id: &str,
+        query: &str,
+    ) -> Result<HistoryJson, ClientError> {
+        self.get(&format!("/api/dm/messages/{conversation_id}?{query}"))
+            .await
+    }
+
+    pub async fn offline(&self) -> Result<Vec<MessageJson>, ClientError> {
+        Ok(self.get::<OfflineJson>("/api/dm/offline").await?.messages)
+    }
+
+    pub async fn ack(&self, message_ids: &[String]) -> Result<u32, ClientError> {
+        let body = AckBody {
+            message_ids: message_ids.to_vec(),
+        };
+        Ok(self
+            .post::<_, AckJson>("/api/dm/offline/ack", &body)
+            .await?
+            .1
+            .acked)
+    }
+}
+
+/// A send body from sealed parts.
+pub fn send_body(
+    id: Option<String>,
+    conversation_id: &str,
+    sealed: &super::crypto::Sealed,
+    timestamp: u64,
+) -> SendMessageBody {
+    SendMessageBody {
+        id,
+        conversation_id: conversation_id.to_owned(),
+        encrypted_payload: B64.encode(&sealed.ciphertext),
+        nonce: B64.encode(sealed.nonce),
+        ephemeral_pubkey: Some(B64.encode(sealed.ephemeral_pubkey)),
+        timestamp,
+    }
+}

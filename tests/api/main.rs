@@ -1,0 +1,8 @@
+//! Integration tests: the real hub on port 0 with a temporary data directory,
+//! driven over HTTP and binary WebSocket frames with real Ed25519 signatures
+//! and real X25519 + XChaCha20-Poly1305 encryption.
+
+mod auth;
+mod helpers;
+mod ops;
+mod websocket;

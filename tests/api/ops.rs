@@ -1,0 +1,125 @@
+//! Health, errors for unknown routes and methods, restart.
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn healthz_answers_ok_and_503_when_the_database_is_stuck() {
+    let app = spawn_app().await;
+    let mut res = app.http().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+
+    // Another process holds the write lock: the writer cannot answer.
+    let blocker = app.db();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let res = app.http().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    blocker.execute_batch("ROLLBACK").unwrap();
+    eventually("healthz recovers", || async {
+        let res = app.http().get(app.url("/healthz")).send().await.unwrap();
+        res.status().as_u16() == 200
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn unknown_routes_and_wrong_methods_get_json_errors() {
+    let app = spawn_app().await;
+    let mut res = app.http().get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let mut res = app
+        .http()
+        .delete(app.url("/api/dm/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 405);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[actix_web::test]
+async fn extractor_failures_are_json() {
+    let app = spawn_app().await;
+    let user = app.user("Ext").await;
+    // Malformed JSON.
+    let mut res = app
+        .http()
+        .post(app.url("/api/dm/conversations"))
+        .bearer_auth(user.token())
+        .insert_header(("content-type", "application/json"))
+        .send_body("{oops")
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+    // Wrong content type.
+    let mut res = app
+        .http()
+        .post(app.url("/api/dm/conversations"))
+        .bearer_auth(user.token())
+        .insert_header(("content-type", "text/plain"))
+        .send_body("{}")
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+    // Body too large.
+    let huge = format!("{{\"recipient_pubkey\": \"{}\"}}", "a".repeat(1 << 20));
+    let mut res = app
+        .http()
+        .post(app.url("/api/dm/conversations"))
+        .bearer_auth(user.token())
+        .insert_header(("content-type", "application/json"))
+        .send_body(huge)
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    // Bad query.
+    let mut res = app
+        .http()
+        .get(app.url(&format!(
+            "/api/dm/messages/{}?limit=abc",
+            uuid::Uuid::new_v4()
+        )))
+        .bearer_auth(user.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+}
+
+#[actix_web::test]
+async fn a_restart_keeps_users_and_does_not_migrate_twice() {
+    let app = spawn_app().await;
+    assert_eq!(app.migrations_applied, 1);
+    let user = app.user("Persistent").await;
+    let dir = app.stop().await;
+
+    let app = spawn_app_in(dir, |_| {}).await;
+    assert_eq!(app.migrations_applied, 0, "the schema was already current");
+    let mut client = app.client();
+    let again = client
+        .login(&user.identity, None)
+        .await
+        .expect("known user, no name needed");
+    assert_eq!(again.user.display_name, "Persistent");
+    // The old access token is still valid: the secret file was reused.
+    let mut old = app.client();
+    old.set_access_token(user.token());
+    old.conversations()
+        .await
+        .expect("token signed before the restart");
+}
