@@ -81,7 +81,8 @@ impl WsClient {
         });
 
         let reader_pending = pending.clone();
-        let pong = out.clone();
+        // Weak, so that dropping the client ends the writer (and the socket).
+        let pong = out.downgrade();
         actix_web::rt::spawn(async move {
             let code = loop {
                 match stream.next().await {
@@ -102,7 +103,9 @@ impl WsClient {
                         }
                     }
                     Some(Ok(Frame::Ping(data))) => {
-                        let _ = pong.send(Message::Pong(data));
+                        if let Some(out) = pong.upgrade() {
+                            let _ = out.send(Message::Pong(data));
+                        }
                     }
                     Some(Ok(Frame::Close(reason))) => break reason.map(|r| u16::from(r.code)),
                     Some(Ok(_)) => {}
@@ -171,5 +174,11 @@ impl WsClient {
         let _ = self
             .out
             .send(Message::Close(Some(awc::ws::CloseCode::Normal.into())));
+    }
+}
+
+impl Drop for WsClient {
+    fn drop(&mut self) {
+        self.close();
     }
 }

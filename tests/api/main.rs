@@ -3,6 +3,8 @@
 //! and real X25519 + XChaCha20-Poly1305 encryption.
 
 mod auth;
+mod delivery;
+mod dm;
 mod helpers;
 mod ops;
 mod websocket;

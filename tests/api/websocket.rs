@@ -213,3 +213,17 @@ async fn two_sessions_of_one_user_are_both_registered_and_both_pushed_to() {
     })
     .await;
 }
+
+#[actix_web::test]
+async fn dropping_a_client_closes_its_session() {
+    let app = spawn_app().await;
+    let bob = app.user("Bob").await;
+    let key = Pubkey::parse(&bob.pubkey).unwrap();
+    let ws = bob.live_ws().await;
+    assert!(app.state.registry.is_online(&key));
+    drop(ws);
+    eventually("the dropped session leaves", || async {
+        !app.state.registry.is_online(&key)
+    })
+    .await;
+}

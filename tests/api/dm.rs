@@ -1,0 +1,385 @@
+//! Keys, conversations, sending and history: the seed plan's success
+//! criteria, one test each.
+
+use std::collections::HashSet;
+
+use prost::Message as _;
+use serde_json::{json, Value};
+use united_hub::client::send_body;
+use united_hub::proto::{dm, Envelope, Payload};
+
+use crate::helpers::*;
+
+/// Criteria 1 and 2: every DM message exists, and the Envelope carries the
+/// DM payloads at the contract's field numbers (150-164, error 99).
+#[actix_web::test]
+async fn envelope_field_numbers_match_the_contract() {
+    let cases: Vec<(Payload, u32)> = vec![
+        (Payload::Error(Default::default()), 99),
+        (Payload::DmMessageEvent(Default::default()), 150),
+        (Payload::DmConversationCreatedEvent(Default::default()), 151),
+        (Payload::DmKeyRotatedEvent(Default::default()), 152),
+        (Payload::DmHistoryRequest(Default::default()), 153),
+        (Payload::DmHistoryResponse(Default::default()), 154),
+        (Payload::DmConversationListRequest(Default::default()), 155),
+        (Payload::DmConversationListResponse(Default::default()), 156),
+        (Payload::DmOfflineMessagesResponse(Default::default()), 157),
+        (Payload::DmSendRequest(Default::default()), 158),
+        (Payload::DmSendResponse(Default::default()), 159),
+        (Payload::DmOfflineRequest(Default::default()), 160),
+        (Payload::DmOfflineAckRequest(Default::default()), 161),
+        (Payload::DmOfflineAckResponse(Default::default()), 162),
+        (
+            Payload::DmConversationCreateRequest(Default::default()),
+            163,
+        ),
+        (
+            Payload::DmConversationCreateResponse(Default::default()),
+            164,
+        ),
+    ];
+    for (payload, field) in cases {
+        let bytes = Envelope {
+            request_id: String::new(),
+            payload: Some(payload),
+        }
+        .encode_to_vec();
+        // A length-delimited field: tag = field << 3 | 2, as a varint.
+        let mut tag = Vec::new();
+        prost::encoding::encode_varint(u64::from(field << 3 | 2), &mut tag);
+        assert_eq!(&bytes[..tag.len()], &tag[..], "field {field}");
+    }
+    // request_id is field 1; the seed's message fields keep their numbers.
+    let env = Envelope {
+        request_id: "x".into(),
+        payload: None,
+    }
+    .encode_to_vec();
+    assert_eq!(env, vec![0x0a, 1, b'x']);
+    let m = dm::EncryptedDmMessage {
+        sender_display_name: "n".into(),
+        ..Default::default()
+    };
+    assert_eq!(m.encode_to_vec(), vec![9 << 3 | 2, 1, b'n']);
+    let h = dm::DmHistoryRequest {
+        after_sequence: 1,
+        ..Default::default()
+    };
+    assert_eq!(h.encode_to_vec(), vec![4 << 3, 1]);
+}
+
+/// Criterion 3: the migration creates the seed's four DM tables, with the
+/// uniqueness the contract needs.
+#[actix_web::test]
+async fn migration_creates_the_dm_tables() {
+    let app = spawn_app().await;
+    let db = app.db();
+    let tables: HashSet<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in [
+        "users",
+        "refresh_tokens",
+        "dm_public_keys",
+        "dm_conversations",
+        "dm_messages",
+        "dm_offline_queue",
+    ] {
+        assert!(tables.contains(t), "missing table {t}");
+    }
+    db.execute_batch(
+        "INSERT INTO users VALUES ('a', 'A', 0, 0), ('b', 'B', 0, 0);
+         INSERT INTO dm_conversations (id, participant_a, participant_b, created_at) VALUES ('c', 'a', 'b', 0);
+         INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, timestamp, server_sequence, created_at)
+             VALUES ('m1', 'c', 'a', x'00', x'00', 1, 1, 0);",
+    )
+    .unwrap();
+    let dup_seq = db.execute(
+        "INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, timestamp, server_sequence, created_at)
+         VALUES ('m2', 'c', 'a', x'00', x'00', 1, 1, 0)",
+        [],
+    );
+    assert!(dup_seq.is_err(), "UNIQUE(conversation_id, server_sequence)");
+    let dup_pair = db.execute(
+        "INSERT INTO dm_conversations (id, participant_a, participant_b, created_at) VALUES ('d', 'a', 'b', 0)",
+        [],
+    );
+    assert!(dup_pair.is_err(), "UNIQUE(participant_a, participant_b)");
+}
+
+/// Criterion 4: a user publishes the X25519 key derived from their identity;
+/// others fetch it.
+#[actix_web::test]
+async fn keys_are_published_and_fetched() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let key = bob.client.get_key(&alice.pubkey).await.unwrap();
+    assert_eq!(key.ed25519_pubkey, alice.pubkey);
+    assert_eq!(
+        key.x25519_pubkey,
+        hex::encode(alice.identity.x25519_public())
+    );
+    assert!(key.published_at > 0);
+
+    let nobody = app.client();
+    let mut nobody_client = nobody.clone();
+    nobody_client
+        .login(
+            &united_hub::client::crypto::Identity::generate(),
+            Some("Nobody"),
+        )
+        .await
+        .unwrap();
+    let me = nobody_client.user(&alice.pubkey).await.unwrap();
+    assert_eq!(me.display_name, "Alice");
+    let err = alice.client.get_key(&"cd".repeat(32)).await.unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(404), Some("not_found")));
+}
+
+/// Criterion 5: one conversation per pair, normalised, 201 then 200.
+#[actix_web::test]
+async fn conversations_are_created_once_per_pair() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let (created, is_new) = alice.client.create_conversation(&bob.pubkey).await.unwrap();
+    assert!(is_new);
+    let (again, is_new) = bob
+        .client
+        .create_conversation(&alice.pubkey.to_uppercase())
+        .await
+        .unwrap();
+    assert!(!is_new);
+    assert_eq!(created, again);
+    assert!(created.participant_a_pubkey < created.participant_b_pubkey);
+    let names: HashSet<_> = [
+        created.participant_a_display_name.as_str(),
+        created.participant_b_display_name.as_str(),
+    ]
+    .into();
+    assert_eq!(names, HashSet::from(["Alice", "Bob"]));
+    assert_eq!(created.last_message_at, 0);
+    assert_eq!(created.last_message_preview, "");
+}
+
+#[actix_web::test]
+async fn conversations_are_listed_most_recent_first() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let carol = app.user("Carol").await;
+    let dave = app.user("Dave").await;
+    let with_bob = alice.open_conversation(&bob).await;
+    let with_carol = alice.open_conversation(&carol).await;
+    let with_dave = alice.open_conversation(&dave).await;
+    let first = alice.send_http(&carol, &with_carol, "first").await;
+    // Distinct server times, so the order is not a tie.
+    let stored: i64 = app
+        .db()
+        .query_row(
+            "SELECT created_at FROM dm_messages WHERE id = ?1",
+            [&first.id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    eventually("the clock moves on", || async { now_ms() > stored as u64 }).await;
+    alice.send_http(&bob, &with_bob, "second").await;
+
+    let list = alice.client.conversations().await.unwrap();
+    let ids: Vec<_> = list.iter().map(|c| c.id.clone()).collect();
+    // Bob (latest message), Carol, then Dave (no messages).
+    assert_eq!(ids, vec![with_bob.clone(), with_carol, with_dave]);
+    assert!(list[0].last_message_at >= list[1].last_message_at);
+    assert_eq!(list[2].last_message_at, 0);
+    // Bob sees only his own conversation.
+    let bobs = bob.client.conversations().await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0].id, with_bob);
+}
+
+/// Criterion 6: a sent message is stored as ciphertext and pushed to the
+/// recipient, who decrypts it.
+#[actix_web::test]
+async fn a_message_is_stored_and_pushed_to_the_recipient() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let mut bob_ws = bob.live_ws().await;
+
+    let sent = alice.send_http(&bob, &conversation, "hello bob").await;
+    assert_eq!(sent.server_sequence, 1);
+    assert_eq!(sent.sender_pubkey, alice.pubkey);
+    assert_eq!(sent.sender_display_name, "Alice");
+
+    let pushed = next_message(&mut bob_ws).await;
+    assert_eq!(pushed.id, sent.id);
+    assert_eq!(pushed.server_sequence, 1);
+    assert_eq!(bob.open_proto(&pushed), "hello bob");
+    assert_eq!(bob.open_json(&sent), "hello bob");
+}
+
+#[actix_web::test]
+async fn a_client_id_makes_sends_idempotent() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let mut bob_ws = bob.live_ws().await;
+
+    let id = uuid::Uuid::new_v4().to_string();
+    let sealed = alice.seal(&bob, &conversation, "once");
+    let body = send_body(Some(id.clone()), &conversation, &sealed, 1_700_000_000_000);
+    let (first, created) = alice.client.send(&body).await.unwrap();
+    assert!(created);
+    assert_eq!(first.id, id, "stored under the client's id");
+    let (second, created) = alice.client.send(&body).await.unwrap();
+    assert!(!created, "a resend is 200");
+    assert_eq!(second, first);
+
+    let pushed = next_message(&mut bob_ws).await;
+    assert_eq!(pushed.id, id);
+    assert_silent(&mut bob_ws, std::time::Duration::from_millis(300)).await;
+
+    let mut changed = body.clone();
+    changed.timestamp += 1;
+    let err = alice.client.send(&changed).await.unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(409), Some("conflict")));
+    // Bob reusing Alice's id is a conflict too.
+    let bob_body = send_body(
+        Some(id),
+        &conversation,
+        &bob.seal(&alice, &conversation, "x"),
+        1,
+    );
+    let err = bob.client.send(&bob_body).await.unwrap_err();
+    assert_eq!(err.status(), Some(409));
+    let history = alice.client.history(&conversation, "").await.unwrap();
+    assert_eq!(history.messages.len(), 1, "no second row");
+}
+
+/// Criterion 7: paginated history, both directions, exact has_more.
+#[actix_web::test]
+async fn history_pages_both_ways() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    for i in 1..=7 {
+        alice.send_http(&bob, &conversation, &format!("m{i}")).await;
+    }
+    let seqs = |h: &united_hub::json::HistoryJson| {
+        h.messages
+            .iter()
+            .map(|m| m.server_sequence)
+            .collect::<Vec<_>>()
+    };
+
+    let newest = bob.client.history(&conversation, "limit=3").await.unwrap();
+    assert_eq!((seqs(&newest), newest.has_more), (vec![7, 6, 5], true));
+    let older = bob
+        .client
+        .history(&conversation, "before=5&limit=3")
+        .await
+        .unwrap();
+    assert_eq!((seqs(&older), older.has_more), (vec![4, 3, 2], true));
+    let oldest = bob
+        .client
+        .history(&conversation, "before=2&limit=3")
+        .await
+        .unwrap();
+    assert_eq!((seqs(&oldest), oldest.has_more), (vec![1], false));
+    let exact = bob
+        .client
+        .history(&conversation, "before=4&limit=3")
+        .await
+        .unwrap();
+    assert_eq!((seqs(&exact), exact.has_more), (vec![3, 2, 1], false));
+
+    let catch_up = bob
+        .client
+        .history(&conversation, "after=2&limit=4")
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&catch_up), catch_up.has_more),
+        (vec![3, 4, 5, 6], true)
+    );
+    let rest = bob.client.history(&conversation, "after=6").await.unwrap();
+    assert_eq!((seqs(&rest), rest.has_more), (vec![7], false));
+    let all = bob
+        .client
+        .history(&conversation, "after=0&limit=500")
+        .await
+        .unwrap();
+    assert_eq!(all.messages.len(), 7, "limit is capped, not refused");
+    assert_eq!(bob.open_json(&all.messages[0]), "m1");
+}
+
+#[actix_web::test]
+async fn key_changes_reach_the_publisher_and_partners_only() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let eve = app.user("Eve").await;
+    alice.open_conversation(&bob).await;
+    let mut alice_ws = alice.live_ws().await;
+    let mut bob_ws = bob.live_ws().await;
+    let mut eve_ws = eve.live_ws().await;
+
+    let new_key = united_hub::client::crypto::Identity::generate().x25519_public();
+    alice.client.publish_key(&new_key).await.unwrap();
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        let event = next_envelope(ws).await;
+        let Some(Payload::DmKeyRotatedEvent(e)) = event.payload else {
+            panic!("{event:?}")
+        };
+        assert_eq!(e.user_pubkey, alice.pubkey);
+        assert_eq!(&e.new_x25519_pubkey[..], &new_key[..]);
+    }
+    // Publishing the same key again sends nothing.
+    alice.client.publish_key(&new_key).await.unwrap();
+    assert_silent(&mut alice_ws, std::time::Duration::from_millis(300)).await;
+    assert_silent(&mut bob_ws, std::time::Duration::from_millis(100)).await;
+    assert_silent(&mut eve_ws, std::time::Duration::from_millis(100)).await;
+}
+
+#[actix_web::test]
+async fn small_order_keys_are_refused() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let mut p_minus_1 = [0xffu8; 32];
+    p_minus_1[0] = 0xec;
+    p_minus_1[31] = 0x7f;
+    let mut one_high = [0u8; 32];
+    one_high[0] = 1;
+    one_high[31] = 0x80;
+    for key in [[0u8; 32], p_minus_1, one_high] {
+        let err = alice.client.publish_key(&key).await.unwrap_err();
+        assert_eq!(
+            (err.status(), err.code()),
+            (Some(400), Some("invalid_request"))
+        );
+    }
+    for bad in [
+        json!({"x25519_pubkey": "ab"}),
+        json!({"x25519_pubkey": "zz".repeat(32)}),
+        json!({}),
+    ] {
+        let mut res = app
+            .http()
+            .post(app.url("/api/dm/keys"))
+            .bearer_auth(alice.token())
+            .send_json(&bad)
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request");
+    }
+}
