@@ -35,11 +35,14 @@ pub enum CommitFailure {
     Skipped(Skipped),
 }
 
+/// One message's outcome: its sequence and whether it was committed.
+pub type CommitResult = (u64, Result<(), CommitFailure>);
+
 /// The outcome of some of one conversation's messages, in sequence order.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct MessagesCommitted {
-    pub results: Vec<(u64, Result<(), CommitFailure>)>,
+    pub results: Vec<CommitResult>,
 }
 
 /// Asks for a message to be committed with the next batch.
@@ -119,10 +122,7 @@ fn dispatch(batch: Vec<AppendMessage>, result: Result<Vec<Result<(), Skipped>>, 
     }
     // Group by conversation, keeping first-appearance order.
     let mut index_of: HashMap<Uuid, usize> = HashMap::new();
-    let mut groups: Vec<(
-        Recipient<MessagesCommitted>,
-        Vec<(u64, Result<(), CommitFailure>)>,
-    )> = Vec::new();
+    let mut groups: Vec<(Recipient<MessagesCommitted>, Vec<CommitResult>)> = Vec::new();
     for (index, append) in batch.into_iter().enumerate() {
         let outcome = match &result {
             Ok(results) => match results.get(index) {

@@ -24,7 +24,7 @@ const MAX_FRAME: usize = 1024 * 1024;
 /// What the hub sent that was not the answer to a pending request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
-    Envelope(Envelope),
+    Envelope(Box<Envelope>),
     /// The socket closed; the close code, if the hub sent one.
     Closed(Option<u16>),
 }
@@ -98,7 +98,7 @@ impl WsClient {
                                 let _ = tx.send(envelope);
                             }
                             None => {
-                                let _ = in_tx.send(Incoming::Envelope(envelope));
+                                let _ = in_tx.send(Incoming::Envelope(Box::new(envelope)));
                             }
                         }
                     }

@@ -269,7 +269,10 @@ async fn ack_marks_undelivered_entries() {
             .unwrap(),
         1
     );
-    assert_eq!(bob.client.ack(&[m1.id.clone()]).await.unwrap(), 0);
+    assert_eq!(
+        bob.client.ack(std::slice::from_ref(&m1.id)).await.unwrap(),
+        0
+    );
     let left = bob.client.offline().await.unwrap();
     assert_eq!(
         left.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use tempfile::TempDir;
 use united_hub::client::crypto::{self, Identity, Sealed};
 use united_hub::client::{send_body, HubClient, Incoming, WsClient};
-use united_hub::json::{MessageJson, TokenResponse};
+use united_hub::json::MessageJson;
 use united_hub::proto::{dm, Envelope, Payload};
 use united_hub::state::AppState;
 use united_hub::{AppHandle, Application, Settings};
@@ -86,7 +86,7 @@ impl TestApp {
     pub async fn user(&self, name: &str) -> TestUser {
         let identity = Identity::generate();
         let mut client = self.client();
-        let tokens = client.login(&identity, Some(name)).await.expect("login");
+        client.login(&identity, Some(name)).await.expect("login");
         client
             .publish_key(&identity.x25519_public())
             .await
@@ -95,7 +95,6 @@ impl TestApp {
             pubkey: identity.public_key_hex(),
             identity,
             client,
-            tokens,
             ws_url: self.ws_url(),
         }
     }
@@ -130,7 +129,6 @@ pub struct TestUser {
     pub identity: Identity,
     pub pubkey: String,
     pub client: HubClient,
-    pub tokens: TokenResponse,
     ws_url: String,
 }
 
@@ -240,7 +238,7 @@ pub fn now_ms() -> u64 {
 /// Waits for the next pushed envelope, skipping nothing.
 pub async fn next_envelope(ws: &mut WsClient) -> Envelope {
     match ws.next(Duration::from_secs(10)).await {
-        Some(Incoming::Envelope(e)) => e,
+        Some(Incoming::Envelope(e)) => *e,
         other => panic!("expected an envelope, got {other:?}"),
     }
 }
@@ -251,11 +249,11 @@ pub async fn next_message(ws: &mut WsClient) -> dm::EncryptedDmMessage {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match ws.next(left).await {
-            Some(Incoming::Envelope(Envelope {
-                payload: Some(Payload::DmMessageEvent(e)),
-                ..
-            })) => return e.message.unwrap(),
-            Some(Incoming::Envelope(_)) => continue,
+            Some(Incoming::Envelope(envelope)) => {
+                if let Some(Payload::DmMessageEvent(e)) = envelope.payload {
+                    return e.message.unwrap();
+                }
+            }
             other => panic!("expected a message event, got {other:?}"),
         }
     }

@@ -5,6 +5,8 @@
 mod auth;
 mod delivery;
 mod dm;
+mod durability;
 mod helpers;
 mod ops;
+mod validation;
 mod websocket;

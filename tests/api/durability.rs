@@ -1,0 +1,141 @@
+//! What survives: restarts, the janitor's purge, and what never reaches disk.
+
+use std::time::Duration;
+
+use united_hub::client::send_body;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn every_answered_message_survives_a_restart_and_sequences_resume() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let ws = alice.live_ws().await;
+    let mut answered = Vec::new();
+    for i in 0..20 {
+        answered.push(
+            alice
+                .send_http(&bob, &conversation, &format!("http {i}"))
+                .await
+                .id,
+        );
+        let sealed = alice.seal(&bob, &conversation, &format!("ws {i}"));
+        let united_hub::proto::Payload::DmSendResponse(r) = ws
+            .call(send_request(None, &conversation, &sealed))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        answered.push(r.message.unwrap().id);
+    }
+    drop(ws);
+    let dir = app.stop().await;
+
+    let app = spawn_app_in(dir, |_| {}).await;
+    let mut bob_client = app.client();
+    bob_client.login(&bob.identity, None).await.unwrap();
+    let history = bob_client
+        .history(&conversation, "after=0&limit=100")
+        .await
+        .unwrap();
+    let ids: Vec<_> = history.messages.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids, answered, "all 40, in the order they were answered");
+    assert_eq!(bob.open_json(&history.messages[39]), "ws 19");
+
+    // The conversation's actor starts from the stored sequence: no reuse.
+    let mut alice_client = app.client();
+    alice_client.login(&alice.identity, None).await.unwrap();
+    let sealed = alice.seal(&bob, &conversation, "after restart");
+    let (next, _) = alice_client
+        .send(&send_body(None, &conversation, &sealed, now_ms()))
+        .await
+        .unwrap();
+    assert_eq!(next.server_sequence, 41);
+}
+
+#[actix_web::test]
+async fn the_janitor_purges_old_offline_entries_and_keeps_history() {
+    let app = spawn_app_with(|s| {
+        s.offline_ttl = 1;
+        s.janitor_interval = 1;
+    })
+    .await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    for i in 0..3 {
+        alice.send_http(&bob, &conversation, &format!("{i}")).await;
+    }
+    let queued = || async {
+        let n: i64 = app
+            .db()
+            .query_row("SELECT COUNT(*) FROM dm_offline_queue", [], |r| r.get(0))
+            .unwrap();
+        n
+    };
+    assert_eq!(queued().await, 3);
+    eventually("the janitor purges", || async { queued().await == 0 }).await;
+
+    assert!(bob.client.offline().await.unwrap().is_empty());
+    let history = bob.client.history(&conversation, "").await.unwrap();
+    assert_eq!(history.messages.len(), 3, "messages stay in history");
+    let metrics = app
+        .http()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap();
+    let text = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(text.contains("united_offline_purged_total 3"), "{text}");
+}
+
+#[actix_web::test]
+async fn the_janitor_keeps_fresh_entries() {
+    let app = spawn_app_with(|s| s.janitor_interval = 1).await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let sent = alice.send_http(&bob, &conversation, "keep me").await;
+    // Two janitor runs pass (the default TTL is 30 days).
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    let offline = bob.client.offline().await.unwrap();
+    assert_eq!(offline.len(), 1);
+    assert_eq!(offline[0].id, sent.id);
+}
+
+#[actix_web::test]
+async fn no_plaintext_reaches_the_data_directory() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let marker = "PLAINTEXT-MARKER-7d1e0c";
+    let ws = alice.live_ws().await;
+    for i in 0..20 {
+        alice
+            .send_http(&bob, &conversation, &format!("{marker} http {i}"))
+            .await;
+        let sealed = alice.seal(&bob, &conversation, &format!("{marker} ws {i}"));
+        ws.call(send_request(None, &conversation, &sealed))
+            .await
+            .unwrap();
+    }
+    // Bob can read them: they were real messages.
+    let history = bob.client.history(&conversation, "limit=1").await.unwrap();
+    assert!(bob.open_json(&history.messages[0]).starts_with(marker));
+    drop(ws);
+    let files = app.data_files();
+    assert!(files.iter().any(|(name, _)| name == "united.db"));
+    for (name, bytes) in &files {
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{name} contains the plaintext marker"
+        );
+    }
+}
