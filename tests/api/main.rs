@@ -3,6 +3,7 @@
 //! and real X25519 + XChaCha20-Poly1305 encryption.
 
 mod auth;
+mod crypto;
 mod delivery;
 mod dm;
 mod durability;
