@@ -1,6 +1,6 @@
 //! `HubClient`: the HTTP API, typed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use awc::http::{Method, StatusCode};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -49,12 +49,17 @@ impl ClientError {
     }
 }
 
+/// Refresh the access token when it has less than this left.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
 /// A client of one hub, for one user once logged in.
 #[derive(Clone)]
 pub struct HubClient {
     base_url: String,
     http: awc::Client,
     access_token: Option<String>,
+    /// The current refresh token and when the access token expires.
+    refresh: Option<(String, Instant)>,
 }
 
 impl HubClient {
@@ -64,6 +69,7 @@ impl HubClient {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             http: awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
             access_token: None,
+            refresh: None,
         }
     }
 
@@ -77,6 +83,26 @@ impl HubClient {
 
     pub fn set_access_token(&mut self, token: impl Into<String>) {
         self.access_token = Some(token.into());
+    }
+
+    fn keep(&mut self, tokens: &TokenResponse) {
+        self.access_token = Some(tokens.access_token.clone());
+        let expires = Instant::now() + Duration::from_secs(tokens.expires_in);
+        self.refresh = Some((tokens.refresh_token.clone(), expires));
+    }
+
+    /// Refreshes the access token if it expires within [`REFRESH_MARGIN`].
+    /// Returns whether it refreshed. Call it before long-lived work (a
+    /// WebSocket reconnect, a send after a pause).
+    pub async fn refresh_if_needed(&mut self) -> Result<bool, ClientError> {
+        let Some((token, expires)) = self.refresh.clone() else {
+            return Ok(false);
+        };
+        if expires.saturating_duration_since(Instant::now()) > REFRESH_MARGIN {
+            return Ok(false);
+        }
+        self.refresh(&token).await?;
+        Ok(true)
     }
 
     /// The `ws://` URL of this hub's `/ws`.
@@ -168,7 +194,7 @@ impl HubClient {
     ) -> Result<TokenResponse, ClientError> {
         let challenge = self.challenge().await?;
         let tokens = self.verify(identity, &challenge, display_name).await?;
-        self.access_token = Some(tokens.access_token.clone());
+        self.keep(&tokens);
         Ok(tokens)
     }
 
@@ -178,7 +204,7 @@ impl HubClient {
             refresh_token: refresh_token.to_owned(),
         };
         let tokens: TokenResponse = self.post("/api/auth/refresh", &body).await?.1;
-        self.access_token = Some(tokens.access_token.clone());
+        self.keep(&tokens);
         Ok(tokens)
     }
 

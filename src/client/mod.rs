@@ -5,13 +5,16 @@
 //! - [`HubClient`]: login and every HTTP call, typed.
 //! - [`WsClient`]: one WebSocket; correlates `request_id`s and hands pushed
 //!   events out as a stream.
+//! - [`reconnect`] / [`catch_up`]: come back after being away and miss nothing.
 //!
 //! It runs on the actix (tokio current-thread) runtime: call it from inside
 //! an actix `System`.
 
+mod catch_up;
 pub mod crypto;
 mod http;
 mod ws;
 
+pub use catch_up::{catch_up, reconnect};
 pub use http::{send_body, ClientError, HubClient};
 pub use ws::{Incoming, WsClient};

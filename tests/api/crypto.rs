@@ -26,11 +26,20 @@ fn key_conversion_matches_libsodium() {
     for v in vectors() {
         for who in ["sender", "recipient"] {
             let id = Identity::from_seed(&bytes(&v, &format!("{who}_seed")));
-            assert_eq!(id.public_key(), bytes::<32>(&v, &format!("{who}_ed25519_pk")));
-            assert_eq!(id.x25519_public(), bytes::<32>(&v, &format!("{who}_x25519_pk")));
+            assert_eq!(
+                id.public_key(),
+                bytes::<32>(&v, &format!("{who}_ed25519_pk"))
+            );
+            assert_eq!(
+                id.x25519_public(),
+                bytes::<32>(&v, &format!("{who}_x25519_pk"))
+            );
         }
         let recipient = Identity::from_seed(&bytes(&v, "recipient_seed"));
-        assert_eq!(recipient.x25519_secret(), bytes::<32>(&v, "recipient_x25519_sk"));
+        assert_eq!(
+            recipient.x25519_secret(),
+            bytes::<32>(&v, "recipient_x25519_sk")
+        );
     }
 }
 
@@ -47,7 +56,11 @@ fn rust_seals_the_same_bytes_as_libsodium() {
         )
         .unwrap();
         assert_eq!(sealed.ephemeral_pubkey, bytes::<32>(&v, "ephemeral_pk"));
-        assert_eq!(sealed.ciphertext, vec(&v, "ciphertext"), "sealed bytes differ from libsodium's");
+        assert_eq!(
+            sealed.ciphertext,
+            vec(&v, "ciphertext"),
+            "sealed bytes differ from libsodium's"
+        );
     }
 }
 
@@ -62,7 +75,10 @@ fn rust_opens_what_libsodium_sealed_and_refuses_tampering() {
         let conversation = v["conversation_id"].as_str().unwrap();
         let sender = bytes::<32>(&v, "sender_ed25519_pk");
         let secret = bytes::<32>(&v, "recipient_x25519_sk");
-        assert_eq!(crypto::open(&sealed, &secret, conversation, &sender).unwrap(), vec(&v, "plaintext"));
+        assert_eq!(
+            crypto::open(&sealed, &secret, conversation, &sender).unwrap(),
+            vec(&v, "plaintext")
+        );
 
         let mut flipped = sealed.clone();
         flipped.ciphertext[0] ^= 1;
@@ -70,7 +86,13 @@ fn rust_opens_what_libsodium_sealed_and_refuses_tampering() {
         let mut other_nonce = sealed.clone();
         other_nonce.nonce[0] ^= 1;
         assert!(crypto::open(&other_nonce, &secret, conversation, &sender).is_err());
-        assert!(crypto::open(&sealed, &secret, "00000000-0000-4000-8000-000000000001", &sender).is_err());
+        assert!(crypto::open(
+            &sealed,
+            &secret,
+            "00000000-0000-4000-8000-000000000001",
+            &sender
+        )
+        .is_err());
     }
 }
 
@@ -84,8 +106,20 @@ fn libsodium_opens_fresh_rust_messages() {
     let conversation = uuid::Uuid::new_v4().to_string();
     let mut vectors = Vec::new();
     for text in ["", "short", &"long ".repeat(2000)] {
-        let sealed = crypto::seal(text.as_bytes(), &recipient.x25519_public(), &conversation, &sender.public_key()).unwrap();
-        let opened = crypto::open(&sealed, &recipient.x25519_secret(), &conversation, &sender.public_key()).unwrap();
+        let sealed = crypto::seal(
+            text.as_bytes(),
+            &recipient.x25519_public(),
+            &conversation,
+            &sender.public_key(),
+        )
+        .unwrap();
+        let opened = crypto::open(
+            &sealed,
+            &recipient.x25519_secret(),
+            &conversation,
+            &sender.public_key(),
+        )
+        .unwrap();
         assert_eq!(opened, text.as_bytes());
         vectors.push(serde_json::json!({
             "ciphertext": hex::encode(&sealed.ciphertext),
@@ -102,7 +136,9 @@ fn libsodium_opens_fresh_rust_messages() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_nacl {
-        eprintln!("PyNaCl is not installed: libsodium cross-check skipped (the fixed vectors still ran)");
+        eprintln!(
+            "PyNaCl is not installed: libsodium cross-check skipped (the fixed vectors still ran)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

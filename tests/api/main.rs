@@ -11,3 +11,4 @@ mod helpers;
 mod ops;
 mod validation;
 mod websocket;
+mod ws_first;
