@@ -155,6 +155,24 @@ impl From<&StoredMessage> for MessageJson {
     }
 }
 
+impl MessageJson {
+    /// The JSON form of a message received over the WebSocket.
+    pub fn from_proto(m: &crate::proto::dm::EncryptedDmMessage) -> Self {
+        MessageJson {
+            id: m.id.clone(),
+            conversation_id: m.conversation_id.clone(),
+            sender_pubkey: m.sender_pubkey.clone(),
+            encrypted_payload: B64.encode(&m.encrypted_payload),
+            nonce: B64.encode(&m.nonce),
+            ephemeral_pubkey: (!m.ephemeral_pubkey.is_empty())
+                .then(|| B64.encode(&m.ephemeral_pubkey)),
+            timestamp: m.timestamp,
+            server_sequence: m.server_sequence,
+            sender_display_name: m.sender_display_name.clone(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct HistoryJson {
     pub messages: Vec<MessageJson>,

@@ -15,6 +15,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -1,6 +1,7 @@
 //! The `united-hub` command. With no subcommand it runs the hub.
 
 use clap::{Parser, Subcommand};
+use united_hub::cli::{chat, demo};
 use united_hub::{telemetry, Application, Settings};
 
 #[derive(Parser)]
@@ -21,16 +22,34 @@ struct Cli {
 enum Command {
     /// Run the hub (the default).
     Serve(Settings),
+    /// Play a short story against an embedded (or --url) hub, every step checked.
+    Demo(demo::DemoArgs),
+    /// Create or show an identity file.
+    #[command(subcommand)]
+    Identity(chat::IdentityCommand),
+    /// Send an encrypted message.
+    Send(chat::SendArgs),
+    /// Print your messages as they arrive (and those that came while away).
+    Listen(chat::ListenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    telemetry::init();
     let cli = Cli::parse();
-    let settings = match cli.command {
-        Some(Command::Serve(settings)) => settings,
-        None => cli.serve,
-    };
-    actix_web::rt::System::new().block_on(serve(settings))
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    if matches!(command, Command::Serve(_)) {
+        telemetry::init();
+    }
+    let system = actix_web::rt::System::new();
+    match command {
+        Command::Serve(settings) => system.block_on(serve(settings)),
+        Command::Demo(args) => {
+            let all_held = system.block_on(demo::run(args))?;
+            std::process::exit(if all_held { 0 } else { 1 });
+        }
+        Command::Identity(cmd) => chat::identity(cmd),
+        Command::Send(args) => system.block_on(chat::send(args)),
+        Command::Listen(args) => system.block_on(chat::listen(args)),
+    }
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -49,15 +68,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -3,6 +3,7 @@
 //! and real X25519 + XChaCha20-Poly1305 encryption.
 
 mod auth;
+mod cli;
 mod crypto;
 mod delivery;
 mod dm;

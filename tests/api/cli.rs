@@ -1,0 +1,111 @@
+//! The `united-hub` binary's people-facing commands: demo, identity, send.
+
+use std::process::{Command, Output};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_united-hub");
+
+/// Runs the binary off the test's thread (the hub's actors share it).
+async fn run(args: Vec<String>) -> Output {
+    actix_web::rt::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[actix_web::test]
+async fn the_demo_runs_to_completion_and_says_so() {
+    let out = run(args(&["demo"])).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("All 10 steps held."), "{stdout}");
+    assert!(!stdout.contains('✘'), "{stdout}");
+}
+
+#[actix_web::test]
+async fn the_demo_exit_code_reports_failure() {
+    // Nothing listens on the discard port.
+    let out = run(args(&["demo", "--url", "http://127.0.0.1:9"])).await;
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[actix_web::test]
+async fn the_demo_runs_against_a_running_hub() {
+    let app = spawn_app().await;
+    let out = run(args(&["demo", "--url", &app.address])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[actix_web::test]
+async fn a_person_sends_from_the_command_line() {
+    let app = spawn_app().await;
+    let bob = app.user("Bob").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alice.id");
+    let file_arg = file.to_str().unwrap();
+
+    let out = run(args(&[
+        "identity", "new", "--name", "Alice", "--file", file_arg,
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let again = run(args(&[
+        "identity", "new", "--name", "Alice", "--file", file_arg,
+    ]))
+    .await;
+    assert!(
+        !again.status.success(),
+        "an identity is never overwritten silently"
+    );
+
+    let out = run(args(&[
+        "send",
+        "--identity",
+        file_arg,
+        "--to",
+        &bob.pubkey,
+        "--url",
+        &app.address,
+        "hello",
+        "from",
+        "a",
+        "shell",
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sent #1"));
+
+    let inbox = bob.client.offline().await.unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(bob.open_json(&inbox[0]), "hello from a shell");
+    assert_eq!(inbox[0].sender_display_name, "Alice");
+}
