@@ -22,6 +22,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod json;
+pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod proto;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use united_hub::cli::{chat, demo};
+use united_hub::load;
 use united_hub::{telemetry, Application, Settings};
 
 #[derive(Parser)]
@@ -31,6 +32,8 @@ enum Command {
     Send(chat::SendArgs),
     /// Print your messages as they arrive (and those that came while away).
     Listen(chat::ListenArgs),
+    /// Drive a hub with many sessions, measure it, and verify every delivery.
+    Load(load::LoadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +52,15 @@ fn main() -> anyhow::Result<()> {
         Command::Identity(cmd) => chat::identity(cmd),
         Command::Send(args) => system.block_on(chat::send(args)),
         Command::Listen(args) => system.block_on(chat::listen(args)),
+        Command::Load(args) => {
+            let json = args.json.clone();
+            let report = system.block_on(load::run(args))?;
+            println!("{report}");
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            }
+            std::process::exit(if report.ok { 0 } else { 1 });
+        }
     }
 }
 

@@ -17,4 +17,4 @@ mod ws;
 
 pub use catch_up::{catch_up, reconnect};
 pub use http::{send_body, ClientError, HubClient};
-pub use ws::{Incoming, WsClient};
+pub use ws::{Events, Incoming, WsClient};

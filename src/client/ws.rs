@@ -34,8 +34,22 @@ type Pending = Rc<RefCell<HashMap<String, oneshot::Sender<Envelope>>>>;
 pub struct WsClient {
     out: mpsc::UnboundedSender<Message>,
     pending: Pending,
-    incoming: mpsc::UnboundedReceiver<Incoming>,
+    /// `None` once handed out by [`WsClient::take_events`].
+    incoming: Option<Events>,
     next_id: Cell<u64>,
+}
+
+/// The stream of what the hub pushes, apart from answers to requests.
+pub struct Events(mpsc::UnboundedReceiver<Incoming>);
+
+impl Events {
+    /// The next pushed event (or close), waiting at most `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Incoming> {
+        tokio::time::timeout(wait, self.0.recv())
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 impl WsClient {
@@ -119,7 +133,7 @@ impl WsClient {
         Ok(WsClient {
             out,
             pending,
-            incoming,
+            incoming: Some(Events(incoming)),
             next_id: Cell::new(1),
         })
     }
@@ -161,12 +175,16 @@ impl WsClient {
             .map_err(|_| ClientError::Transport("the socket is closed".into()))
     }
 
-    /// The next pushed event (or close), waiting at most `wait`.
+    /// The next pushed event (or close), waiting at most `wait`. `None`
+    /// after `wait`, or at once if the events were taken.
     pub async fn next(&mut self, wait: Duration) -> Option<Incoming> {
-        tokio::time::timeout(wait, self.incoming.recv())
-            .await
-            .ok()
-            .flatten()
+        self.incoming.as_mut()?.next(wait).await
+    }
+
+    /// Hands the event stream out, so one task can read events while others
+    /// make requests through a shared `&WsClient`.
+    pub fn take_events(&mut self) -> Option<Events> {
+        self.incoming.take()
     }
 
     /// Closes the socket normally.

@@ -1,0 +1,334 @@
+//! `united-hub load`: drives a hub with many sessions and checks every push.
+//!
+//! Phases: register identities, open conversations, connect sessions, warm
+//! up, measure, drain, verify. The run fails (exit code 1) on any lost,
+//! duplicated or reordered message, any push to the wrong session, and any
+//! send error other than the hub asking to slow down (429/503).
+
+mod hub;
+mod report;
+mod traffic;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::stream::{self, StreamExt as _};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::client::crypto::Identity;
+use crate::client::{HubClient, WsClient};
+use crate::proto::{dm, Payload};
+pub use report::Report;
+pub use traffic::Via;
+use traffic::{Pacer, Pair, Sender, SessionCheck, Stats, Template};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadArgs {
+    /// A running hub [default: start one as a child process on a temporary directory].
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The hub's process id, for memory figures of a `--url` hub that cannot be found by port.
+    #[arg(long)]
+    pub hub_pid: Option<u32>,
+    /// Active conversations; each has one sender.
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+    /// Identities to register [default: 2 × pairs + idle]; extra ones only log in.
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// Sessions (devices) per user of a pair; all of them must get every message.
+    #[arg(long, default_value_t = 1)]
+    pub sessions_per_user: usize,
+    /// Extra sessions, each of its own user, that only listen.
+    #[arg(long, default_value_t = 0)]
+    pub idle: usize,
+    /// Total messages per second; 0 sends as fast as the window allows.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Sends in flight per sender.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Ciphertext bytes per message.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// How senders send (pushes always arrive over WebSocket).
+    #[arg(long, value_enum, default_value = "ws")]
+    pub via: Via,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Setup requests in flight (logins, creates, connects).
+    #[arg(long, default_value_t = 64)]
+    pub setup_concurrency: usize,
+    /// Seconds to wait for every accepted message to arrive after sending stops.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn bar(args: &LoadArgs, len: u64, what: &str) -> ProgressBar {
+    let target = if args.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+        )
+        .expect("a constant template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_owned());
+    bar
+}
+
+/// A registered user with a logged-in client.
+struct User {
+    identity: Identity,
+    client: HubClient,
+}
+
+async fn register(args: &LoadArgs, url: &str, count: usize) -> anyhow::Result<Vec<User>> {
+    let progress = bar(args, count as u64, "register");
+    let users: Vec<anyhow::Result<User>> = stream::iter(0..count)
+        .map(|i| {
+            let progress = progress.clone();
+            async move {
+                let identity = Identity::generate();
+                let mut client = HubClient::new(url);
+                client
+                    .login(&identity, Some(&format!("load-{i}")))
+                    .await
+                    .with_context(|| format!("registering user {i}"))?;
+                progress.inc(1);
+                Ok(User { identity, client })
+            }
+        })
+        .buffered(args.setup_concurrency)
+        .collect()
+        .await;
+    progress.finish();
+    users.into_iter().collect()
+}
+
+async fn open_pairs(args: &LoadArgs, users: &[User]) -> anyhow::Result<Vec<Rc<Pair>>> {
+    let progress = bar(args, args.pairs as u64, "open");
+    let pairs: Vec<anyhow::Result<Rc<Pair>>> = stream::iter(0..args.pairs)
+        .map(|i| {
+            let progress = progress.clone();
+            let (a, b) = (&users[2 * i], &users[2 * i + 1]);
+            async move {
+                let (conversation, _) = a
+                    .client
+                    .create_conversation(&b.identity.public_key_hex())
+                    .await?;
+                progress.inc(1);
+                Ok(Rc::new(Pair::new(i, conversation.id)))
+            }
+        })
+        .buffered(args.setup_concurrency)
+        .collect()
+        .await;
+    progress.finish();
+    pairs.into_iter().collect()
+}
+
+/// One connected session: its client (for sends) and what it must receive.
+struct Session {
+    ws: Rc<WsClient>,
+    check: Rc<SessionCheck>,
+}
+
+async fn connect(
+    args: &LoadArgs,
+    users: &[User],
+    plan: Vec<(usize, Option<Rc<Pair>>, bool)>,
+    stats: &Rc<Stats>,
+    done: &Rc<Cell<bool>>,
+) -> anyhow::Result<Vec<Session>> {
+    let progress = bar(args, plan.len() as u64, "connect");
+    let sessions: Vec<anyhow::Result<Session>> = stream::iter(plan)
+        .map(|(user, pair, recipient)| {
+            let progress = progress.clone();
+            let client = &users[user].client;
+            async move {
+                let mut ws =
+                    WsClient::connect(&client.ws_url(), client.access_token().unwrap_or_default())
+                        .await?;
+                // One answer: the session is registered and gets every later push.
+                ws.call(Payload::DmConversationListRequest(
+                    dm::DmConversationListRequest {},
+                ))
+                .await?;
+                let events = ws.take_events().context("fresh client has its events")?;
+                let check = Rc::new(SessionCheck {
+                    pair,
+                    recipient,
+                    last_seq: Cell::new(0),
+                    received: Cell::new(0),
+                });
+                actix_web::rt::spawn(traffic::receive(
+                    events,
+                    check.clone(),
+                    stats.clone(),
+                    done.clone(),
+                ));
+                progress.inc(1);
+                Ok(Session {
+                    ws: Rc::new(ws),
+                    check,
+                })
+            }
+        })
+        .buffered(args.setup_concurrency)
+        .collect()
+        .await;
+    progress.finish();
+    sessions.into_iter().collect()
+}
+
+/// Runs the whole load test and returns its report.
+pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.pairs > 0 || args.idle > 0,
+        "nothing to do: give --pairs or --idle"
+    );
+    let hub = match &args.url {
+        Some(url) => hub::TargetHub::attach(url, args.hub_pid).await?,
+        None => hub::TargetHub::spawn().await?,
+    };
+    let mut report = Report::new(&args, &hub.url);
+    report.rss.before = hub.rss_kib();
+    eprintln!("load: hub at {} (pid {:?})", hub.url, hub.pid);
+
+    let pair_users = 2 * args.pairs;
+    let total_users = args.users.unwrap_or(0).max(pair_users + args.idle);
+    let t = Instant::now();
+    let users = register(&args, &hub.url, total_users).await?;
+    report.setup.register_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let pairs = open_pairs(&args, &users).await?;
+    report.setup.open_seconds = t.elapsed().as_secs_f64();
+    report.rss.after_register = hub.rss_kib();
+
+    let stats = Rc::new(Stats::new());
+    let done = Rc::new(Cell::new(false));
+    let mut plan = Vec::new();
+    for pair in &pairs {
+        for device in 0..args.sessions_per_user {
+            plan.push((2 * pair.index, Some(pair.clone()), false));
+            let _ = device;
+        }
+        for _ in 0..args.sessions_per_user {
+            plan.push((2 * pair.index + 1, Some(pair.clone()), true));
+        }
+    }
+    for i in 0..args.idle {
+        plan.push((pair_users + i, None, false));
+    }
+    let t = Instant::now();
+    let sessions = connect(&args, &users, plan, &stats, &done).await?;
+    report.setup.connect_seconds = t.elapsed().as_secs_f64();
+    report.sessions = sessions.len();
+    report.rss.idle_connected = hub.rss_kib();
+
+    // Senders: the first session (or the HTTP client) of each pair's first user.
+    let template = Rc::new(Template::new(args.payload_bytes));
+    let pacer = (args.rate > 0).then(|| Rc::new(Pacer::new(args.rate)));
+    stats.sending.set(true);
+    for (pair, session) in pairs
+        .iter()
+        .zip(sessions.iter().step_by(2 * args.sessions_per_user))
+    {
+        let sender = match args.via {
+            Via::Ws => Sender::Ws(session.ws.clone()),
+            Via::Http => Sender::Http(users[2 * pair.index].client.clone()),
+        };
+        actix_web::rt::spawn(traffic::send_loop(
+            pair.clone(),
+            Rc::new(sender),
+            template.clone(),
+            stats.clone(),
+            args.window,
+            pacer.clone(),
+        ));
+    }
+
+    let progress = bar(&args, args.warmup, "warm up");
+    for _ in 0..args.warmup {
+        actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+        progress.inc(1);
+    }
+    progress.finish();
+
+    let progress = bar(&args, args.duration, "measure");
+    stats.start_measuring();
+    let measure_start = Instant::now();
+    let mut peak_rss = hub.rss_kib();
+    for _ in 0..args.duration {
+        actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+        peak_rss = peak_rss.max(hub.rss_kib());
+        let secs = measure_start.elapsed().as_secs_f64();
+        progress.set_message(format!(
+            "{:.0} sent/s {:.0} pushed/s",
+            stats.accepted_measured.get() as f64 / secs,
+            stats.delivered_measured.get() as f64 / secs
+        ));
+        progress.inc(1);
+    }
+    stats.stop_measuring();
+    let measured = measure_start.elapsed().as_secs_f64();
+    progress.finish();
+    report.rss.under_load = peak_rss;
+    stats.sending.set(false);
+
+    // Drain: every answered send, and every push of it.
+    let progress = bar(&args, stats.accepted.get(), "drain");
+    let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
+    loop {
+        let expected: u64 = sessions
+            .iter()
+            .filter_map(|s| s.check.pair.as_ref().map(|p| p.accepted_count.get()))
+            .sum();
+        let received: u64 = sessions.iter().map(|s| s.check.received.get()).sum();
+        progress.set_length(expected);
+        progress.set_position(received.min(expected));
+        if stats.in_flight.get() == 0 && received >= expected {
+            break;
+        }
+        if Instant::now() > deadline {
+            stats.note(format!(
+                "drain timed out: {received} of {expected} pushes arrived"
+            ));
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    progress.finish();
+    // Anything that arrives now would be a duplicate; give it a moment.
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    done.set(true);
+
+    report.fill(
+        &stats,
+        &pairs,
+        sessions.iter().map(|s| s.check.as_ref()),
+        measured,
+    );
+    drop(sessions);
+    drop(hub);
+    Ok(report)
+}

@@ -1,0 +1,206 @@
+//! The load report: a table for people, the same data as JSON.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::traffic::{Pair, SessionCheck, Stats, Via};
+use super::LoadArgs;
+
+#[derive(Serialize, Debug, Default)]
+pub struct Setup {
+    pub register_seconds: f64,
+    pub open_seconds: f64,
+    pub connect_seconds: f64,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Memory {
+    /// The hub's RSS in KiB at each point (absent when it cannot be read).
+    pub before: Option<u64>,
+    pub after_register: Option<u64>,
+    pub idle_connected: Option<u64>,
+    pub under_load: Option<u64>,
+    /// (idle_connected - after_register) / sessions.
+    pub per_session_kib: Option<f64>,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub url: String,
+    pub pairs: usize,
+    pub sessions: usize,
+    pub idle: usize,
+    pub sessions_per_user: usize,
+    pub rate: u64,
+    pub window: usize,
+    pub duration_seconds: f64,
+    pub payload_bytes: usize,
+    pub via: Via,
+    pub setup: Setup,
+    pub accepted: u64,
+    pub accepted_per_second: f64,
+    pub delivered: u64,
+    pub delivered_per_second: f64,
+    pub latency: Latency,
+    pub refused: u64,
+    pub errors: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub anomalies: u64,
+    pub samples: Vec<String>,
+    pub rss: Memory,
+    pub ok: bool,
+}
+
+impl Report {
+    pub fn new(args: &LoadArgs, url: &str) -> Self {
+        Report {
+            url: url.to_owned(),
+            pairs: args.pairs,
+            sessions: 0,
+            idle: args.idle,
+            sessions_per_user: args.sessions_per_user,
+            rate: args.rate,
+            window: args.window,
+            duration_seconds: 0.0,
+            payload_bytes: args.payload_bytes,
+            via: args.via,
+            setup: Setup::default(),
+            accepted: 0,
+            accepted_per_second: 0.0,
+            delivered: 0,
+            delivered_per_second: 0.0,
+            latency: Latency::default(),
+            refused: 0,
+            errors: 0,
+            lost: 0,
+            duplicated: 0,
+            anomalies: 0,
+            samples: Vec::new(),
+            rss: Memory::default(),
+            ok: false,
+        }
+    }
+
+    pub fn fill<'a>(
+        &mut self,
+        stats: &Stats,
+        pairs: &[std::rc::Rc<Pair>],
+        sessions: impl Iterator<Item = &'a SessionCheck>,
+        measured_seconds: f64,
+    ) {
+        self.duration_seconds = measured_seconds;
+        self.accepted = stats.accepted.get();
+        self.accepted_per_second = stats.accepted_measured.get() as f64 / measured_seconds;
+        self.delivered = stats.delivered.get();
+        self.delivered_per_second = stats.delivered_measured.get() as f64 / measured_seconds;
+        self.refused = stats.refused.get();
+        self.errors = stats.errors.get();
+        self.anomalies = stats.anomalies.get();
+        for pair in pairs {
+            self.duplicated += pair.duplicate_answers.get();
+            if !pair.accepted_gap_free() {
+                self.anomalies += 1;
+                stats.note(format!(
+                    "pair {}: the accepted sequences have a gap",
+                    pair.index
+                ));
+            }
+        }
+        for s in sessions {
+            let Some(pair) = &s.pair else { continue };
+            let expected = pair.accepted_count.get();
+            let got = s.received.get();
+            self.lost += expected.saturating_sub(got);
+            self.duplicated += got.saturating_sub(expected);
+        }
+        let h = stats.latency_us.borrow();
+        let ms = |us: u64| us as f64 / 1000.0;
+        self.latency = Latency {
+            samples: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        };
+        if let (Some(idle), Some(base)) = (self.rss.idle_connected, self.rss.after_register) {
+            if self.sessions > 0 {
+                self.rss.per_session_kib = Some((idle as f64 - base as f64) / self.sessions as f64);
+            }
+        }
+        self.samples = stats.samples.borrow().clone();
+        self.ok = self.lost == 0 && self.duplicated == 0 && self.anomalies == 0 && self.errors == 0;
+    }
+}
+
+fn kib(v: Option<u64>) -> String {
+    v.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let via = match self.via {
+            Via::Ws => "ws",
+            Via::Http => "http",
+        };
+        writeln!(f, "united-hub load report ({})", self.url)?;
+        writeln!(f, "  scenario     {} pairs × {} sessions/user + {} idle = {} sessions; via {via}; window {}; rate {}; {} B payload",
+            self.pairs, self.sessions_per_user, self.idle, self.sessions, self.window,
+            if self.rate == 0 { "max".into() } else { format!("{}/s", self.rate) }, self.payload_bytes)?;
+        writeln!(
+            f,
+            "  setup        register {:.1} s, open {:.1} s, connect {:.1} s",
+            self.setup.register_seconds, self.setup.open_seconds, self.setup.connect_seconds
+        )?;
+        writeln!(
+            f,
+            "  throughput   {:.0} accepted/s, {:.0} pushes/s over {:.1} s ({} accepted in all)",
+            self.accepted_per_second,
+            self.delivered_per_second,
+            self.duration_seconds,
+            self.accepted
+        )?;
+        writeln!(f, "  latency      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} samples, send → recipient)",
+            self.latency.p50_ms, self.latency.p90_ms, self.latency.p99_ms, self.latency.p999_ms, self.latency.max_ms, self.latency.samples)?;
+        writeln!(
+            f,
+            "  hub memory   before {}, registered {}, connected {}, under load {}, per session {}",
+            kib(self.rss.before),
+            kib(self.rss.after_register),
+            kib(self.rss.idle_connected),
+            kib(self.rss.under_load),
+            self.rss
+                .per_session_kib
+                .map_or("n/a".into(), |k| format!("{k:.1} KiB"))
+        )?;
+        writeln!(
+            f,
+            "  checks       lost {}, duplicated {}, anomalies {}, errors {}, refused (429/503) {}",
+            self.lost, self.duplicated, self.anomalies, self.errors, self.refused
+        )?;
+        for s in &self.samples {
+            writeln!(f, "    - {s}")?;
+        }
+        write!(
+            f,
+            "  verdict      {}",
+            if self.ok {
+                "OK: every accepted message reached every session of both sides once, in order"
+            } else {
+                "FAILED"
+            }
+        )
+    }
+}
