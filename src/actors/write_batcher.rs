@@ -159,3 +159,223 @@ impl Handler<AppendMessage> for WriteBatcher {
         self.flush(ctx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::model::StoredMessage;
+
+    /// Stands in for the `DbExecutor`: records each batch, optionally fails
+    /// it, and takes `delay` to commit.
+    struct FakeDb {
+        batches: Arc<Mutex<Vec<Vec<(Uuid, u64)>>>>,
+        /// The index of the batch that fails, if any.
+        fail_batch: Option<usize>,
+        delay: Duration,
+    }
+
+    impl Actor for FakeDb {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<CommitMessages> for FakeDb {
+        type Result = ResponseFuture<Result<Vec<Result<(), Skipped>>, DbError>>;
+        fn handle(&mut self, msg: CommitMessages, _: &mut Context<Self>) -> Self::Result {
+            let mut batches = self.batches.lock().unwrap();
+            let fail = self.fail_batch == Some(batches.len());
+            batches.push(
+                msg.0
+                    .iter()
+                    .map(|w| (w.message.conversation_id, w.message.server_sequence))
+                    .collect(),
+            );
+            let n = msg.0.len();
+            let delay = self.delay;
+            Box::pin(async move {
+                actix_web::rt::time::sleep(delay).await;
+                if fail {
+                    Err(DbError::Sqlite(rusqlite::Error::InvalidQuery))
+                } else {
+                    Ok(vec![Ok(()); n])
+                }
+            })
+        }
+    }
+
+    /// Stands in for a `ConversationActor`: collects its outcomes.
+    struct Collector(Arc<Mutex<Vec<CommitResult>>>);
+
+    impl Actor for Collector {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<MessagesCommitted> for Collector {
+        type Result = ();
+        fn handle(&mut self, msg: MessagesCommitted, _: &mut Context<Self>) {
+            self.0.lock().unwrap().extend(msg.results);
+        }
+    }
+
+    fn message(conversation: Uuid, seq: u64) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage {
+            id: Uuid::new_v4(),
+            conversation_id: conversation,
+            sender: Pubkey::from_db("ab".repeat(32)),
+            encrypted_payload: Bytes::from_static(b"x"),
+            nonce: [0; 24],
+            ephemeral_pubkey: None,
+            timestamp: 1,
+            server_sequence: seq,
+            sender_display_name: String::new(),
+            created_at: 1,
+        })
+    }
+
+    struct Rig {
+        batcher: Addr<WriteBatcher>,
+        batches: Arc<Mutex<Vec<Vec<(Uuid, u64)>>>>,
+        a: (
+            Uuid,
+            Arc<Mutex<Vec<CommitResult>>>,
+            Recipient<MessagesCommitted>,
+        ),
+        b: (
+            Uuid,
+            Arc<Mutex<Vec<CommitResult>>>,
+            Recipient<MessagesCommitted>,
+        ),
+    }
+
+    fn rig(fail_batch: Option<usize>, delay: Duration) -> Rig {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let db = FakeDb {
+            batches: batches.clone(),
+            fail_batch,
+            delay,
+        }
+        .start();
+        let batcher = WriteBatcher::with_target(db.recipient()).start();
+        let collector = || {
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let addr = Collector(got.clone()).start();
+            (Uuid::new_v4(), got, addr.recipient())
+        };
+        Rig {
+            batcher,
+            batches,
+            a: collector(),
+            b: collector(),
+        }
+    }
+
+    fn append(
+        rig: &Rig,
+        which: &(
+            Uuid,
+            Arc<Mutex<Vec<CommitResult>>>,
+            Recipient<MessagesCommitted>,
+        ),
+        seq: u64,
+    ) {
+        rig.batcher.do_send(AppendMessage {
+            message: message(which.0, seq),
+            offline_for: None,
+            reply: which.2.clone(),
+        });
+    }
+
+    async fn settle(got: &Arc<Mutex<Vec<CommitResult>>>, n: usize) -> Vec<CommitResult> {
+        for _ in 0..500 {
+            if got.lock().unwrap().len() >= n {
+                break;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(2)).await;
+        }
+        got.lock().unwrap().clone()
+    }
+
+    #[actix_web::test]
+    async fn order_within_a_conversation_is_kept_and_appends_group_into_batches() {
+        let rig = rig(None, Duration::from_millis(20));
+        for seq in 1..=20 {
+            append(&rig, &rig.a, seq);
+            if seq <= 10 {
+                append(&rig, &rig.b, seq);
+            }
+        }
+        let a = settle(&rig.a.1, 20).await;
+        let b = settle(&rig.b.1, 10).await;
+        assert_eq!(
+            a.iter().map(|r| r.0).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            b.iter().map(|r| r.0).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert!(a.iter().chain(&b).all(|r| r.1.is_ok()));
+
+        let batches = rig.batches.lock().unwrap().clone();
+        // The first append commits alone; the rest waited and went together.
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 29]
+        );
+        // Inside a batch, each conversation's messages stay in append order.
+        for conversation in [rig.a.0, rig.b.0] {
+            let seqs: Vec<u64> = batches
+                .iter()
+                .flatten()
+                .filter(|(c, _)| *c == conversation)
+                .map(|(_, s)| *s)
+                .collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_failed_batch_fails_every_message_in_it_and_acknowledges_none() {
+        // Batch 0 (a1 alone) commits; batch 1 (what queued meanwhile) fails;
+        // batch 2 commits again.
+        let rig = rig(Some(1), Duration::from_millis(20));
+        append(&rig, &rig.a, 1);
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        for seq in 2..=4 {
+            append(&rig, &rig.a, seq);
+        }
+        append(&rig, &rig.b, 1);
+        append(&rig, &rig.b, 2);
+        let a = settle(&rig.a.1, 4).await;
+        let b = settle(&rig.b.1, 2).await;
+        assert_eq!(a[0], (1, Ok(())));
+        assert_eq!(
+            a[1..].iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert!(
+            a[1..]
+                .iter()
+                .all(|r| matches!(r.1, Err(CommitFailure::Batch(_)))),
+            "{a:?}"
+        );
+        assert!(
+            b.iter()
+                .all(|r| matches!(r.1, Err(CommitFailure::Batch(_)))),
+            "{b:?}"
+        );
+        assert_eq!(
+            rig.batches.lock().unwrap()[1].len(),
+            5,
+            "one batch held all five"
+        );
+
+        append(&rig, &rig.b, 3);
+        let b = settle(&rig.b.1, 3).await;
+        assert_eq!(b[2], (3, Ok(())), "the batcher goes on after a failure");
+    }
+}

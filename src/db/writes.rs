@@ -365,3 +365,104 @@ pub fn purge_expired(
         refresh_tokens,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::db::migrations::migrate;
+
+    fn db_with_conversation() -> (Connection, Uuid, Pubkey, Pubkey) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let a = Pubkey::from_db("aa".repeat(32));
+        let b = Pubkey::from_db("bb".repeat(32));
+        login_user(&mut conn, &a, Some("A"), 1).unwrap();
+        login_user(&mut conn, &b, Some("B"), 1).unwrap();
+        let (c, created) = create_conversation(&mut conn, &a, &b, 1).unwrap();
+        assert!(created);
+        (conn, c.id, a, b)
+    }
+
+    fn write(
+        conversation: Uuid,
+        sender: &Pubkey,
+        seq: u64,
+        offline_for: Option<&Pubkey>,
+    ) -> MessageWrite {
+        MessageWrite {
+            message: Arc::new(StoredMessage {
+                id: Uuid::new_v4(),
+                conversation_id: conversation,
+                sender: sender.clone(),
+                encrypted_payload: bytes::Bytes::from_static(b"ct"),
+                nonce: [1; 24],
+                ephemeral_pubkey: Some([2; 32]),
+                timestamp: 5,
+                server_sequence: seq,
+                sender_display_name: "A".into(),
+                created_at: 10 + seq,
+            }),
+            offline_for: offline_for.cloned(),
+        }
+    }
+
+    #[test]
+    fn a_batch_never_leaves_a_gap() {
+        let (mut conn, c, a, b) = db_with_conversation();
+        let ok = commit_messages(
+            &mut conn,
+            &[write(c, &a, 1, Some(&b)), write(c, &a, 2, None)],
+            20,
+        )
+        .unwrap();
+        assert_eq!(ok, vec![Ok(()), Ok(())]);
+        // 4 does not follow 2: skipped, and so is 5 after it; the rest of the
+        // batch (another conversation would be) is unaffected.
+        let skipped = commit_messages(
+            &mut conn,
+            &[write(c, &a, 4, None), write(c, &a, 5, None)],
+            21,
+        )
+        .unwrap();
+        assert_eq!(
+            skipped,
+            vec![Err(Skipped::SequenceGap), Err(Skipped::SequenceGap)]
+        );
+        let resumed = commit_messages(&mut conn, &[write(c, &a, 3, None)], 22).unwrap();
+        assert_eq!(resumed, vec![Ok(())]);
+        assert_eq!(reads::max_sequence(&conn, &c).unwrap(), 3);
+        let offline: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM dm_offline_queue WHERE recipient_pubkey = ?1",
+                [b.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(offline, 1, "the offline entry went in with its message");
+        let conversation = reads::conversation(&conn, &c).unwrap().unwrap();
+        assert_eq!(conversation.last_message_at, 13);
+    }
+
+    #[test]
+    fn take_offline_marks_delivered_and_ack_touches_only_the_callers_entries() {
+        let (mut conn, c, a, b) = db_with_conversation();
+        let w1 = write(c, &a, 1, Some(&b));
+        let w2 = write(c, &a, 2, Some(&b));
+        commit_messages(&mut conn, &[w1.clone(), w2.clone()], 20).unwrap();
+        assert_eq!(
+            ack_offline(&mut conn, &a, &[w1.message.id]).unwrap(),
+            0,
+            "not A's entry"
+        );
+        assert_eq!(ack_offline(&mut conn, &b, &[w1.message.id]).unwrap(), 1);
+        let taken = take_offline(&mut conn, &b).unwrap();
+        assert_eq!(
+            taken.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![w2.message.id]
+        );
+        assert_eq!(taken[0], *w2.message);
+        assert!(take_offline(&mut conn, &b).unwrap().is_empty());
+    }
+}

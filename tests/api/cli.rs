@@ -109,3 +109,74 @@ async fn a_person_sends_from_the_command_line() {
     assert_eq!(bob.open_json(&inbox[0]), "hello from a shell");
     assert_eq!(inbox[0].sender_display_name, "Alice");
 }
+
+#[actix_web::test]
+async fn a_short_load_run_delivers_everything_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("load.json");
+    let out = run(args(&[
+        "load",
+        "--pairs",
+        "50",
+        "--sessions-per-user",
+        "2",
+        "--idle",
+        "10",
+        "--duration",
+        "3",
+        "--warmup",
+        "1",
+        "--window",
+        "4",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["sessions"], 210);
+    assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
+    for zero in ["lost", "duplicated", "anomalies", "errors"] {
+        assert_eq!(report[zero], 0, "{zero}: {report}");
+    }
+    // Every accepted message reached all four sessions of its pair.
+    assert_eq!(
+        report["delivered"].as_u64().unwrap(),
+        4 * report["accepted"].as_u64().unwrap()
+    );
+}
+
+#[actix_web::test]
+async fn load_runs_against_a_running_hub_over_http() {
+    let app = spawn_app().await;
+    let out = run(args(&[
+        "load",
+        "--url",
+        &app.address,
+        "--pairs",
+        "5",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--via",
+        "http",
+        "--quiet",
+    ]))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("lost 0, duplicated 0, anomalies 0, errors 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("per session"), "{stdout}");
+}
