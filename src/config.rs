@@ -19,6 +19,10 @@ pub mod defaults {
     pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
     pub const MAX_FRAME_BYTES: usize = 256 * 1024;
     pub const SESSION_BUFFER: usize = 1024;
+    pub const AUTH_RATE: u32 = 20;
+    pub const AUTH_BURST: u32 = 100;
+    pub const SEND_RATE: u32 = 200;
+    pub const SEND_BURST: u32 = 1000;
 }
 
 /// Everything the hub can be told at start.
@@ -76,6 +80,30 @@ pub struct Settings {
     #[arg(long, env = "UNITED_SESSION_BUFFER", default_value_t = defaults::SESSION_BUFFER)]
     pub session_buffer: usize,
 
+    /// Auth requests per second per client IP (`/api/auth/*`); 0 turns the limit off.
+    #[arg(long, env = "UNITED_AUTH_RATE", default_value_t = defaults::AUTH_RATE)]
+    pub auth_rate: u32,
+
+    /// Auth requests a client IP may make in a burst.
+    #[arg(long, env = "UNITED_AUTH_BURST", default_value_t = defaults::AUTH_BURST)]
+    pub auth_burst: u32,
+
+    /// Sends per second per user (HTTP and WebSocket); 0 turns the limit off.
+    #[arg(long, env = "UNITED_SEND_RATE", default_value_t = defaults::SEND_RATE)]
+    pub send_rate: u32,
+
+    /// Sends a user may make in a burst.
+    #[arg(long, env = "UNITED_SEND_BURST", default_value_t = defaults::SEND_BURST)]
+    pub send_burst: u32,
+
+    /// A reverse proxy whose `X-Forwarded-For` is believed for the client IP.
+    #[arg(long, env = "UNITED_TRUSTED_PROXY")]
+    pub trusted_proxy: Option<std::net::IpAddr>,
+
+    /// Origins allowed to open `/ws` (comma-separated); empty allows any.
+    #[arg(long, env = "UNITED_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// HTTP worker threads [default: one per core].
     #[arg(long, env = "UNITED_WORKERS")]
     pub workers: Option<usize>,
@@ -98,6 +126,12 @@ impl Default for Settings {
             max_payload_bytes: defaults::MAX_PAYLOAD_BYTES,
             max_frame_bytes: defaults::MAX_FRAME_BYTES,
             session_buffer: defaults::SESSION_BUFFER,
+            auth_rate: defaults::AUTH_RATE,
+            auth_burst: defaults::AUTH_BURST,
+            send_rate: defaults::SEND_RATE,
+            send_burst: defaults::SEND_BURST,
+            trusted_proxy: None,
+            allowed_origins: Vec::new(),
             workers: None,
         }
     }

@@ -29,6 +29,8 @@ pub enum ApiError {
     InvalidRefreshToken,
     #[error("you are not a participant of this conversation")]
     NotParticipant,
+    #[error("this origin may not open a WebSocket here")]
+    ForbiddenOrigin,
     #[error("{0}")]
     NotFound(&'static str),
     #[error("method not allowed")]
@@ -66,6 +68,7 @@ impl ApiError {
             ApiError::UnknownChallenge => "unknown_challenge",
             ApiError::InvalidRefreshToken => "invalid_refresh_token",
             ApiError::NotParticipant => "not_participant",
+            ApiError::ForbiddenOrigin => "forbidden_origin",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -85,7 +88,7 @@ impl ApiError {
             | ApiError::ChallengeExpired
             | ApiError::UnknownChallenge
             | ApiError::InvalidRefreshToken => StatusCode::UNAUTHORIZED,
-            ApiError::NotParticipant => StatusCode::FORBIDDEN,
+            ApiError::NotParticipant | ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

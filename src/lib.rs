@@ -26,6 +26,7 @@ pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod ratelimit;
 pub mod service;
 pub mod startup;
 pub mod state;

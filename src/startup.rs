@@ -21,6 +21,7 @@ use crate::config::Settings;
 use crate::db::{self, migrations};
 use crate::http;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
 use crate::state::AppState;
 
 /// How long shutdown waits for connections to finish.
@@ -94,6 +95,7 @@ impl Application {
             conversations: ConversationDirectory::default(),
             claims: IdClaims::default(),
             jwt: JwtKeys::new(&secret, settings.access_token_ttl),
+            limits: RateLimits::new(&settings),
             challenges: ChallengeStore::new(Duration::from_secs(settings.challenge_ttl)),
             metrics,
             settings,

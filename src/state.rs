@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::db::{DbError, Pool};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
 
 pub struct AppState {
     pub settings: Settings,
@@ -31,6 +32,7 @@ pub struct AppState {
     /// Client message ids in flight.
     pub claims: IdClaims,
     pub jwt: JwtKeys,
+    pub limits: RateLimits,
     pub challenges: ChallengeStore,
     pub metrics: Arc<Metrics>,
 }

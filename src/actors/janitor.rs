@@ -31,6 +31,7 @@ impl JanitorActor {
         }
         self.running = true;
         let challenges = self.state.challenges.purge_expired();
+        self.state.limits.retain_recent();
         self.state
             .writer
             .send(PurgeExpired {

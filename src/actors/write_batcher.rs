@@ -170,10 +170,13 @@ mod tests {
     use super::*;
     use crate::model::StoredMessage;
 
+    /// Every batch the fake database saw: (conversation, sequence) pairs.
+    type Batches = Arc<Mutex<Vec<Vec<(Uuid, u64)>>>>;
+
     /// Stands in for the `DbExecutor`: records each batch, optionally fails
     /// it, and takes `delay` to commit.
     struct FakeDb {
-        batches: Arc<Mutex<Vec<Vec<(Uuid, u64)>>>>,
+        batches: Batches,
         /// The index of the batch that fails, if any.
         fail_batch: Option<usize>,
         delay: Duration,
@@ -238,7 +241,7 @@ mod tests {
 
     struct Rig {
         batcher: Addr<WriteBatcher>,
-        batches: Arc<Mutex<Vec<Vec<(Uuid, u64)>>>>,
+        batches: Batches,
         a: (
             Uuid,
             Arc<Mutex<Vec<CommitResult>>>,

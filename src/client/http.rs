@@ -65,9 +65,18 @@ pub struct HubClient {
 impl HubClient {
     /// `base_url` like `http://127.0.0.1:1984`.
     pub fn new(base_url: impl Into<String>) -> Self {
+        Self::with_http(
+            base_url,
+            awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
+        )
+    }
+
+    /// Shares one HTTP client (and its connection pool) among many users,
+    /// as the load generator does.
+    pub fn with_http(base_url: impl Into<String>, http: awc::Client) -> Self {
         HubClient {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
-            http: awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
+            http,
             access_token: None,
             refresh: None,
         }

@@ -1,6 +1,6 @@
 //! `/api/auth/*` and `/api/users/{pubkey}`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::extract::AuthUser;
 use crate::error::ApiError;
@@ -9,7 +9,11 @@ use crate::model::{parse_display_name, parse_uuid, Pubkey};
 use crate::service::{self, auth::VerifyRequest};
 use crate::state::AppState;
 
-pub async fn challenge(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn challenge(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.limits.check_auth(&req)?;
     let issued = service::auth::challenge(&state)?;
     Ok(HttpResponse::Ok().json(ChallengeResponse {
         challenge_id: issued.id.to_string(),
@@ -48,18 +52,22 @@ fn token_response(session: service::auth::Session) -> HttpResponse {
 }
 
 pub async fn verify(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<VerifyBody>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limits.check_auth(&req)?;
     let request = parse_verify(body.into_inner())?;
     let session = service::auth::verify(&state.into_inner(), request).await?;
     Ok(token_response(session))
 }
 
 pub async fn refresh(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limits.check_auth(&req)?;
     let session = service::auth::refresh(&state, &body.refresh_token).await?;
     Ok(token_response(session))
 }

@@ -31,6 +31,7 @@ pub async fn upgrade(
         .or(from_query)
         .ok_or(ApiError::Unauthorized("missing access token"))?;
     let user = state.jwt.verify(&token)?;
+    check_origin(&req, &state.settings.allowed_origins)?;
     if state.registry.is_closing() {
         return Err(ApiError::ShuttingDown);
     }
@@ -39,4 +40,16 @@ pub async fn upgrade(
         .frame_size(state.settings.max_frame_bytes)
         .start()
         .map_err(|e| ApiError::invalid(format!("not a WebSocket upgrade: {e}")))
+}
+
+/// With an allow-list configured, the upgrade must carry one of its origins.
+fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let origin = req.headers().get("Origin").and_then(|o| o.to_str().ok());
+    match origin {
+        Some(o) if allowed.iter().any(|a| a.eq_ignore_ascii_case(o)) => Ok(()),
+        _ => Err(ApiError::ForbiddenOrigin),
+    }
 }

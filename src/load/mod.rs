@@ -101,18 +101,36 @@ struct User {
     client: HubClient,
 }
 
+/// One HTTP client for every user, so connections are pooled instead of one
+/// kept alive per user (which would double the file descriptors of a run).
+fn shared_http(args: &LoadArgs) -> awc::Client {
+    let connector = awc::Connector::new().limit(args.setup_concurrency.max(64) * 2);
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(Duration::from_secs(60))
+        .finish()
+}
+
 async fn register(args: &LoadArgs, url: &str, count: usize) -> anyhow::Result<Vec<User>> {
     let progress = bar(args, count as u64, "register");
+    let http = shared_http(args);
     let users: Vec<anyhow::Result<User>> = stream::iter(0..count)
         .map(|i| {
             let progress = progress.clone();
+            let http = http.clone();
             async move {
                 let identity = Identity::generate();
-                let mut client = HubClient::new(url);
-                client
-                    .login(&identity, Some(&format!("load-{i}")))
-                    .await
-                    .with_context(|| format!("registering user {i}"))?;
+                let mut client = HubClient::with_http(url, http);
+                // A hub with auth rate limits on asks us to slow down: do.
+                loop {
+                    match client.login(&identity, Some(&format!("load-{i}"))).await {
+                        Ok(_) => break,
+                        Err(e) if e.status() == Some(429) => {
+                            actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        Err(e) => return Err(e).with_context(|| format!("registering user {i}")),
+                    }
+                }
                 progress.inc(1);
                 Ok(User { identity, client })
             }

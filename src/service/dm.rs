@@ -119,6 +119,7 @@ pub async fn send(
     sender: &Pubkey,
     message: NewMessage,
 ) -> Result<SendOutcome, ApiError> {
+    state.limits.check_send(sender)?;
     ConversationDirectory::send(state, sender.clone(), message).await
 }
 

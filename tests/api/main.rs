@@ -8,6 +8,7 @@ mod crypto;
 mod delivery;
 mod dm;
 mod durability;
+mod hardening;
 mod helpers;
 mod ops;
 mod validation;

@@ -1,0 +1,503 @@
+//! Abuse and hostile input: rate limits, racing logins, authorization,
+//! malformed frames, origins, and what every connection promises to disk.
+
+use std::time::Duration;
+
+use awc::ws::Message;
+use prost::Message as _;
+use serde_json::Value;
+use united_hub::actors::db_executor::DurabilitySettings;
+use united_hub::client::crypto::Identity;
+use united_hub::client::{send_body, Incoming};
+use united_hub::json::VerifyBody;
+use united_hub::proto::{dm, Envelope, Payload};
+
+use crate::helpers::*;
+
+async fn challenge_status(
+    app: &TestApp,
+    forwarded_for: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let mut req = app.http().post(app.url("/api/auth/challenge"));
+    if let Some(ip) = forwarded_for {
+        req = req.insert_header(("X-Forwarded-For", ip));
+    }
+    let mut res = req.send().await.unwrap();
+    let retry = res
+        .headers()
+        .get("Retry-After")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (res.status().as_u16(), retry, res.json().await.unwrap())
+}
+
+#[actix_web::test]
+async fn auth_is_limited_per_ip_and_forged_headers_do_not_help() {
+    let app = spawn_app_with(|s| {
+        s.auth_rate = 1;
+        s.auth_burst = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            challenge_status(&app, None).await.0,
+            200,
+            "under the quota: never refused"
+        );
+    }
+    let (status, retry, body) = challenge_status(&app, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    assert!(retry.unwrap().parse::<u32>().unwrap() >= 1);
+    // Without a trusted proxy, X-Forwarded-For is not a key.
+    assert_eq!(challenge_status(&app, Some("203.0.113.9")).await.0, 429);
+}
+
+#[actix_web::test]
+async fn a_trusted_proxy_keys_on_the_forwarded_client() {
+    let app = spawn_app_with(|s| {
+        s.auth_rate = 1;
+        s.auth_burst = 2;
+        s.trusted_proxy = Some("127.0.0.1".parse().unwrap());
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(challenge_status(&app, Some("10.0.0.1")).await.0, 200);
+    }
+    assert_eq!(challenge_status(&app, Some("10.0.0.1")).await.0, 429);
+    // The client chooses the start of the header, the proxy appends the end.
+    assert_eq!(
+        challenge_status(&app, Some("10.0.0.2, 10.0.0.1")).await.0,
+        429
+    );
+    assert_eq!(challenge_status(&app, Some("10.0.0.2")).await.0, 200);
+}
+
+#[actix_web::test]
+async fn sends_are_limited_per_user_on_both_transports() {
+    let app = spawn_app_with(|s| {
+        s.send_rate = 1;
+        s.send_burst = 4;
+    })
+    .await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    for i in 0..4 {
+        alice.send_http(&bob, &conversation, &format!("{i}")).await;
+    }
+    let body = send_body(
+        None,
+        &conversation,
+        &alice.seal(&bob, &conversation, "too many"),
+        now_ms(),
+    );
+    let err = alice.client.send(&body).await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(429), Some("rate_limited"))
+    );
+    let ws = alice.ws().await;
+    let answer = ws
+        .request(send_request(
+            None,
+            &conversation,
+            &alice.seal(&bob, &conversation, "x"),
+        ))
+        .await
+        .unwrap();
+    let Some(Payload::Error(e)) = answer.payload else {
+        panic!("{answer:?}")
+    };
+    assert_eq!((e.code, e.error_code.as_str()), (429, "rate_limited"));
+    assert!(e.retry_after >= 1);
+    // Bob has his own quota.
+    bob.send_http(&alice, &conversation, "mine").await;
+    let history = bob.client.history(&conversation, "").await.unwrap();
+    assert_eq!(history.messages.len(), 5, "refused sends took no sequence");
+}
+
+#[actix_web::test]
+async fn two_simultaneous_verifies_of_one_challenge_let_exactly_one_in() {
+    let app = spawn_app().await;
+    for _ in 0..10 {
+        let id = Identity::generate();
+        let challenge = app.client().challenge().await.unwrap();
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&challenge.challenge, &mut bytes).unwrap();
+        let body = serde_json::to_value(VerifyBody {
+            public_key: id.public_key_hex(),
+            challenge_id: challenge.challenge_id,
+            signature: hex::encode(id.sign_login(&bytes)),
+            display_name: Some("Twin".into()),
+        })
+        .unwrap();
+        let post = || {
+            app.http()
+                .post(app.url("/api/auth/verify"))
+                .send_json(&body)
+        };
+        let (a, b) = tokio::join!(post(), post());
+        let mut statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+        statuses.sort();
+        assert_eq!(statuses, [200, 401]);
+    }
+}
+
+#[actix_web::test]
+async fn another_user_gets_nothing_of_a_conversation_by_any_route() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let carol = app.user("Carol").await;
+    let mallory = app.user("Mallory").await;
+    let conversation = alice.open_conversation(&carol).await;
+    let sent = alice.send_http(&carol, &conversation, "secret").await;
+    let ws = mallory.ws().await;
+    let mut successes = Vec::new();
+
+    for query in ["", "before=5", "after=0", "limit=1"] {
+        if mallory.client.history(&conversation, query).await.is_ok() {
+            successes.push(format!("GET history ?{query}"));
+        }
+    }
+    let body = send_body(
+        Some(uuid::Uuid::new_v4().to_string()),
+        &conversation,
+        &mallory.seal(&carol, &conversation, "x"),
+        now_ms(),
+    );
+    if mallory.client.send(&body).await.is_ok() {
+        successes.push("POST message".into());
+    }
+    // Resending Alice's own message id as Mallory.
+    let mut replay = body.clone();
+    replay.id = Some(sent.id.clone());
+    if mallory.client.send(&replay).await.is_ok() {
+        successes.push("POST message with Alice's id".into());
+    }
+    if mallory
+        .client
+        .ack(std::slice::from_ref(&sent.id))
+        .await
+        .unwrap()
+        != 0
+    {
+        successes.push("ack Carol's entry".into());
+    }
+    if !mallory.client.offline().await.unwrap().is_empty() {
+        successes.push("GET offline".into());
+    }
+    let ws_requests = [
+        Payload::DmHistoryRequest(dm::DmHistoryRequest {
+            conversation_id: conversation.clone(),
+            ..Default::default()
+        }),
+        Payload::DmHistoryRequest(dm::DmHistoryRequest {
+            conversation_id: conversation.clone(),
+            after_sequence: 1,
+            ..Default::default()
+        }),
+        send_request(
+            None,
+            &conversation,
+            &mallory.seal(&carol, &conversation, "y"),
+        ),
+        Payload::DmOfflineAckRequest(dm::DmOfflineAckRequest {
+            message_ids: vec![sent.id.clone()],
+        }),
+    ];
+    for request in ws_requests {
+        match ws.call(request.clone()).await {
+            Ok(Payload::DmOfflineAckResponse(a)) if a.acked == 0 => {}
+            Ok(other) => successes.push(format!("WS {other:?}")),
+            Err(_) => {}
+        }
+    }
+    let Payload::DmOfflineMessagesResponse(o) = ws
+        .call(Payload::DmOfflineRequest(dm::DmOfflineRequest {}))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    if !o.messages.is_empty() {
+        successes.push("WS offline".into());
+    }
+    let Payload::DmConversationListResponse(l) = ws
+        .call(Payload::DmConversationListRequest(
+            dm::DmConversationListRequest {},
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    if !l.conversations.is_empty() {
+        successes.push("WS list".into());
+    }
+    assert!(successes.is_empty(), "Mallory got through: {successes:?}");
+    // Carol's entry is still there for Carol.
+    assert_eq!(carol.client.offline().await.unwrap().len(), 1);
+}
+
+#[actix_web::test]
+async fn every_connection_runs_wal_and_synchronous_full() {
+    let app = spawn_app().await;
+    let (mode, sync) = app
+        .state
+        .writer
+        .send(DurabilitySettings)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((mode.as_str(), sync), ("wal", 2), "the writer");
+    // Hold every pooled connection at once, so each is checked.
+    let size = app.state.pool.max_size() as usize;
+    let conns: Vec<_> = (0..size).map(|_| app.state.pool.get().unwrap()).collect();
+    for conn in &conns {
+        let (mode, sync) = united_hub::db::durability_settings(conn).unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2), "a reader");
+        let fk: i64 = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+    }
+}
+
+fn nested_groups(depth: usize) -> Vec<u8> {
+    // Field 2 as a start-group, `depth` times, then the matching end-groups.
+    let mut bytes = vec![(2 << 3) | 3; depth];
+    bytes.extend(std::iter::repeat_n((2 << 3) | 4, depth));
+    bytes
+}
+
+#[actix_web::test]
+async fn a_deeply_nested_message_is_a_decode_error() {
+    assert!(Envelope::decode(&nested_groups(200)[..]).is_err());
+    let app = spawn_app().await;
+    let user = app.user("Nest").await;
+    let mut ws = user.ws().await;
+    ws.send_raw(Message::Binary(nested_groups(200).into()))
+        .unwrap();
+    let answer = next_envelope(&mut ws).await;
+    assert!(
+        matches!(answer.payload, Some(Payload::Error(ref e)) if e.code == 400),
+        "{answer:?}"
+    );
+    ws.call(Payload::DmConversationListRequest(
+        dm::DmConversationListRequest {},
+    ))
+    .await
+    .expect("still served");
+}
+
+#[actix_web::test]
+async fn the_origin_allow_list_is_enforced() {
+    let app = spawn_app_with(|s| s.allowed_origins = vec!["https://app.example".into()]).await;
+    let user = app.user("Web").await;
+    let upgrade = |origin: Option<&'static str>| {
+        let mut req = awc::Client::new()
+            .ws(app.ws_url())
+            .bearer_auth(user.token());
+        if let Some(o) = origin {
+            req = req.origin(o);
+        }
+        req.connect()
+    };
+    for origin in [None, Some("https://evil.example")] {
+        match upgrade(origin).await {
+            Err(awc::error::WsClientError::InvalidResponseStatus(s)) => assert_eq!(s.as_u16(), 403),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("{origin:?} was let in"),
+        }
+    }
+    assert!(upgrade(Some("https://app.example")).await.is_ok());
+    let mut res = app
+        .http()
+        .get(app.ws_url().replacen("ws", "http", 1))
+        .bearer_auth(user.token())
+        .insert_header(("Origin", "https://evil.example"))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden_origin");
+}
+
+/// Resident memory of this process (which runs the hub), KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn endless_continuation_frames_close_the_session_without_growing_memory() {
+    let app = spawn_app().await;
+    let user = app.user("Frag").await;
+    let mut ws = user.ws().await;
+    let before = rss_kib();
+    ws.send_raw(Message::Continuation(actix_http::ws::Item::FirstBinary(
+        bytes::Bytes::new(),
+    )))
+    .unwrap();
+    for _ in 0..100_000 {
+        if ws
+            .send_raw(Message::Continuation(actix_http::ws::Item::Continue(
+                bytes::Bytes::new(),
+            )))
+            .is_err()
+        {
+            break;
+        }
+    }
+    match ws.next(Duration::from_secs(30)).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(1009)),
+        other => panic!("expected a 1009 close, got {other:?}"),
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+}
+
+#[actix_web::test]
+async fn abuse_on_one_socket_does_not_disturb_others() {
+    let app = spawn_app_with(|s| s.max_frame_bytes = 64 * 1024).await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let eve = app.user("Eve").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let mut bob_ws = bob.live_ws().await;
+
+    let abuse = async {
+        for round in 0..5 {
+            let mut ws = eve.ws().await;
+            for _ in 0..10 {
+                let _ = ws.send_raw(Message::Text("garbage".into()));
+                let _ = ws.send_raw(Message::Binary(vec![0xff; 64].into()));
+            }
+            if round % 2 == 0 {
+                let _ = ws.send_raw(Message::Binary(vec![0u8; 128 * 1024].into()));
+            }
+            while let Some(Incoming::Envelope(_)) = ws.next(Duration::from_secs(5)).await {}
+        }
+    };
+    let traffic = async {
+        for i in 0..50 {
+            alice.send_http(&bob, &conversation, &format!("{i}")).await;
+        }
+    };
+    tokio::join!(abuse, traffic);
+    for seq in 1..=50 {
+        assert_eq!(next_message(&mut bob_ws).await.server_sequence, seq);
+    }
+}
+
+#[actix_web::test]
+async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
+    let app = spawn_app_with(|s| {
+        // Small, so the stuck session is found quickly; still above the
+        // bursts a healthy session gets (100 of its own events at a time).
+        s.session_buffer = 256;
+        s.send_rate = 0;
+    })
+    .await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let carol = app.user("Carol").await;
+    let dave = app.user("Dave").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let other = carol.open_conversation(&dave).await;
+    let bob_key = united_hub::model::Pubkey::parse(&bob.pubkey).unwrap();
+    // Bob's only session: a socket nobody reads.
+    let (_res, _stuck) = awc::Client::new()
+        .ws(app.ws_url())
+        .bearer_auth(bob.token())
+        .connect()
+        .await
+        .unwrap();
+    eventually("bob is online", || async {
+        app.state.registry.is_online(&bob_key)
+    })
+    .await;
+    let mut dave_ws = dave.live_ws().await;
+    let mut warmed = None;
+
+    // 10,000 messages of 4 KiB to Bob over Alice's socket, in windows of 100.
+    let mut alice_ws = alice.ws().await;
+    // Alice's copies of her own messages are not this test's business; do not
+    // let them pile up in this (client) process.
+    drop(alice_ws.take_events());
+    let payload = alice.seal(&bob, &conversation, &"x".repeat(4096));
+    let mut accepted = 0u64;
+    for chunk in 0..100 {
+        let sends = (0..100).map(|_| alice_ws.call(send_request(None, &conversation, &payload)));
+        for answer in futures_util::future::join_all(sends).await {
+            assert!(
+                matches!(answer, Ok(Payload::DmSendResponse(_))),
+                "{answer:?}"
+            );
+            accepted += 1;
+        }
+        // After 2,000 the stall is established and the allocator warm: from
+        // here on, memory must stay flat (an unbounded queue to the stuck
+        // session would grow by ~33 MB over the last 8,000).
+        if chunk == 19 {
+            warmed = Some(rss_kib());
+        }
+        // Meanwhile Carol's messages keep reaching Dave.
+        if chunk % 20 == 0 {
+            let sent = carol.send_http(&dave, &other, "still here").await;
+            assert_eq!(next_message(&mut dave_ws).await.id, sent.id);
+        }
+    }
+    assert_eq!(accepted, 10_000);
+
+    // The stuck session was let go, and Bob's messages are safe.
+    assert!(
+        !app.state.registry.is_online(&bob_key),
+        "the stuck session is out of the registry"
+    );
+    let stored: i64 = app
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM dm_messages WHERE conversation_id = ?1",
+            [&conversation],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 10_000);
+    let queued: i64 = app
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM dm_offline_queue WHERE recipient_pubkey = ?1",
+            [&bob.pubkey],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        queued > 1_000,
+        "what Bob could not take is in his offline queue ({queued})"
+    );
+    eprintln!("slow consumer: {queued} of 10000 queued offline");
+    let grown = rss_kib().saturating_sub(warmed.unwrap());
+    eprintln!("slow consumer: RSS grew {grown} KiB over the last 8000 messages");
+    assert!(
+        grown < 16 * 1024,
+        "RSS grew by {grown} KiB for a stuck reader"
+    );
+    let metrics = app
+        .http()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(!text.contains("united_pushes_failed_total 0"), "{text}");
+}
