@@ -4,6 +4,7 @@
 
 mod auth;
 mod cli;
+mod crash;
 mod crypto;
 mod delivery;
 mod dm;
