@@ -4,8 +4,18 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Libraries that see raw requests (headers, request lines with query
+/// strings) stay at `info` whatever `RUST_LOG` says: their debug and trace
+/// output could carry a token.
+const CLAMPED: &[&str] = &["actix_http", "actix_web", "actix_server", "awc", "h2", "mio"];
+
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in CLAMPED {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
