@@ -7,7 +7,14 @@ use tracing_subscriber::EnvFilter;
 /// Libraries that see raw requests (headers, request lines with query
 /// strings) stay at `info` whatever `RUST_LOG` says: their debug and trace
 /// output could carry a token.
-const CLAMPED: &[&str] = &["actix_http", "actix_web", "actix_server", "awc", "h2", "mio"];
+const CLAMPED: &[&str] = &[
+    "actix_http",
+    "actix_web",
+    "actix_server",
+    "awc",
+    "h2",
+    "mio",
+];
 
 pub fn init() {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -15,12 +15,10 @@ use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use bytes::{Bytes, BytesMut};
-use prost::Message as _;
 
 use super::registry::{close_code, Deliver, Kick, SessionHandle};
 use crate::error::ApiError;
 use crate::model::Pubkey;
-use crate::proto::Envelope;
 use crate::service;
 use crate::state::AppState;
 
@@ -103,38 +101,24 @@ impl WsSession {
     }
 
     fn on_message(&mut self, ctx: &mut ws::WebsocketContext<Self>, data: Bytes) {
-        let envelope = match Envelope::decode(data) {
-            Ok(e) => e,
-            Err(_) => return self.bad_frame(ctx, "", "the frame is not a protobuf Envelope"),
+        let (request_id, payload) = match service::ws::decode_frame(data) {
+            Ok(frame) => frame,
+            Err(bad) => return self.bad_frame(ctx, &bad.request_id, bad.why),
         };
-        let Some(payload) = envelope.payload else {
-            return self.bad_frame(ctx, &envelope.request_id, "the Envelope has no payload");
-        };
-        if !service::ws::is_request(&payload) {
-            return self.bad_frame(
-                ctx,
-                &envelope.request_id,
-                "this payload is sent only by the server",
-            );
-        }
         self.bad_frames = 0;
         if self.closing.is_some() {
             let err = ApiError::ShuttingDown;
-            ctx.binary(service::ws::error_envelope(&envelope.request_id, &err));
+            ctx.binary(service::ws::error_envelope(&request_id, &err));
             return;
         }
         if self.in_flight >= MAX_IN_FLIGHT {
             let err = ApiError::RateLimited { retry_after: 1 };
-            ctx.binary(service::ws::error_envelope(&envelope.request_id, &err));
+            ctx.binary(service::ws::error_envelope(&request_id, &err));
             return;
         }
         self.in_flight += 1;
-        let request = service::ws::handle(
-            self.state.clone(),
-            self.user.clone(),
-            envelope.request_id,
-            payload,
-        );
+        let request =
+            service::ws::handle(self.state.clone(), self.user.clone(), request_id, payload);
         request
             .into_actor(self)
             .map(|answer, act, ctx| {

@@ -4,14 +4,61 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use prost::Message as _;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::model::{
     parse_uuid, HistoryPage, NewMessage, Pubkey, StoredMessage, DEFAULT_HISTORY_LIMIT,
 };
-use crate::proto::{self, dm, Payload};
+use crate::proto::{self, dm, Envelope, Payload};
 use crate::service;
 use crate::state::AppState;
+
+/// A request read from a frame, validated, not yet run.
+#[derive(Debug)]
+pub enum Request {
+    Send(NewMessage),
+    History {
+        conversation: Uuid,
+        page: HistoryPage,
+        limit: u32,
+    },
+    ListConversations,
+    CreateConversation(Pubkey),
+    Offline,
+    Ack(Vec<Uuid>),
+}
+
+/// Why a frame could not be used at all (it counts toward the bad-frame limit).
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadFrame {
+    /// The Envelope's `request_id`, when it could be read.
+    pub request_id: String,
+    pub why: &'static str,
+}
+
+/// Decodes a binary frame into its `request_id` and a client payload.
+pub fn decode_frame(data: Bytes) -> Result<(String, Payload), BadFrame> {
+    let envelope = Envelope::decode(data).map_err(|_| BadFrame {
+        request_id: String::new(),
+        why: "the frame is not a protobuf Envelope",
+    })?;
+    let request_id = envelope.request_id;
+    let Some(payload) = envelope.payload else {
+        return Err(BadFrame {
+            request_id,
+            why: "the Envelope has no payload",
+        });
+    };
+    if !is_request(&payload) {
+        return Err(BadFrame {
+            request_id,
+            why: "this payload is sent only by the server",
+        });
+    }
+    Ok((request_id, payload))
+}
 
 /// True for the payloads a client may send; the rest are server-only.
 pub fn is_request(payload: &Payload) -> bool {
@@ -26,6 +73,43 @@ pub fn is_request(payload: &Payload) -> bool {
     )
 }
 
+/// Validates a client payload into a [`Request`]: the same rules as HTTP.
+pub fn parse(payload: Payload, max_payload_bytes: usize) -> Result<Request, ApiError> {
+    Ok(match payload {
+        Payload::DmSendRequest(r) => Request::Send(NewMessage::validate(
+            (!r.id.is_empty()).then_some(r.id.as_str()),
+            &r.conversation_id,
+            r.encrypted_payload,
+            &r.nonce,
+            (!r.ephemeral_pubkey.is_empty()).then_some(&r.ephemeral_pubkey[..]),
+            r.timestamp,
+            max_payload_bytes,
+        )?),
+        Payload::DmHistoryRequest(r) => Request::History {
+            conversation: parse_uuid(&r.conversation_id, "conversation_id")?,
+            page: if r.after_sequence > 0 {
+                HistoryPage::After(r.after_sequence)
+            } else {
+                HistoryPage::Before((r.before_sequence > 0).then_some(r.before_sequence))
+            },
+            limit: if r.limit == 0 {
+                DEFAULT_HISTORY_LIMIT
+            } else {
+                r.limit
+            },
+        },
+        Payload::DmConversationListRequest(_) => Request::ListConversations,
+        Payload::DmConversationCreateRequest(r) => {
+            Request::CreateConversation(Pubkey::parse(&r.recipient_pubkey)?)
+        }
+        Payload::DmOfflineRequest(_) => Request::Offline,
+        Payload::DmOfflineAckRequest(r) => Request::Ack(service::dm::parse_ack_ids(
+            r.message_ids.iter().map(String::as_str),
+        )?),
+        _ => return Err(ApiError::invalid("this payload is sent only by the server")),
+    })
+}
+
 /// The error envelope for `request_id`.
 pub fn error_envelope(request_id: &str, err: &ApiError) -> Bytes {
     err.log();
@@ -35,14 +119,18 @@ pub fn error_envelope(request_id: &str, err: &ApiError) -> Bytes {
     )
 }
 
-/// Handles one request and encodes its answer.
+/// Runs one request and encodes its answer.
 pub async fn handle(
     state: Arc<AppState>,
     user: Pubkey,
     request_id: String,
     payload: Payload,
 ) -> Bytes {
-    match dispatch(&state, &user, payload).await {
+    let answer = match parse(payload, state.settings.max_payload_bytes) {
+        Ok(request) => execute(&state, &user, request).await,
+        Err(e) => Err(e),
+    };
+    match answer {
         Ok(answer) => proto::encode_envelope(request_id, answer),
         Err(err) => error_envelope(&request_id, &err),
     }
@@ -52,79 +140,52 @@ fn messages(list: &[StoredMessage]) -> Vec<dm::EncryptedDmMessage> {
     list.iter().map(StoredMessage::to_proto).collect()
 }
 
-async fn dispatch(
+async fn execute(
     state: &Arc<AppState>,
     user: &Pubkey,
-    payload: Payload,
+    request: Request,
 ) -> Result<Payload, ApiError> {
-    match payload {
-        Payload::DmSendRequest(r) => {
-            let message = NewMessage::validate(
-                (!r.id.is_empty()).then_some(r.id.as_str()),
-                &r.conversation_id,
-                r.encrypted_payload,
-                &r.nonce,
-                (!r.ephemeral_pubkey.is_empty()).then_some(&r.ephemeral_pubkey[..]),
-                r.timestamp,
-                state.settings.max_payload_bytes,
-            )?;
+    Ok(match request {
+        Request::Send(message) => {
             let outcome = service::dm::send(state, user, message).await?;
-            Ok(Payload::DmSendResponse(dm::DmSendResponse {
+            Payload::DmSendResponse(dm::DmSendResponse {
                 message: Some(outcome.message.to_proto()),
-            }))
+            })
         }
-        Payload::DmHistoryRequest(r) => {
-            let conversation = parse_uuid(&r.conversation_id, "conversation_id")?;
-            let page = if r.after_sequence > 0 {
-                HistoryPage::After(r.after_sequence)
-            } else {
-                HistoryPage::Before((r.before_sequence > 0).then_some(r.before_sequence))
-            };
-            let limit = if r.limit == 0 {
-                DEFAULT_HISTORY_LIMIT
-            } else {
-                r.limit
-            };
+        Request::History {
+            conversation,
+            page,
+            limit,
+        } => {
             let history = service::dm::history(state, user, conversation, page, limit).await?;
-            Ok(Payload::DmHistoryResponse(dm::DmHistoryResponse {
+            Payload::DmHistoryResponse(dm::DmHistoryResponse {
                 messages: messages(&history.messages),
                 has_more: history.has_more,
-            }))
+            })
         }
-        Payload::DmConversationListRequest(_) => {
+        Request::ListConversations => {
             let list = service::dm::list_conversations(state, user).await?;
-            Ok(Payload::DmConversationListResponse(
-                dm::DmConversationListResponse {
-                    conversations: list.iter().map(|c| c.to_proto()).collect(),
-                },
-            ))
+            Payload::DmConversationListResponse(dm::DmConversationListResponse {
+                conversations: list.iter().map(|c| c.to_proto()).collect(),
+            })
         }
-        Payload::DmConversationCreateRequest(r) => {
-            let recipient = Pubkey::parse(&r.recipient_pubkey)?;
+        Request::CreateConversation(recipient) => {
             let (conversation, created) =
                 service::dm::create_conversation(state, user, recipient).await?;
-            Ok(Payload::DmConversationCreateResponse(
-                dm::DmConversationCreateResponse {
-                    conversation: Some(conversation.to_proto()),
-                    created,
-                },
-            ))
+            Payload::DmConversationCreateResponse(dm::DmConversationCreateResponse {
+                conversation: Some(conversation.to_proto()),
+                created,
+            })
         }
-        Payload::DmOfflineRequest(_) => {
+        Request::Offline => {
             let list = service::dm::take_offline(state, user).await?;
-            Ok(Payload::DmOfflineMessagesResponse(
-                dm::DmOfflineMessagesResponse {
-                    messages: messages(&list),
-                },
-            ))
+            Payload::DmOfflineMessagesResponse(dm::DmOfflineMessagesResponse {
+                messages: messages(&list),
+            })
         }
-        Payload::DmOfflineAckRequest(r) => {
-            let ids = service::dm::parse_ack_ids(r.message_ids.iter().map(String::as_str))?;
+        Request::Ack(ids) => {
             let acked = service::dm::ack_offline(state, user, ids).await?;
-            Ok(Payload::DmOfflineAckResponse(dm::DmOfflineAckResponse {
-                acked,
-            }))
+            Payload::DmOfflineAckResponse(dm::DmOfflineAckResponse { acked })
         }
-        _ => Err(ApiError::invalid("this payload is sent only by the server")),
-    }
+    })
 }

@@ -501,3 +501,38 @@ async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
     let text = String::from_utf8_lossy(&metrics);
     assert!(!text.contains("united_pushes_failed_total 0"), "{text}");
 }
+
+#[actix_web::test]
+async fn a_compressed_body_is_never_inflated() {
+    // 100 MiB of zeros, gzip-compressed to ~100 KiB.
+    let bomb = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/zeros-100MiB.json.gz"
+    ))
+    .unwrap();
+    assert!(bomb.len() < 200 * 1024);
+    let app = spawn_app().await;
+    let user = app.user("Gzip").await;
+    let before = rss_kib();
+    for path in [
+        "/api/dm/messages",
+        "/api/dm/conversations",
+        "/api/auth/verify",
+    ] {
+        let mut res = app
+            .http()
+            .post(app.url(path))
+            .bearer_auth(user.token())
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("Content-Encoding", "gzip"))
+            .send_body(bomb.clone())
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        assert!(status == 400 || status == 413, "{path}: {status}");
+        let body: Value = res.json().await.unwrap();
+        assert!(body["error"]["code"].is_string(), "{path}: {body}");
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 20 * 1024, "RSS grew by {grown} KiB");
+}
