@@ -10,28 +10,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Conversation, DmKey, StoredMessage, User};
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+// Field documentation lives in docs/protocol.md; the schemas here give names,
+// types and which fields are required (the OpenAPI document at /openapi.json).
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ChallengeResponse {
     pub challenge_id: String,
     pub challenge: String,
     pub expires_at: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct VerifyBody {
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub public_key: String,
+    #[schema(format = Uuid, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub challenge_id: String,
+    #[schema(pattern = "^[0-9a-fA-F]{128}$")]
     pub signature: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub display_name: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RefreshBody {
     pub refresh_token: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UserJson {
     pub public_key: String,
     pub display_name: String,
@@ -46,7 +57,7 @@ impl From<&User> for UserJson {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub refresh_token: String,
@@ -55,12 +66,13 @@ pub struct TokenResponse {
     pub user: UserJson,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PublishKeyBody {
+    #[schema(pattern = "^(?!0{64}$)[0-9a-fA-F]{64}$")]
     pub x25519_pubkey: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct KeyJson {
     pub ed25519_pubkey: String,
     pub x25519_pubkey: String,
@@ -77,12 +89,13 @@ impl From<&DmKey> for KeyJson {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CreateConversationBody {
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub recipient_pubkey: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ConversationJson {
     pub id: String,
     pub participant_a_pubkey: String,
@@ -109,24 +122,30 @@ impl From<&Conversation> for ConversationJson {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ConversationListJson {
     pub conversations: Vec<ConversationJson>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SendMessageBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Uuid, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub id: Option<String>,
+    #[schema(format = Uuid, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub conversation_id: String,
+    #[schema(format = Byte, min_length = 4, max_length = 87384, pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$")]
     pub encrypted_payload: String,
+    #[schema(format = Byte, pattern = "^[A-Za-z0-9+/]{32}$")]
     pub nonce: String,
     #[serde(default)]
+    #[schema(format = Byte, pattern = "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
     pub ephemeral_pubkey: Option<String>,
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
     pub timestamp: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct MessageJson {
     pub id: String,
     pub conversation_id: String,
@@ -173,34 +192,35 @@ impl MessageJson {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct HistoryJson {
     pub messages: Vec<MessageJson>,
     pub has_more: bool,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OfflineJson {
     pub messages: Vec<MessageJson>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AckBody {
+    #[schema(max_items = 1000, value_type = Vec<uuid::Uuid>)]
     pub message_ids: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AckJson {
     pub acked: u32,
 }
 
 /// `{"error": {"code": ..., "message": ...}}`
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorJson {
     pub error: ErrorDetailJson,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorDetailJson {
     pub code: String,
     pub message: String,

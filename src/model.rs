@@ -222,8 +222,10 @@ impl NewMessage {
             ),
             None => None,
         };
-        if timestamp == 0 {
-            return Err(ApiError::invalid("timestamp must not be 0"));
+        if timestamp == 0 || timestamp > i64::MAX as u64 {
+            return Err(ApiError::invalid(
+                "timestamp must be a positive Unix time in milliseconds",
+            ));
         }
         Ok(NewMessage {
             id,

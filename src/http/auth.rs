@@ -4,11 +4,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::extract::AuthUser;
 use crate::error::ApiError;
-use crate::json::{ChallengeResponse, RefreshBody, TokenResponse, UserJson, VerifyBody};
+use crate::json::{ChallengeResponse, ErrorJson, RefreshBody, TokenResponse, UserJson, VerifyBody};
 use crate::model::{parse_display_name, parse_uuid, Pubkey};
 use crate::service::{self, auth::VerifyRequest};
 use crate::state::AppState;
 
+#[utoipa::path(post, path = "/api/auth/challenge", tag = "auth",
+    responses((status = 200, body = ChallengeResponse), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn challenge(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -51,6 +53,9 @@ fn token_response(session: service::auth::Session) -> HttpResponse {
     })
 }
 
+#[utoipa::path(post, path = "/api/auth/verify", tag = "auth", request_body = VerifyBody,
+    responses((status = 200, body = TokenResponse), (status = 400, description = "invalid_request", body = ErrorJson),
+        (status = 401, description = "bad_signature, challenge_expired or unknown_challenge", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn verify(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -62,6 +67,9 @@ pub async fn verify(
     Ok(token_response(session))
 }
 
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body = RefreshBody,
+    responses((status = 200, body = TokenResponse), (status = 400, description = "invalid_request", body = ErrorJson),
+        (status = 401, description = "invalid_refresh_token", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn refresh(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -72,6 +80,9 @@ pub async fn refresh(
     Ok(token_response(session))
 }
 
+#[utoipa::path(get, path = "/api/users/{pubkey}", tag = "auth", security(("bearer" = [])),
+    params(("pubkey" = String, Path, description = "64 hex characters", pattern = "^[0-9a-fA-F]{64}$")),
+    responses((status = 200, body = UserJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson)))]
 pub async fn user(
     state: web::Data<AppState>,
     _caller: AuthUser,

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use super::extract::AuthUser;
 use crate::error::ApiError;
 use crate::json::{
-    AckBody, AckJson, ConversationJson, ConversationListJson, CreateConversationBody, HistoryJson,
-    KeyJson, MessageJson, OfflineJson, PublishKeyBody, SendMessageBody,
+    AckBody, AckJson, ConversationJson, ConversationListJson, CreateConversationBody, ErrorJson,
+    HistoryJson, KeyJson, MessageJson, OfflineJson, PublishKeyBody, SendMessageBody,
 };
 use crate::model::{parse_uuid, HistoryPage, NewMessage, Pubkey, DEFAULT_HISTORY_LIMIT};
 use crate::service;
@@ -24,6 +24,8 @@ fn created_or_ok(created: bool) -> actix_web::HttpResponseBuilder {
     }
 }
 
+#[utoipa::path(post, path = "/api/dm/keys", tag = "keys", security(("bearer" = [])), request_body = PublishKeyBody,
+    responses((status = 200, body = KeyJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson)))]
 pub async fn publish_key(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
@@ -36,6 +38,9 @@ pub async fn publish_key(
     Ok(HttpResponse::Ok().json(KeyJson::from(&stored)))
 }
 
+#[utoipa::path(get, path = "/api/dm/keys/{pubkey}", tag = "keys", security(("bearer" = [])),
+    params(("pubkey" = String, Path, description = "64 hex characters", pattern = "^[0-9a-fA-F]{64}$")),
+    responses((status = 200, body = KeyJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson)))]
 pub async fn get_key(
     state: web::Data<AppState>,
     _caller: AuthUser,
@@ -45,6 +50,10 @@ pub async fn get_key(
     Ok(HttpResponse::Ok().json(KeyJson::from(&key)))
 }
 
+#[utoipa::path(post, path = "/api/dm/conversations", tag = "conversations", security(("bearer" = [])),
+    request_body = CreateConversationBody,
+    responses((status = 201, description = "created", body = ConversationJson), (status = 200, description = "already existed", body = ConversationJson),
+        (status = 400, description = "invalid_request or self_conversation", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson)))]
 pub async fn create_conversation(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
@@ -56,6 +65,8 @@ pub async fn create_conversation(
     Ok(created_or_ok(created).json(ConversationJson::from(&conversation)))
 }
 
+#[utoipa::path(get, path = "/api/dm/conversations", tag = "conversations", security(("bearer" = [])),
+    responses((status = 200, body = ConversationListJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson)))]
 pub async fn list_conversations(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
@@ -71,6 +82,9 @@ fn b64(value: &str, field: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|_| ApiError::invalid(format!("{field} is not standard base64")))
 }
 
+#[utoipa::path(post, path = "/api/dm/messages", tag = "messages", security(("bearer" = [])), request_body = SendMessageBody,
+    responses((status = 201, description = "stored and committed", body = MessageJson), (status = 200, description = "an idempotent resend", body = MessageJson),
+        (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 403, description = "not_participant", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson), (status = 409, description = "conflict: the id was used with other content", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn send_message(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
@@ -121,6 +135,12 @@ impl HistoryQuery {
     }
 }
 
+#[utoipa::path(get, path = "/api/dm/messages/{conversation_id}", tag = "messages", security(("bearer" = [])),
+    params(("conversation_id" = String, Path, description = "UUID", format = Uuid),
+        ("before" = Option<u64>, Query, description = "newest first, server_sequence < before (not with after)", minimum = 1),
+        ("after" = Option<u64>, Query, description = "oldest first, server_sequence > after"),
+        ("limit" = Option<u32>, Query, description = "1 or more, default 50, served as at most 100", minimum = 1)),
+    responses((status = 200, body = HistoryJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 403, description = "not_participant", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson)))]
 pub async fn history(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
@@ -136,6 +156,8 @@ pub async fn history(
     }))
 }
 
+#[utoipa::path(get, path = "/api/dm/offline", tag = "offline", security(("bearer" = [])),
+    responses((status = 200, description = "undelivered entries, oldest first; now marked delivered", body = OfflineJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson)))]
 pub async fn offline(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
@@ -146,6 +168,8 @@ pub async fn offline(
     }))
 }
 
+#[utoipa::path(post, path = "/api/dm/offline/ack", tag = "offline", security(("bearer" = [])), request_body = AckBody,
+    responses((status = 200, body = AckJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson)))]
 pub async fn ack(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,

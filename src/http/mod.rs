@@ -6,6 +6,7 @@
 mod auth;
 mod dm;
 pub mod extract;
+pub mod openapi;
 mod ops;
 mod ws;
 
@@ -14,7 +15,8 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::{web, Error, HttpRequest};
+use actix_web::http::header;
+use actix_web::{web, Error, HttpRequest, ResponseError as _};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -27,38 +29,43 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
     let query = web::QueryConfig::default().error_handler(query_error);
     cfg.app_data(json)
         .app_data(query)
-        .service(resource("/healthz").route(web::get().to(ops::healthz)))
-        .service(resource("/metrics").route(web::get().to(ops::metrics)))
-        .service(resource("/api/auth/challenge").route(web::post().to(auth::challenge)))
-        .service(resource("/api/auth/verify").route(web::post().to(auth::verify)))
-        .service(resource("/api/auth/refresh").route(web::post().to(auth::refresh)))
-        .service(resource("/api/users/{pubkey}").route(web::get().to(auth::user)))
-        .service(resource("/api/dm/keys").route(web::post().to(dm::publish_key)))
-        .service(resource("/api/dm/keys/{pubkey}").route(web::get().to(dm::get_key)))
+        .service(resource("/healthz", "GET").route(web::get().to(ops::healthz)))
+        .service(resource("/metrics", "GET").route(web::get().to(ops::metrics)))
+        .service(resource("/openapi.json", "GET").route(web::get().to(openapi::openapi_json)))
+        .service(resource("/api/auth/challenge", "POST").route(web::post().to(auth::challenge)))
+        .service(resource("/api/auth/verify", "POST").route(web::post().to(auth::verify)))
+        .service(resource("/api/auth/refresh", "POST").route(web::post().to(auth::refresh)))
+        .service(resource("/api/users/{pubkey}", "GET").route(web::get().to(auth::user)))
+        .service(resource("/api/dm/keys", "POST").route(web::post().to(dm::publish_key)))
+        .service(resource("/api/dm/keys/{pubkey}", "GET").route(web::get().to(dm::get_key)))
         .service(
-            resource("/api/dm/conversations")
+            resource("/api/dm/conversations", "GET, POST")
                 .route(web::get().to(dm::list_conversations))
                 .route(web::post().to(dm::create_conversation)),
         )
-        .service(resource("/api/dm/messages").route(web::post().to(dm::send_message)))
-        .service(resource("/api/dm/messages/{conversation_id}").route(web::get().to(dm::history)))
-        .service(resource("/api/dm/offline").route(web::get().to(dm::offline)))
-        .service(resource("/api/dm/offline/ack").route(web::post().to(dm::ack)))
-        .service(resource("/ws").route(web::get().to(ws::upgrade)))
+        .service(resource("/api/dm/messages", "POST").route(web::post().to(dm::send_message)))
+        .service(
+            resource("/api/dm/messages/{conversation_id}", "GET").route(web::get().to(dm::history)),
+        )
+        .service(resource("/api/dm/offline", "GET").route(web::get().to(dm::offline)))
+        .service(resource("/api/dm/offline/ack", "POST").route(web::post().to(dm::ack)))
+        .service(resource("/ws", "GET").route(web::get().to(ws::upgrade)))
         .default_service(web::to(not_found));
 }
 
-/// A resource that answers a wrong method with a JSON 405.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// A resource that answers a wrong method with a JSON 405 and an `Allow`
+/// header naming `allow`, the methods its routes serve.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut res = ApiError::MethodNotAllowed.error_response();
+        res.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        res
+    }))
 }
 
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route"))
-}
-
-async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
 }
 
 fn json_error(err: JsonPayloadError, _: &HttpRequest) -> Error {

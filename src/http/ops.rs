@@ -11,6 +11,8 @@ use crate::state::AppState;
 /// How long `/healthz` waits for the database.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "{\"status\": \"ok\"}"), (status = 503, description = "the database does not answer")))]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let writer = state.writer.send(Ping).timeout(HEALTH_TIMEOUT);
     let reader = state.read(|conn| {
@@ -24,6 +26,8 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

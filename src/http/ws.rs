@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::extract::bearer_token;
 use crate::actors::session::WsSession;
 use crate::error::ApiError;
+use crate::json::ErrorJson;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -18,6 +19,11 @@ struct TokenQuery {
     access_token: Option<String>,
 }
 
+#[utoipa::path(get, path = "/ws", tag = "websocket", security(("bearer" = [])),
+    params(("access_token" = Option<String>, Query, description = "the access token, for clients that cannot set headers")),
+    responses((status = 101, description = "switching to the WebSocket protocol (docs/protocol.md)"),
+        (status = 400, description = "invalid_request: not a WebSocket upgrade request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson),
+        (status = 403, description = "forbidden_origin", body = ErrorJson)))]
 pub async fn upgrade(
     req: HttpRequest,
     stream: web::Payload,

@@ -11,6 +11,7 @@ mod dm;
 mod durability;
 mod hardening;
 mod helpers;
+mod openapi;
 mod ops;
 mod validation;
 mod websocket;
