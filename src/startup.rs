@@ -11,6 +11,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
+use crate::actors::checkpointer::Checkpointer;
 use crate::actors::db_executor::DbExecutor;
 use crate::actors::directory::{ConversationDirectory, IdClaims};
 use crate::actors::janitor::{JanitorActor, StopJanitor};
@@ -53,6 +54,13 @@ impl AppHandle {
         self.server.stop(true).await;
         self.janitor.do_send(StopJanitor);
         self.state.conversations.clear();
+        drop(
+            self.state
+                .checkpointer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         tracing::info!("stopped");
     }
 }
@@ -69,6 +77,8 @@ impl Application {
             db::open_writer(&path).with_context(|| format!("opening {}", path.display()))?;
         let migrations_applied = migrations::migrate(&mut writer_conn).context("migrating")?;
         let pool = db::open_pool(&path).context("opening the read pool")?;
+        let checkpointer =
+            Checkpointer::start(path.clone()).context("starting the checkpointer")?;
         let metrics = Arc::new(Metrics::new());
 
         let writer = {
@@ -98,6 +108,7 @@ impl Application {
             limits: RateLimits::new(&settings),
             challenges: ChallengeStore::new(Duration::from_secs(settings.challenge_ttl)),
             metrics,
+            checkpointer: Mutex::new(Some(checkpointer)),
             settings,
         });
         let janitor = JanitorActor::new(state.clone()).start();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use actix::Addr;
 use rusqlite::Connection;
 
+use crate::actors::checkpointer::Checkpointer;
 use crate::actors::db_executor::DbExecutor;
 use crate::actors::directory::{ConversationDirectory, IdClaims};
 use crate::actors::registry::SessionRegistry;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub limits: RateLimits,
     pub challenges: ChallengeStore,
     pub metrics: Arc<Metrics>,
+    /// Stopped (taken) at shutdown.
+    pub checkpointer: std::sync::Mutex<Option<Checkpointer>>,
 }
 
 impl AppState {

@@ -18,7 +18,11 @@ const CLAMPED: &[&str] = &[
 
 pub fn init() {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    for target in CLAMPED {
+    // Only ever lowers their level: with RUST_LOG=warn they stay at warn.
+    let verbose = filter
+        .max_level_hint()
+        .is_none_or(|max| max > tracing::level_filters::LevelFilter::INFO);
+    for target in CLAMPED.iter().filter(|_| verbose) {
         if let Ok(directive) = format!("{target}=info").parse() {
             filter = filter.add_directive(directive);
         }

@@ -6,8 +6,10 @@
 //! - `write_batcher::WriteBatcher`: group commit in front of the writer.
 //! - `db_executor::DbExecutor`: the single SQLite writer, on a `SyncArbiter`.
 //! - `janitor::JanitorActor`: the periodic purge.
+//! - `checkpointer::Checkpointer`: WAL checkpoints off the write path (a thread).
 //! - `registry::SessionRegistry`: who is online (a shared map, not an actor).
 
+pub mod checkpointer;
 pub mod conversation;
 pub mod db_executor;
 pub mod directory;

@@ -9,7 +9,7 @@
 //! Only this file and `http::ws` know about actix-web-actors.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_http::ws::Item;
@@ -29,7 +29,7 @@ pub const MAX_FRAGMENTS: usize = 4096;
 /// Requests one session may have in flight; past that a request gets 429.
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// How long a closing session waits for its in-flight requests.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A message being assembled from continuation frames.
 struct Fragments {
@@ -77,14 +77,23 @@ impl WsSession {
         ctx.stop();
     }
 
+    /// Pings every `--ping-interval` and closes after `--idle-timeout` of
+    /// silence. Each session starts at its own offset within the interval, so
+    /// sessions that connected together do not all ping together (a burst of
+    /// thousands of pings at once showed as a latency spike under load).
     fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let interval = self.state.settings.ping_interval();
         let idle_timeout = self.state.settings.idle_timeout();
-        ctx.run_interval(self.state.settings.ping_interval(), move |act, ctx| {
-            if act.last_heard.elapsed() >= idle_timeout {
-                act.close(ctx, 1000, "idle timeout");
-            } else {
-                ctx.ping(b"");
-            }
+        let spread = interval.as_millis().max(1) as u64;
+        let offset = Duration::from_millis(self.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread);
+        ctx.run_later(offset, move |_, ctx| {
+            ctx.run_interval(interval, move |act, ctx| {
+                if act.last_heard.elapsed() >= idle_timeout {
+                    act.close(ctx, 1000, "idle timeout");
+                } else {
+                    ctx.ping(b"");
+                }
+            });
         });
     }
 

@@ -49,10 +49,13 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
 }
 
-/// Opens the single write connection, with the pragmas applied.
+/// Opens a connection that writes (the `DbExecutor`'s, the checkpointer's),
+/// with the pragmas applied. It never checkpoints on commit:
+/// `actors::checkpointer` does that on its own thread.
 pub fn open_writer(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open(path)?;
     conn.execute_batch(CONNECTION_PRAGMAS)?;
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
     // Statements run per message; keep them all prepared.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)

@@ -32,6 +32,8 @@ impl TargetHub {
                 "--data-dir",
             ])
             .arg(dir.path())
+            // The run measures the hub's capacity, not its abuse limits.
+            .args(["--auth-rate", "0", "--send-rate", "0"])
             .env(
                 "RUST_LOG",
                 std::env::var("UNITED_LOAD_HUB_LOG").unwrap_or_else(|_| "warn".into()),

@@ -180,3 +180,95 @@ async fn load_runs_against_a_running_hub_over_http() {
     );
     assert!(stdout.contains("per session"), "{stdout}");
 }
+
+#[actix_web::test]
+async fn listen_prints_what_arrives_decrypted() {
+    use std::io::{BufRead, BufReader};
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bob.id");
+    let out = run(args(&[
+        "identity",
+        "new",
+        "--name",
+        "Bob",
+        "--file",
+        file.to_str().unwrap(),
+    ]))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let bob_pubkey = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pubkey: "))
+        .unwrap()
+        .to_owned();
+
+    let mut child = Command::new(BIN)
+        .args([
+            "listen",
+            "--identity",
+            file.to_str().unwrap(),
+            "--url",
+            &app.address,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Lines from the listener, read on a plain thread.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let first = next_line(&mut rx).await.unwrap();
+    assert!(first.starts_with("listening as Bob"), "{first}");
+
+    // Bob is now registered, with his key published; Alice writes to him.
+    let bob_key = alice.client.recipient_key(&bob_pubkey).await.unwrap();
+    let (conversation, _) = alice.client.create_conversation(&bob_pubkey).await.unwrap();
+    let sealed = united_hub::client::crypto::seal(
+        b"are you listening?",
+        &bob_key,
+        &conversation.id,
+        &alice.identity.public_key(),
+    )
+    .unwrap();
+    alice
+        .client
+        .send(&united_hub::client::send_body(
+            None,
+            &conversation.id,
+            &sealed,
+            now_ms(),
+        ))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(line) = next_line(&mut rx).await {
+        let done = line.contains("Alice: are you listening?");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    // Live, or from the offline queue if it beat the listener's socket.
+    assert!(
+        seen.iter()
+            .any(|l| l.ends_with("#1] Alice: are you listening?")),
+        "{seen:?}"
+    );
+}
+
+async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+        .await
+        .ok()
+        .flatten()
+}

@@ -107,11 +107,18 @@ fn verify(dir: &Path, acked: &HashMap<String, (String, u64)>) {
     }
 }
 
+/// A logged-in client with its conversation, before any kill.
+async fn setup_client(url: &str, recipient: &str) -> (HubClient, String) {
+    let mut http = HubClient::new(url);
+    http.login(&Identity::generate(), Some("crash"))
+        .await
+        .unwrap();
+    let (conversation, _) = http.create_conversation(recipient).await.unwrap();
+    (http, conversation.id)
+}
+
 /// One client: 200 sends, each retried with the same id until answered.
-async fn client(url: String, sender: Identity, recipient: String, acked: Acked) {
-    let mut http = HubClient::new(&url);
-    http.login(&sender, Some("crash")).await.unwrap();
-    let (conversation, _) = http.create_conversation(&recipient).await.unwrap();
+async fn client(http: HubClient, conversation: String, acked: Acked) {
     let sealed = united_hub::client::crypto::Sealed {
         ciphertext: vec![7; 64],
         nonce: [1; 24],
@@ -120,7 +127,7 @@ async fn client(url: String, sender: Identity, recipient: String, acked: Acked) 
     for _ in 0..PER_CLIENT {
         let body = send_body(
             Some(uuid::Uuid::new_v4().to_string()),
-            &conversation.id,
+            &conversation,
             &sealed,
             now_ms(),
         );
@@ -165,10 +172,14 @@ async fn answered_messages_survive_sigkill() {
             .unwrap();
         recipients.push(id.public_key_hex());
     }
+    let mut ready = Vec::new();
+    for r in &recipients {
+        ready.push(setup_client(&url, r).await);
+    }
     let acked: Acked = Rc::default();
-    let clients: Vec<_> = recipients
+    let clients: Vec<_> = ready
         .into_iter()
-        .map(|r| actix_web::rt::spawn(client(url.clone(), Identity::generate(), r, acked.clone())))
+        .map(|(http, conversation)| actix_web::rt::spawn(client(http, conversation, acked.clone())))
         .collect();
 
     // A small deterministic-per-run PRNG for the kill times.
@@ -211,4 +222,45 @@ async fn answered_messages_survive_sigkill() {
     );
     hub.kill().unwrap();
     hub.wait().unwrap();
+}
+
+#[actix_web::test]
+async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut hub = start_hub(dir.path(), port);
+    wait_healthy(&url).await;
+    let id = Identity::generate();
+    let mut http = HubClient::new(&url);
+    http.login(&id, Some("Term")).await.unwrap();
+    let mut ws =
+        united_hub::client::WsClient::connect(&http.ws_url(), http.access_token().unwrap())
+            .await
+            .unwrap();
+    ws.call(united_hub::proto::Payload::DmConversationListRequest(
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+
+    let pid = hub.id().to_string();
+    let sent = actix_web::rt::task::spawn_blocking(move || {
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(sent.success());
+    match ws.next(Duration::from_secs(10)).await {
+        Some(united_hub::client::Incoming::Closed(code)) => assert_eq!(code, Some(1001)),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    let status = actix_web::rt::task::spawn_blocking(move || hub.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
 }

@@ -139,3 +139,26 @@ async fn no_plaintext_reaches_the_data_directory() {
         );
     }
 }
+
+#[actix_web::test]
+async fn the_checkpointer_moves_committed_pages_into_the_database_file() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let db_size = || {
+        std::fs::metadata(app.dir.path().join("united.db"))
+            .unwrap()
+            .len()
+    };
+    let before = db_size();
+    let big = "y".repeat(4096);
+    for _ in 0..200 {
+        alice.send_http(&bob, &conversation, &big).await;
+    }
+    // The writer never checkpoints on commit; the checkpointer thread does.
+    eventually("the database file takes the pages", || async {
+        db_size() > before + 500 * 1024
+    })
+    .await;
+}

@@ -413,7 +413,7 @@ async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
     let other = carol.open_conversation(&dave).await;
     let bob_key = united_hub::model::Pubkey::parse(&bob.pubkey).unwrap();
     // Bob's only session: a socket nobody reads.
-    let (_res, _stuck) = awc::Client::new()
+    let (_res, mut stuck) = awc::Client::new()
         .ws(app.ws_url())
         .bearer_auth(bob.token())
         .connect()
@@ -500,6 +500,17 @@ async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
         .unwrap();
     let text = String::from_utf8_lossy(&metrics);
     assert!(!text.contains("united_pushes_failed_total 0"), "{text}");
+
+    // When the client finally reads, it gets what was buffered, then the 1013.
+    use futures_util::StreamExt as _;
+    let mut close = None;
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(10), stuck.next()).await {
+        if let Ok(awc::ws::Frame::Close(reason)) = frame {
+            close = reason.map(|r| u16::from(r.code));
+            break;
+        }
+    }
+    assert_eq!(close, Some(1013), "the stuck session is closed with 1013");
 }
 
 #[actix_web::test]
@@ -535,4 +546,38 @@ async fn a_compressed_body_is_never_inflated() {
     }
     let grown = rss_kib().saturating_sub(before);
     assert!(grown < 20 * 1024, "RSS grew by {grown} KiB");
+}
+
+#[actix_web::test]
+async fn purged_entries_leave_no_bytes_behind() {
+    // Refresh tokens are purged by the janitor once expired; their hash is
+    // bytes that appear nowhere else, so it makes a clean marker.
+    let app = spawn_app_with(|s| {
+        s.refresh_token_ttl = 1;
+        s.janitor_interval = 1;
+    })
+    .await;
+    let user = app.user("Purge").await;
+    let mut client = app.client();
+    let tokens = client.login(&user.identity, None).await.unwrap();
+    let marker = united_hub::auth::hash_refresh_token(&tokens.refresh_token);
+    let contains = |bytes: &[u8]| bytes.windows(32).any(|w| w == marker);
+    let files_with_marker = || {
+        app.data_files()
+            .into_iter()
+            .filter(|(_, bytes)| contains(bytes))
+            .map(|(name, _)| name)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        !files_with_marker().is_empty(),
+        "the hash is stored at first"
+    );
+    eventually(
+        "the janitor purges the token and scrubs its bytes",
+        || async { files_with_marker().is_empty() },
+    )
+    .await;
+    let err = client.refresh(&tokens.refresh_token).await.unwrap_err();
+    assert_eq!(err.code(), Some("invalid_refresh_token"));
 }

@@ -123,3 +123,51 @@ async fn a_restart_keeps_users_and_does_not_migrate_twice() {
         .await
         .expect("token signed before the restart");
 }
+
+#[actix_web::test]
+async fn metrics_count_what_happens_and_name_nobody() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let mut bob_ws = bob.live_ws().await;
+    alice.send_http(&bob, &conversation, "counted").await;
+    next_message(&mut bob_ws).await;
+    let body = app
+        .http()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for line in [
+        "united_live_sessions 1",
+        "united_messages_accepted_total 1",
+        "united_pushes_total 1",
+        "united_offline_queued_total 0",
+        "united_offline_purged_total 0",
+        "united_write_batch_size_count 1",
+        "united_commit_seconds_count 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert!(
+        text.contains("united_request_seconds_count{route=\"/api/dm/messages\",status=\"201\"} 1"),
+        "{text}"
+    );
+    // Aggregates only: no key, id or name.
+    for secret in [
+        alice.pubkey.as_str(),
+        bob.pubkey.as_str(),
+        conversation.as_str(),
+        "Alice",
+    ] {
+        assert!(!text.contains(secret), "metrics mention {secret}");
+    }
+}
