@@ -13,9 +13,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::{open_message, open_proto, short, IdentityFile, DEFAULT_URL};
-use crate::client::crypto::{self, Identity};
-use crate::client::{send_body, HubClient, Incoming, WsClient};
-use crate::model::now_ms;
+use crate::client::crypto::Identity;
+use crate::client::{HubClient, Incoming, WsClient};
 use crate::proto::{dm, Payload};
 
 #[derive(clap::Subcommand)]
@@ -105,24 +104,14 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         .context("the recipient has not published a key yet (have them run `listen` once)")?;
     let (conversation, _) = client.create_conversation(&to).await?;
     let text = args.text.join(" ");
-    let sealed = crypto::seal(
-        text.as_bytes(),
-        &recipient_key,
-        &conversation.id,
-        &id.public_key(),
-    )?;
-    let body = send_body(
-        Some(uuid::Uuid::new_v4().to_string()),
-        &conversation.id,
-        &sealed,
-        now_ms(),
-    );
-    let (stored, _) = client.send(&body).await?;
+    let (stored, _) = client
+        .send_sealed(&id, &recipient_key, &conversation.id, text.as_bytes())
+        .await?;
     println!(
         "sent #{} to {} ({} bytes of ciphertext)",
         stored.server_sequence,
         short(&to),
-        sealed.ciphertext.len()
+        text.len() + 16
     );
     Ok(())
 }

@@ -10,9 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context as _};
 
 use super::{open_message, open_proto, short};
-use crate::client::crypto::{self, Identity};
-use crate::client::{reconnect, send_body, HubClient, Incoming, WsClient};
-use crate::model::now_ms;
+use crate::client::crypto::Identity;
+use crate::client::{reconnect, HubClient, Incoming, WsClient};
 use crate::proto::{dm, Payload};
 use crate::{Application, Settings};
 
@@ -148,19 +147,9 @@ async fn play(
     story.say("Alice encrypts a message for Bob's key and sends it");
     let text = "Hi Bob! Lunch at noon? 🥪";
     let bob_key = alice.recipient_key(&bob_id.public_key_hex()).await?;
-    let sealed = crypto::seal(
-        text.as_bytes(),
-        &bob_key,
-        &conversation.id,
-        &alice_id.public_key(),
-    )?;
-    let body = send_body(
-        Some(uuid::Uuid::new_v4().to_string()),
-        &conversation.id,
-        &sealed,
-        now_ms(),
-    );
-    let (sent, _) = alice.send(&body).await?;
+    let (sent, _) = alice
+        .send_sealed(&alice_id, &bob_key, &conversation.id, text.as_bytes())
+        .await?;
     ok(format!(
         "the hub committed it as #{} and answered 201",
         sent.server_sequence
@@ -200,19 +189,9 @@ async fn play(
         "Found one by the window.",
     ];
     for line in later {
-        let sealed = crypto::seal(
-            line.as_bytes(),
-            &bob_key,
-            &conversation.id,
-            &alice_id.public_key(),
-        )?;
-        let body = send_body(
-            Some(uuid::Uuid::new_v4().to_string()),
-            &conversation.id,
-            &sealed,
-            now_ms(),
-        );
-        let (m, _) = alice.send(&body).await?;
+        let (m, _) = alice
+            .send_sealed(&alice_id, &bob_key, &conversation.id, line.as_bytes())
+            .await?;
         ok(format!("#{} sent while Bob is away", m.server_sequence));
     }
 

@@ -266,6 +266,31 @@ impl HubClient {
         Ok((message, status == StatusCode::CREATED))
     }
 
+    /// Seals `plaintext` for `recipient_x25519` (the `united-hub dm v1`
+    /// scheme) and sends it under a fresh client id, so a retry of the same
+    /// body is idempotent. Returns the stored message and whether it was new.
+    pub async fn send_sealed(
+        &self,
+        sender: &Identity,
+        recipient_x25519: &[u8; 32],
+        conversation_id: &str,
+        plaintext: &[u8],
+    ) -> Result<(MessageJson, bool), ClientError> {
+        let sealed = super::crypto::seal(
+            plaintext,
+            recipient_x25519,
+            conversation_id,
+            &sender.public_key(),
+        )?;
+        let body = send_body(
+            Some(uuid::Uuid::new_v4().to_string()),
+            conversation_id,
+            &sealed,
+            crate::model::now_ms(),
+        );
+        self.send(&body).await
+    }
+
     /// `query` like `before=10&limit=20` or `after=0`.
     pub async fn history(
         &self,
