@@ -340,12 +340,17 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     done.set(true);
 
+    let progress = bar(&args, sessions.len() as u64, "verify");
     report.fill(
         &stats,
         &pairs,
-        sessions.iter().map(|s| s.check.as_ref()),
+        sessions.iter().map(|s| {
+            progress.inc(1);
+            s.check.as_ref()
+        }),
         measured,
     );
+    progress.finish();
     drop(sessions);
     drop(hub);
     Ok(report)
