@@ -38,6 +38,20 @@ fn start_hub(dir: &Path, port: u16) -> Child {
         .expect("the hub starts")
 }
 
+/// A hub on a free port and a new data directory, up and healthy.
+async fn fresh_hub() -> (tempfile::TempDir, u16, String, Child) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let hub = start_hub(dir.path(), port);
+    wait_healthy(&url).await;
+    (dir, port, url, hub)
+}
+
 async fn wait_healthy(url: &str) {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(1))
@@ -152,15 +166,7 @@ async fn client(http: HubClient, conversation: String, acked: Acked) {
 
 #[actix_web::test]
 async fn answered_messages_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut hub = start_hub(dir.path(), port);
-    wait_healthy(&url).await;
+    let (dir, port, url, mut hub) = fresh_hub().await;
 
     // Recipients exist first; they never connect, so everything is queued for them too.
     let mut recipients = Vec::new();
@@ -226,15 +232,7 @@ async fn answered_messages_survive_sigkill() {
 
 #[actix_web::test]
 async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut hub = start_hub(dir.path(), port);
-    wait_healthy(&url).await;
+    let (_dir, _port, url, mut hub) = fresh_hub().await;
     let id = Identity::generate();
     let mut http = HubClient::new(&url);
     http.login(&id, Some("Term")).await.unwrap();

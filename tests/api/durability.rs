@@ -82,16 +82,7 @@ async fn the_janitor_purges_old_offline_entries_and_keeps_history() {
     assert!(bob.client.offline().await.unwrap().is_empty());
     let history = bob.client.history(&conversation, "").await.unwrap();
     assert_eq!(history.messages.len(), 3, "messages stay in history");
-    let metrics = app
-        .http()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .body()
-        .await
-        .unwrap();
-    let text = String::from_utf8(metrics.to_vec()).unwrap();
+    let text = app.metrics().await;
     assert!(text.contains("united_offline_purged_total 3"), "{text}");
 }
 

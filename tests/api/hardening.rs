@@ -489,16 +489,7 @@ async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
         grown < 16 * 1024,
         "RSS grew by {grown} KiB for a stuck reader"
     );
-    let metrics = app
-        .http()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .body()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&metrics);
+    let text = app.metrics().await;
     assert!(!text.contains("united_pushes_failed_total 0"), "{text}");
 
     // When the client finally reads, it gets what was buffered, then the 1013.

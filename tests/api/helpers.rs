@@ -82,6 +82,20 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let body = self
+            .http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
     /// A new identity, registered and logged in, with its X25519 key published.
     pub async fn user(&self, name: &str) -> TestUser {
         let identity = Identity::generate();

@@ -133,16 +133,7 @@ async fn metrics_count_what_happens_and_name_nobody() {
     let mut bob_ws = bob.live_ws().await;
     alice.send_http(&bob, &conversation, "counted").await;
     next_message(&mut bob_ws).await;
-    let body = app
-        .http()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .body()
-        .await
-        .unwrap();
-    let text = String::from_utf8(body.to_vec()).unwrap();
+    let text = app.metrics().await;
     for line in [
         "united_live_sessions 1",
         "united_messages_accepted_total 1",
