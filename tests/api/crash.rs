@@ -8,34 +8,21 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use united_hub::client::crypto::Identity;
 use united_hub::client::{send_body, HubClient};
 
-use crate::helpers::now_ms;
+use crate::helpers::{now_ms, ProcessHub};
 
 const CLIENTS: usize = 50;
 const PER_CLIENT: usize = 200;
 const KILLS: usize = 3;
 
 fn start_hub(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_united-hub"))
-        .args([
-            "serve",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .args(["--auth-rate", "0", "--send-rate", "0"])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the hub starts")
+    ProcessHub::spawn(dir, port, &[])
 }
 
 /// A hub on a free port and a new data directory, up and healthy.

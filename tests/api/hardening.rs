@@ -325,22 +325,12 @@ async fn the_origin_allow_list_is_enforced() {
     assert_eq!(body["error"]["code"], "forbidden_origin");
 }
 
-/// Resident memory of this process (which runs the hub), KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[actix_web::test]
 async fn endless_continuation_frames_close_the_session_without_growing_memory() {
-    let app = spawn_app().await;
-    let user = app.user("Frag").await;
+    let hub = ProcessHub::start(&[]).await;
+    let user = user_at(&hub.address, "Frag").await;
     let mut ws = user.ws().await;
-    let before = rss_kib();
+    let before = hub.rss_kib();
     ws.send_raw(Message::Continuation(actix_http::ws::Item::FirstBinary(
         bytes::Bytes::new(),
     )))
@@ -359,8 +349,8 @@ async fn endless_continuation_frames_close_the_session_without_growing_memory() 
         Some(Incoming::Closed(code)) => assert_eq!(code, Some(1009)),
         other => panic!("expected a 1009 close, got {other:?}"),
     }
-    let grown = rss_kib().saturating_sub(before);
-    assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+    let grown = hub.rss_kib().saturating_sub(before);
+    assert!(grown < 16 * 1024, "the hub's RSS grew by {grown} KiB");
 }
 
 #[actix_web::test]
@@ -398,41 +388,34 @@ async fn abuse_on_one_socket_does_not_disturb_others() {
 
 #[actix_web::test]
 async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
-    let app = spawn_app_with(|s| {
-        // Small, so the stuck session is found quickly; still above the
-        // bursts a healthy session gets (100 of its own events at a time).
-        s.session_buffer = 256;
-        s.send_rate = 0;
-    })
-    .await;
-    let alice = app.user("Alice").await;
-    let bob = app.user("Bob").await;
-    let carol = app.user("Carol").await;
-    let dave = app.user("Dave").await;
+    // Its own process, so the memory figure is the hub's alone. The buffer is
+    // small, so the stuck session is found quickly; still above the bursts a
+    // healthy session gets here (100 of its own events at a time).
+    let hub = ProcessHub::start(&["--session-buffer", "256"]).await;
+    let alice = user_at(&hub.address, "Alice").await;
+    let bob = user_at(&hub.address, "Bob").await;
+    let carol = user_at(&hub.address, "Carol").await;
+    let dave = user_at(&hub.address, "Dave").await;
     let conversation = alice.open_conversation(&bob).await;
     let other = carol.open_conversation(&dave).await;
-    let bob_key = united_hub::model::Pubkey::parse(&bob.pubkey).unwrap();
     // Bob's only session: a socket nobody reads.
     let (_res, mut stuck) = awc::Client::new()
-        .ws(app.ws_url())
+        .ws(hub.ws_url())
         .bearer_auth(bob.token())
         .connect()
         .await
         .unwrap();
-    eventually("bob is online", || async {
-        app.state.registry.is_online(&bob_key)
-    })
-    .await;
     let mut dave_ws = dave.live_ws().await;
-    let mut warmed = None;
-
-    // 10,000 messages of 4 KiB to Bob over Alice's socket, in windows of 100.
-    let mut alice_ws = alice.ws().await;
+    let mut alice_ws = alice.live_ws().await;
     // Alice's copies of her own messages are not this test's business; do not
     // let them pile up in this (client) process.
     drop(alice_ws.take_events());
+    assert_eq!(hub.metric("united_live_sessions").await, 3.0);
+
+    // 10,000 messages of 4 KiB to Bob over Alice's socket, in windows of 100.
     let payload = alice.seal(&bob, &conversation, &"x".repeat(4096));
     let mut accepted = 0u64;
+    let mut warmed = None;
     for chunk in 0..100 {
         let sends = (0..100).map(|_| alice_ws.call(send_request(None, &conversation, &payload)));
         for answer in futures_util::future::join_all(sends).await {
@@ -443,10 +426,10 @@ async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
             accepted += 1;
         }
         // After 2,000 the stall is established and the allocator warm: from
-        // here on, memory must stay flat (an unbounded queue to the stuck
-        // session would grow by ~33 MB over the last 8,000).
+        // here on the hub's memory must stay flat (an unbounded queue to the
+        // stuck session would grow by ~33 MB over the last 8,000).
         if chunk == 19 {
-            warmed = Some(rss_kib());
+            warmed = Some(hub.rss_kib());
         }
         // Meanwhile Carol's messages keep reaching Dave.
         if chunk % 20 == 0 {
@@ -455,14 +438,22 @@ async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
         }
     }
     assert_eq!(accepted, 10_000);
-
-    // The stuck session was let go, and Bob's messages are safe.
+    let grown = hub.rss_kib().saturating_sub(warmed.unwrap());
+    eprintln!("slow consumer: the hub's RSS grew {grown} KiB over the last 8000 messages");
     assert!(
-        !app.state.registry.is_online(&bob_key),
-        "the stuck session is out of the registry"
+        grown < 16 * 1024,
+        "the hub's RSS grew by {grown} KiB for a stuck reader"
     );
-    let stored: i64 = app
-        .db()
+
+    // The stuck session was let go (Alice and Dave remain), Bob's messages are safe.
+    assert_eq!(
+        hub.metric("united_live_sessions").await,
+        2.0,
+        "the stuck session left the registry"
+    );
+    assert!(hub.metric("united_pushes_failed_total").await >= 1.0);
+    let db = hub.db();
+    let stored: i64 = db
         .query_row(
             "SELECT COUNT(*) FROM dm_messages WHERE conversation_id = ?1",
             [&conversation],
@@ -470,27 +461,18 @@ async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
         )
         .unwrap();
     assert_eq!(stored, 10_000);
-    let queued: i64 = app
-        .db()
+    let queued: i64 = db
         .query_row(
             "SELECT COUNT(*) FROM dm_offline_queue WHERE recipient_pubkey = ?1",
             [&bob.pubkey],
             |r| r.get(0),
         )
         .unwrap();
+    eprintln!("slow consumer: {queued} of 10000 queued offline");
     assert!(
         queued > 1_000,
         "what Bob could not take is in his offline queue ({queued})"
     );
-    eprintln!("slow consumer: {queued} of 10000 queued offline");
-    let grown = rss_kib().saturating_sub(warmed.unwrap());
-    eprintln!("slow consumer: RSS grew {grown} KiB over the last 8000 messages");
-    assert!(
-        grown < 16 * 1024,
-        "RSS grew by {grown} KiB for a stuck reader"
-    );
-    let text = app.metrics().await;
-    assert!(!text.contains("united_pushes_failed_total 0"), "{text}");
 
     // When the client finally reads, it gets what was buffered, then the 1013.
     use futures_util::StreamExt as _;
@@ -513,17 +495,16 @@ async fn a_compressed_body_is_never_inflated() {
     ))
     .unwrap();
     assert!(bomb.len() < 200 * 1024);
-    let app = spawn_app().await;
-    let user = app.user("Gzip").await;
-    let before = rss_kib();
+    let hub = ProcessHub::start(&[]).await;
+    let user = user_at(&hub.address, "Gzip").await;
+    let before = hub.rss_kib();
     for path in [
         "/api/dm/messages",
         "/api/dm/conversations",
         "/api/auth/verify",
     ] {
-        let mut res = app
-            .http()
-            .post(app.url(path))
+        let mut res = awc::Client::default()
+            .post(format!("{}{path}", hub.address))
             .bearer_auth(user.token())
             .insert_header(("Content-Type", "application/json"))
             .insert_header(("Content-Encoding", "gzip"))
@@ -535,8 +516,8 @@ async fn a_compressed_body_is_never_inflated() {
         let body: Value = res.json().await.unwrap();
         assert!(body["error"]["code"].is_string(), "{path}: {body}");
     }
-    let grown = rss_kib().saturating_sub(before);
-    assert!(grown < 20 * 1024, "RSS grew by {grown} KiB");
+    let grown = hub.rss_kib().saturating_sub(before);
+    assert!(grown < 20 * 1024, "the hub's RSS grew by {grown} KiB");
 }
 
 #[actix_web::test]

@@ -98,19 +98,7 @@ impl TestApp {
 
     /// A new identity, registered and logged in, with its X25519 key published.
     pub async fn user(&self, name: &str) -> TestUser {
-        let identity = Identity::generate();
-        let mut client = self.client();
-        client.login(&identity, Some(name)).await.expect("login");
-        client
-            .publish_key(&identity.x25519_public())
-            .await
-            .expect("publish key");
-        TestUser {
-            pubkey: identity.public_key_hex(),
-            identity,
-            client,
-            ws_url: self.ws_url(),
-        }
+        user_at(&self.address, name).await
     }
 
     pub async fn stop(self) -> Arc<TempDir> {
@@ -136,6 +124,134 @@ impl TestApp {
     /// A direct connection to the hub's database, for assertions.
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.dir.path().join("united.db")).unwrap()
+    }
+}
+
+/// A new identity on the hub at `address`, logged in, key published.
+pub async fn user_at(address: &str, name: &str) -> TestUser {
+    let identity = Identity::generate();
+    let mut client = HubClient::new(address);
+    client.login(&identity, Some(name)).await.expect("login");
+    client
+        .publish_key(&identity.x25519_public())
+        .await
+        .expect("publish key");
+    TestUser {
+        pubkey: identity.public_key_hex(),
+        identity,
+        ws_url: client.ws_url(),
+        client,
+    }
+}
+
+/// The hub as its own process (the binary), for tests that measure its
+/// memory or kill it: the test process's own RSS would count every test
+/// running beside it.
+pub struct ProcessHub {
+    pub address: String,
+    pub dir: TempDir,
+    pub child: std::process::Child,
+}
+
+impl ProcessHub {
+    /// Starts `united-hub serve` on a free port and a new data directory,
+    /// with rate limits off and `extra` flags, and waits until it is healthy.
+    pub async fn start(extra: &[&str]) -> ProcessHub {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Self::spawn(dir.path(), port, extra);
+        let hub = ProcessHub {
+            address: format!("http://127.0.0.1:{port}"),
+            dir,
+            child,
+        };
+        hub.wait_healthy().await;
+        hub
+    }
+
+    /// Starts the binary on `dir` and `port`.
+    pub fn spawn(dir: &std::path::Path, port: u16, extra: &[&str]) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_united-hub"))
+            .args([
+                "serve",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(["--auth-rate", "0", "--send-rate", "0"])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the hub starts")
+    }
+
+    pub async fn wait_healthy(&self) {
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .finish();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(res) = client.get(format!("{}/healthz", self.address)).send().await {
+                if res.status().is_success() {
+                    return;
+                }
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the hub did not become healthy");
+    }
+
+    /// The hub process's resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub fn ws_url(&self) -> String {
+        HubClient::new(&self.address).ws_url()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let body = awc::Client::default()
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// The value of one unlabelled metric.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("united.db")).unwrap()
+    }
+}
+
+impl Drop for ProcessHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
