@@ -383,3 +383,58 @@ async fn small_order_keys_are_refused() {
         assert_eq!(body["error"]["code"], "invalid_request");
     }
 }
+
+#[actix_web::test]
+async fn only_a_new_conversation_sends_an_event() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let mut alice_ws = alice.live_ws().await;
+    let mut bob_ws = bob.live_ws().await;
+    alice.open_conversation(&bob).await;
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        let event = next_envelope(ws).await;
+        let Some(Payload::DmConversationCreatedEvent(e)) = event.payload else {
+            panic!("{event:?}")
+        };
+        let c = e.conversation.unwrap();
+        assert_eq!(c.last_message_at, 0);
+        assert_eq!(c.last_message_preview, "");
+    }
+    // Opening it again, from either side, is silent.
+    bob.open_conversation(&alice).await;
+    alice.open_conversation(&bob).await;
+    assert_silent(&mut alice_ws, std::time::Duration::from_millis(300)).await;
+    assert_silent(&mut bob_ws, std::time::Duration::from_millis(100)).await;
+}
+
+#[actix_web::test]
+async fn an_upgrade_with_an_expired_token_is_token_expired() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let app = spawn_app().await;
+    let user = app.user("Late").await;
+    let secret = std::fs::read(app.dir.path().join("jwt_secret")).unwrap();
+    let now = now_ms() / 1000;
+    let claims = json!({"sub": user.pubkey, "iat": now - 100, "exp": now - 1, "iss": "united-hub"});
+    let expired = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&secret),
+    )
+    .unwrap();
+    let mut res = app
+        .http()
+        .get(app.url("/ws"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "token_expired");
+    let refused = united_hub::client::WsClient::connect(&app.ws_url(), &expired)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.status(), Some(401));
+}
