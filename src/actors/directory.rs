@@ -110,10 +110,6 @@ impl ConversationDirectory {
         }
     }
 
-    pub fn active(&self) -> usize {
-        self.actors().len()
-    }
-
     /// Drops every actor address (at shutdown), so the actors can stop.
     pub fn clear(&self) {
         self.actors().clear();

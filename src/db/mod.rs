@@ -41,8 +41,6 @@ pub enum DbError {
     Pool(#[from] r2d2::Error),
     #[error("the database writer is gone")]
     WriterGone(#[from] actix::MailboxError),
-    #[error("blocking read was cancelled")]
-    Cancelled,
 }
 
 pub fn db_path(data_dir: &Path) -> PathBuf {

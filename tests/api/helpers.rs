@@ -84,16 +84,7 @@ impl TestApp {
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
-        let body = self
-            .http()
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .body()
-            .await
-            .unwrap();
-        String::from_utf8(body.to_vec()).unwrap()
+        metrics_at(&self.address).await
     }
 
     /// A new identity, registered and logged in, with its X25519 key published.
@@ -125,6 +116,19 @@ impl TestApp {
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.dir.path().join("united.db")).unwrap()
     }
+}
+
+/// The Prometheus text of `/metrics` of the hub at `address`.
+pub async fn metrics_at(address: &str) -> String {
+    let body = awc::Client::default()
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
 }
 
 /// A new identity on the hub at `address`, logged in, key published.
@@ -223,15 +227,7 @@ impl ProcessHub {
     }
 
     pub async fn metrics(&self) -> String {
-        let body = awc::Client::default()
-            .get(format!("{}/metrics", self.address))
-            .send()
-            .await
-            .unwrap()
-            .body()
-            .await
-            .unwrap();
-        String::from_utf8(body.to_vec()).unwrap()
+        metrics_at(&self.address).await
     }
 
     /// The value of one unlabelled metric.
