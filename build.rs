@@ -2,7 +2,7 @@
 //! pure Rust, so a fresh machine needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/dm.proto", "proto/ws.proto"];
+    let files = ["proto/dm.proto", "proto/ws.proto", "proto/cluster.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

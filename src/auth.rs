@@ -191,6 +191,13 @@ impl JwtKeys {
     }
 }
 
+/// A new HS256 key: 64 random hex characters, like a generated key file.
+pub fn new_secret() -> Vec<u8> {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes).into_bytes()
+}
+
 /// Reads the HS256 key file, generating it (64 random hex characters, mode
 /// 0600) if it does not exist.
 pub fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -104,6 +104,16 @@ pub struct Settings {
     #[arg(long, env = "UNITED_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// PostgreSQL for cluster mode (`postgres://user:password@host:port/db`)
+    /// [default: the embedded SQLite database in --data-dir].
+    #[arg(long, env = "UNITED_DATABASE_URL")]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// NATS for cluster mode (`nats://host:port`): carries events between
+    /// nodes that share --database-url.
+    #[arg(long, env = "UNITED_NATS_URL")]
+    pub nats_url: Option<String>,
+
     /// HTTP worker threads [default: one per core].
     #[arg(long, env = "UNITED_WORKERS")]
     pub workers: Option<usize>,
@@ -132,8 +142,46 @@ impl Default for Settings {
             send_burst: defaults::SEND_BURST,
             trusted_proxy: None,
             allowed_origins: Vec::new(),
+            database_url: None,
+            nats_url: None,
             workers: None,
         }
+    }
+}
+
+/// A `postgres://` URL. Its `Debug` and `Display` leave out the password
+/// (and the user), so it can appear in logs.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The full URL, password included: for the connection only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err("expected postgres://user:password@host:port/dbname".into());
+        }
+        Ok(DatabaseUrl(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        write!(f, "postgres://{host}")
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
     }
 }
 
@@ -175,5 +223,16 @@ mod tests {
         assert_eq!(s.jwt_secret_path(), PathBuf::from("./data/jwt_secret"));
         // A 64 KiB payload in base64 fits in the JSON limit.
         assert!(s.max_json_bytes() > 65536 * 4 / 3 + 200);
+    }
+
+    #[test]
+    fn a_database_url_never_shows_its_password() {
+        let url: DatabaseUrl = "postgres://hub:s3cret@db.internal:5432/united"
+            .parse()
+            .unwrap();
+        assert_eq!(url.to_string(), "postgres://db.internal:5432/united");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert!(url.expose().contains("s3cret"));
+        assert!("mysql://x".parse::<DatabaseUrl>().is_err());
     }
 }

@@ -43,6 +43,8 @@ pub enum ApiError {
     RateLimited { retry_after: u32 },
     #[error("the hub is shutting down")]
     ShuttingDown,
+    #[error("the database or the cluster bus cannot be reached; retry after {retry_after} s")]
+    Unavailable { retry_after: u32 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -74,7 +76,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::ShuttingDown => "unavailable",
+            ApiError::ShuttingDown | ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -94,7 +96,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,7 +111,9 @@ impl ApiError {
             request_id: request_id.to_owned(),
             error_code: self.code().to_owned(),
             retry_after: match self {
-                ApiError::RateLimited { retry_after } => *retry_after,
+                ApiError::RateLimited { retry_after } | ApiError::Unavailable { retry_after } => {
+                    *retry_after
+                }
                 _ => 0,
             },
         }
@@ -129,7 +135,8 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         self.log();
         let mut res = HttpResponse::build(self.status());
-        if let ApiError::RateLimited { retry_after } = self {
+        if let ApiError::RateLimited { retry_after } | ApiError::Unavailable { retry_after } = self
+        {
             res.insert_header(("Retry-After", retry_after.to_string()));
         }
         res.json(ErrorJson {
@@ -141,9 +148,27 @@ impl ResponseError for ApiError {
     }
 }
 
+impl ApiError {
+    /// A storage failure as a client sees it: 503 when the database cannot
+    /// be reached (the client may retry), 500 otherwise.
+    pub fn from_store(err: &crate::db::DbError) -> Self {
+        if err.is_unavailable() {
+            tracing::warn!(error = %err, "the database is unavailable");
+            ApiError::Unavailable { retry_after: 1 }
+        } else {
+            ApiError::Internal(anyhow::anyhow!("{err:#}"))
+        }
+    }
+}
+
 impl From<crate::db::DbError> for ApiError {
     fn from(err: crate::db::DbError) -> Self {
-        ApiError::Internal(err.into())
+        if err.is_unavailable() {
+            tracing::warn!(error = %err, "the database is unavailable");
+            ApiError::Unavailable { retry_after: 1 }
+        } else {
+            ApiError::Internal(err.into())
+        }
     }
 }
 

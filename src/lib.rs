@@ -7,7 +7,10 @@
 //! - [`http`]: the HTTP routes and the `/ws` upgrade.
 //! - [`actors`]: sessions, conversations, the group-commit writer, the janitor.
 //! - [`service`]: what the hub does, shared by HTTP and WebSocket.
-//! - [`db`]: SQLite schema, reads (pool) and writes (the one writer).
+//! - [`store`]: storage behind one interface (SQLite or PostgreSQL); [`db`]:
+//!   the SQL of both engines.
+//! - [`cluster`]: cluster mode (PostgreSQL + NATS): fan-out between nodes,
+//!   presence, ordered delivery and its repair.
 //! - [`auth`]: challenges, JWTs and refresh tokens.
 //! - [`model`], [`json`], [`proto`]: domain, JSON and protobuf types.
 //!
@@ -17,12 +20,14 @@ pub mod actors;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod json;
 pub mod load;
+pub mod localcluster;
 pub mod metrics;
 pub mod model;
 pub mod proto;
@@ -30,6 +35,7 @@ pub mod ratelimit;
 pub mod service;
 pub mod startup;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 
 pub use config::Settings;

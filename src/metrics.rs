@@ -18,6 +18,20 @@ pub struct Metrics {
     pub write_batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub request_seconds: HistogramVec,
+    /// Cluster mode: events published to other nodes.
+    pub cluster_published: IntCounter,
+    /// Cluster mode: events received from other nodes.
+    pub cluster_received: IntCounter,
+    /// Cluster mode: messages read back from the database because NATS did
+    /// not bring them.
+    pub cluster_repaired: IntCounter,
+    /// Cluster mode: publications dropped because NATS was too far behind.
+    pub cluster_publish_dropped: IntCounter,
+    /// Cluster mode: NATS slow-consumer events.
+    pub cluster_slow_consumer: IntCounter,
+    /// Messages assigned again because another node committed their
+    /// sequence first (or an earlier message of the batch failed).
+    pub sequence_retries: IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +88,30 @@ impl Metrics {
                     0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
                 ]),
                 &["route", "status"]
+            )),
+            cluster_published: register!(IntCounter::new(
+                "cluster_events_published_total",
+                "Events published to other nodes"
+            )),
+            cluster_received: register!(IntCounter::new(
+                "cluster_events_received_total",
+                "Events received from other nodes"
+            )),
+            cluster_repaired: register!(IntCounter::new(
+                "cluster_events_repaired_total",
+                "Messages read back from the database because the bus lost them"
+            )),
+            cluster_publish_dropped: register!(IntCounter::new(
+                "cluster_publish_dropped_total",
+                "Publications dropped while the bus was too far behind"
+            )),
+            cluster_slow_consumer: register!(IntCounter::new(
+                "cluster_slow_consumer_total",
+                "Times NATS dropped events for a slow subscription"
+            )),
+            sequence_retries: register!(IntCounter::new(
+                "sequence_retries_total",
+                "Messages assigned a sequence again after losing theirs"
             )),
             registry,
         }

@@ -175,6 +175,16 @@ impl StoredMessage {
             && self.ephemeral_pubkey == new.ephemeral_pubkey
             && self.timestamp == new.timestamp
     }
+
+    /// The same rule between two stored forms (a resend met at commit).
+    pub fn same_as(&self, other: &StoredMessage) -> bool {
+        self.sender == other.sender
+            && self.conversation_id == other.conversation_id
+            && self.encrypted_payload == other.encrypted_payload
+            && self.nonce == other.nonce
+            && self.ephemeral_pubkey == other.ephemeral_pubkey
+            && self.timestamp == other.timestamp
+    }
 }
 
 /// A validated send request, the same for HTTP and WebSocket.

@@ -13,6 +13,11 @@ pub mod ws {
     include!(concat!(env!("OUT_DIR"), "/united.ws.rs"));
 }
 
+/// `united.cluster`: what the nodes of a cluster publish to each other.
+pub mod cluster {
+    include!(concat!(env!("OUT_DIR"), "/united.cluster.rs"));
+}
+
 pub use ws::envelope::Payload;
 pub use ws::Envelope;
 

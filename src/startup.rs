@@ -12,18 +12,24 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
 use crate::actors::checkpointer::Checkpointer;
+use crate::actors::claims::IdClaims;
+use crate::actors::conversation::ConversationHandles;
 use crate::actors::db_executor::DbExecutor;
-use crate::actors::directory::{ConversationDirectory, IdClaims};
+use crate::actors::directory::ConversationDirectory;
 use crate::actors::janitor::{JanitorActor, StopJanitor};
 use crate::actors::registry::SessionRegistry;
 use crate::actors::write_batcher::WriteBatcher;
-use crate::auth::{load_or_create_secret, ChallengeStore, JwtKeys};
+use crate::auth::{load_or_create_secret, JwtKeys};
+use crate::cluster::ClusterNode;
 use crate::config::Settings;
 use crate::db::{self, migrations};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::state::AppState;
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
 
 /// How long shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -54,64 +60,140 @@ impl AppHandle {
         self.server.stop(true).await;
         self.janitor.do_send(StopJanitor);
         self.state.conversations.clear();
-        drop(
-            self.state
-                .checkpointer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave().await;
+        }
+        self.state.store.close();
         tracing::info!("stopped");
     }
+}
+
+/// Opens the embedded SQLite store in `--data-dir`, migrated, with its
+/// writer and checkpointer started. Returns it, the migrations applied and
+/// the JWT key.
+fn open_sqlite(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Store, u32, Vec<u8>)> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let secret = load_or_create_secret(&settings.jwt_secret_path())?;
+    let path = db::db_path(&settings.data_dir);
+    let mut writer_conn =
+        db::open_writer(&path).with_context(|| format!("opening {}", path.display()))?;
+    let applied = migrations::migrate(&mut writer_conn).context("migrating")?;
+    let pool = db::open_pool(&path).context("opening the read pool")?;
+    let checkpointer = Checkpointer::start(path.clone()).context("starting the checkpointer")?;
+    let writer = {
+        let slot = Mutex::new(Some(writer_conn));
+        let metrics = metrics.clone();
+        SyncArbiter::start(1, move || {
+            let conn = slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                // The factory runs again only if the writer thread is
+                // restarted; the first connection was checked above.
+                .unwrap_or_else(|| db::open_writer(&path).expect("reopening the writer"));
+            DbExecutor::new(conn, metrics.clone())
+        })
+    };
+    let store = SqliteStore::new(
+        pool,
+        writer,
+        Duration::from_secs(settings.challenge_ttl),
+        checkpointer,
+    );
+    Ok((Store::Sqlite(Arc::new(store)), applied, secret))
+}
+
+/// Connects to PostgreSQL (`--database-url`), migrated. The JWT key is
+/// `--jwt-secret-file` if given, else the one the cluster shares in the
+/// database (made by the first node).
+async fn open_postgres(
+    settings: &Settings,
+    url: &crate::config::DatabaseUrl,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<PgStore>, u32, Vec<u8>)> {
+    let (store, applied) = PgStore::connect(
+        url.expose(),
+        Duration::from_secs(settings.challenge_ttl),
+        metrics.clone(),
+    )
+    .await
+    .with_context(|| format!("opening {url}"))?;
+    let secret = match &settings.jwt_secret_file {
+        Some(path) => load_or_create_secret(path)?,
+        None => {
+            let generated = crate::auth::new_secret();
+            store
+                .jwt_secret(generated)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .context("reading the cluster's JWT key")?
+        }
+    };
+    Ok((store, applied, secret))
 }
 
 impl Application {
     /// Opens (and migrates) the database, starts the actors and binds.
     /// Must run inside an actix system.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-        let secret = load_or_create_secret(&settings.jwt_secret_path())?;
-        let path = db::db_path(&settings.data_dir);
-        let mut writer_conn =
-            db::open_writer(&path).with_context(|| format!("opening {}", path.display()))?;
-        let migrations_applied = migrations::migrate(&mut writer_conn).context("migrating")?;
-        let pool = db::open_pool(&path).context("opening the read pool")?;
-        let checkpointer =
-            Checkpointer::start(path.clone()).context("starting the checkpointer")?;
         let metrics = Arc::new(Metrics::new());
-
-        let writer = {
-            let slot = Mutex::new(Some(writer_conn));
-            let metrics = metrics.clone();
-            SyncArbiter::start(1, move || {
-                let conn = slot
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    // The factory runs again only if the writer thread is
-                    // restarted; the first connection was checked above.
-                    .unwrap_or_else(|| db::open_writer(&path).expect("reopening the writer"));
-                DbExecutor::new(conn, metrics.clone())
-            })
+        let registry = Arc::new(SessionRegistry::new(metrics.clone()));
+        let (store, migrations_applied, secret, cluster) = match &settings.database_url {
+            None => {
+                anyhow::ensure!(
+                    settings.nats_url.is_none(),
+                    "--nats-url needs --database-url: the nodes of a cluster share one PostgreSQL database"
+                );
+                let (store, applied, secret) = open_sqlite(&settings, &metrics)?;
+                (store, applied, secret, None)
+            }
+            Some(url) => {
+                let (pg, applied, secret) = open_postgres(&settings, url, &metrics).await?;
+                let cluster = match &settings.nats_url {
+                    Some(nats) => Some(
+                        ClusterNode::start(nats, pg.clone(), registry.clone(), metrics.clone())
+                            .await?,
+                    ),
+                    None => None,
+                };
+                (Store::Postgres(pg), applied, secret, cluster)
+            }
         };
-        let batcher = WriteBatcher::new(writer.clone()).start();
-
-        let state = Arc::new(AppState {
-            pool,
-            writer,
+        let batcher = WriteBatcher::with_target(store.commit_target())
+            .publishing_to(cluster.clone())
+            .start();
+        let conversations = ConversationDirectory::new(ConversationHandles {
+            store: store.clone(),
             batcher,
-            registry: SessionRegistry::new(metrics.clone()),
-            conversations: ConversationDirectory::default(),
-            claims: IdClaims::default(),
+            registry: registry.clone(),
+            claims: Arc::new(IdClaims::default()),
+            metrics: metrics.clone(),
+            cluster: cluster.clone(),
+            on_stop: Arc::new(|_, _| {}),
+        });
+        let limits = Arc::new(RateLimits::new(&settings));
+        let janitor = JanitorActor::new(
+            store.clone(),
+            metrics.clone(),
+            limits.clone(),
+            settings.janitor_interval(),
+            Duration::from_secs(settings.offline_ttl),
+        )
+        .start();
+        let state = Arc::new(AppState {
+            store,
+            registry,
+            conversations,
             jwt: JwtKeys::new(&secret, settings.access_token_ttl),
-            limits: RateLimits::new(&settings),
-            challenges: ChallengeStore::new(Duration::from_secs(settings.challenge_ttl)),
+            limits,
             metrics,
-            checkpointer: Mutex::new(Some(checkpointer)),
+            cluster,
             settings,
         });
-        let janitor = JanitorActor::new(state.clone()).start();
 
         let listener = TcpListener::bind(state.settings.bind)
             .with_context(|| format!("binding {}", state.settings.bind))?;
@@ -130,12 +212,21 @@ impl Application {
             server = server.workers(workers.max(1));
         }
         let server = server.listen(listener)?.run();
-        tracing::info!(
-            addr = %format!("{}:{port}", state.settings.bind.ip()),
-            data_dir = %state.settings.data_dir.display(),
-            migrations_applied,
-            "united-hub listening"
-        );
+        match &state.settings.database_url {
+            None => tracing::info!(
+                addr = %format!("{}:{port}", state.settings.bind.ip()),
+                data_dir = %state.settings.data_dir.display(),
+                migrations_applied,
+                "united-hub listening"
+            ),
+            Some(url) => tracing::info!(
+                addr = %format!("{}:{port}", state.settings.bind.ip()),
+                database = %url,
+                cluster = state.cluster.is_some(),
+                migrations_applied,
+                "united-hub listening"
+            ),
+        }
         Ok(Application {
             port,
             server,

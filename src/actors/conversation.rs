@@ -1,24 +1,33 @@
-//! `ConversationActor`: one per active conversation. It owns the
+//! `ConversationActor`: one per active conversation (per node). It owns the
 //! conversation's sequence counter and its messages in flight, and fans each
 //! committed message out to the participants' sessions.
 //!
 //! The path of one message:
 //! 1. [`SendDm`] arrives (from HTTP or a WebSocket session). The actor checks
-//!    membership and idempotency, assigns `next_seq`, decides whether the
-//!    recipient is offline, and appends the message to the `WriteBatcher`
-//!    without waiting: the next message can be assigned at once.
+//!    membership, claims a client-chosen id, assigns `next_seq`, decides
+//!    whether the recipient is offline, and appends the message to the
+//!    `WriteBatcher` without waiting: the next message can be assigned at once.
 //! 2. The batcher commits it with others in one transaction and sends back
 //!    [`MessagesCommitted`], in sequence order.
 //! 3. Only then the actor answers the sender and pushes `DmMessageEvent` to
 //!    every live session of both participants. A recipient that had a session
 //!    at assignment time but takes no push gets an offline entry now.
 //!
+//! A message the store did not write comes back as a failure. A resend of a
+//! stored id ([`Skipped::DuplicateId`]) is answered from the stored row (200,
+//! or 409 if the content differs). A message skipped because an earlier one
+//! failed, or because another node committed its sequence first
+//! ([`Skipped::Stale`], cluster mode), is not failed: once nothing is in
+//! flight the actor re-reads the last committed sequence and assigns it
+//! again, in the original order.
+//!
 //! # Architecture Invariant
-//! Only this actor assigns `server_sequence`, and it never reuses a number
-//! that was committed: after any failure it re-reads the last committed
-//! sequence from the database before assigning again. The `DbExecutor`
+//! Only this actor assigns `server_sequence` on its node, and it never reuses
+//! a number that was committed: after any failure it re-reads the last
+//! committed sequence from the store before assigning again. The store
 //! refuses a message whose sequence does not follow the last committed one,
-//! so a failed message can never leave a gap behind later ones.
+//! so neither a failure nor a second assigner on another node can leave a
+//! gap or a duplicate.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,18 +37,24 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::db_executor::QueueOffline;
-use super::write_batcher::{AppendMessage, CommitFailure, MessagesCommitted};
-use crate::db::reads;
+use super::claims::IdClaims;
+use super::registry::SessionRegistry;
+use super::write_batcher::{AppendMessage, CommitFailure, MessagesCommitted, WriteBatcher};
+use crate::cluster::ClusterNode;
+use crate::db::{MessageWrite, Skipped};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::model::{now_ms, Conversation, NewMessage, Pubkey, StoredMessage};
 use crate::proto::{self, Payload};
-use crate::state::AppState;
+use crate::store::Store;
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK: Duration = Duration::from_secs(10);
 /// An actor with nothing in flight stops after this long without a message.
 const IDLE_AFTER: Duration = Duration::from_secs(60);
+/// How often one message is assigned again after losing its sequence to
+/// another node before the sender gets 503 (the conversation is too busy).
+const MAX_ATTEMPTS: u32 = 32;
 
 /// The answer to a send.
 #[derive(Clone, Debug)]
@@ -78,52 +93,86 @@ pub struct RenameParticipant {
     pub display_name: String,
 }
 
+/// Called with the actor's id and address when it stops for being idle.
+pub type OnStop = Arc<dyn Fn(&Uuid, &Addr<ConversationActor>) + Send + Sync>;
+
+/// What a conversation actor needs from the rest of the hub, and no more.
+#[derive(Clone)]
+pub struct ConversationHandles {
+    pub store: Store,
+    pub batcher: Addr<WriteBatcher>,
+    pub registry: Arc<SessionRegistry>,
+    pub claims: Arc<IdClaims>,
+    pub metrics: Arc<Metrics>,
+    /// Cluster mode: presence on other nodes and ordered delivery.
+    pub cluster: Option<Arc<ClusterNode>>,
+    pub on_stop: OnStop,
+}
+
 type Waiter = oneshot::Sender<Result<SendOutcome, SendError>>;
 
-/// A message with its sequence, appended to the batcher, not yet committed.
+/// A message of this conversation on its way to the store.
 struct InFlight {
+    /// `server_sequence` is 0 until the message is assigned.
     message: Arc<StoredMessage>,
+    recipient: Pubkey,
     /// The recipient's offline entry is in the same transaction.
     offline_queued: bool,
     /// Whether the client chose the id (then it is claimed in `IdClaims`).
     client_id: bool,
     /// The sender, then any resend that arrived while it was in flight.
     waiters: Vec<(Waiter, bool)>,
+    /// Times it was assigned a sequence.
+    attempts: u32,
+}
+
+impl InFlight {
+    fn fail(self, err: impl Fn() -> ApiError) {
+        for (waiter, _) in self.waiters {
+            let _ = waiter.send(Err(SendError::Api(err())));
+        }
+    }
 }
 
 pub struct ConversationActor {
     /// Participants and their display names, as loaded at start.
     conversation: Conversation,
-    /// The sequence the next accepted message gets.
+    /// The sequence the next assigned message gets.
     next_seq: u64,
-    /// Assigned but not yet committed, in sequence order.
+    /// Assigned and appended, not yet committed, in sequence order.
     in_flight: VecDeque<InFlight>,
-    /// A commit failed: re-read `next_seq` once nothing is in flight.
+    /// Lost their sequence; assigned again after the resync, first.
+    retry: VecDeque<InFlight>,
+    /// Arrived while a resync was pending; assigned after `retry`.
+    waiting: VecDeque<InFlight>,
+    /// `next_seq` may be stale: re-read it once nothing is in flight.
     needs_resync: bool,
     last_active: Instant,
     stopping: bool,
-    state: Arc<AppState>,
+    handles: ConversationHandles,
 }
 
 impl ConversationActor {
-    pub fn new(conversation: Conversation, last_seq: u64, state: Arc<AppState>) -> Self {
+    pub fn new(conversation: Conversation, last_seq: u64, handles: ConversationHandles) -> Self {
         ConversationActor {
             conversation,
             next_seq: last_seq + 1,
             in_flight: VecDeque::new(),
+            retry: VecDeque::new(),
+            waiting: VecDeque::new(),
             needs_resync: false,
             last_active: Instant::now(),
             stopping: false,
-            state,
+            handles,
         }
     }
 
-    fn other(&self, user: &Pubkey) -> (&Pubkey, &str) {
+    fn other(&self, user: &Pubkey) -> &Pubkey {
         let c = &self.conversation;
         if &c.participant_a == user {
-            (&c.participant_b, &c.participant_b_display_name)
+            &c.participant_b
         } else {
-            (&c.participant_a, &c.participant_a_display_name)
+            &c.participant_a
         }
     }
 
@@ -136,18 +185,24 @@ impl ConversationActor {
         }
     }
 
-    /// Re-reads the last committed sequence.
-    fn resync(&mut self) -> Result<(), ApiError> {
-        let conn = self.state.pool.get().map_err(ApiError::internal)?;
-        let last = reads::max_sequence(&conn, &self.conversation.id)?;
-        tracing::warn!(conversation = %self.conversation.id, last, "resynced sequence after a failed commit");
-        self.next_seq = last + 1;
-        self.needs_resync = false;
-        Ok(())
+    /// Whether `user` has a live session on any node.
+    fn is_online(&self, user: &Pubkey) -> bool {
+        self.handles.registry.is_online(user)
+            || self
+                .handles
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.online_elsewhere(user))
     }
 
-    /// Checks a send and either answers it at once (a resend of a committed
-    /// message) or puts it in flight. Returns the receiver of the answer.
+    fn pending(&mut self) -> impl Iterator<Item = &mut InFlight> {
+        self.in_flight
+            .iter_mut()
+            .chain(self.retry.iter_mut())
+            .chain(self.waiting.iter_mut())
+    }
+
+    /// Checks a send and puts it on its way. Returns the receiver of the answer.
     fn accept(
         &mut self,
         msg: SendDm,
@@ -163,7 +218,7 @@ impl ConversationActor {
         let (tx, rx) = oneshot::channel();
 
         if let Some(id) = message.id {
-            if let Some(entry) = self.in_flight.iter_mut().find(|e| e.message.id == id) {
+            if let Some(entry) = self.pending().find(|e| e.message.id == id) {
                 if !entry.message.same_content(&message, &sender) {
                     return Err(
                         ApiError::Conflict("message id reused with different content").into(),
@@ -172,108 +227,178 @@ impl ConversationActor {
                 entry.waiters.push((tx, false));
                 return Ok(rx);
             }
-            let stored = {
-                let conn = self.state.pool.get().map_err(ApiError::internal)?;
-                reads::message(&conn, &id).map_err(ApiError::from)?
-            };
-            if let Some(stored) = stored {
-                if !stored.same_content(&message, &sender) {
-                    return Err(
-                        ApiError::Conflict("message id reused with different content").into(),
-                    );
-                }
-                let _ = tx.send(Ok(SendOutcome {
-                    message: Arc::new(stored),
-                    created: false,
-                }));
-                return Ok(rx);
-            }
-            if !self.state.claims.claim(id) {
-                // In flight in another conversation.
+            // Claimed before anything else, so that no other conversation
+            // of this node can take the id meanwhile. A stored id is found
+            // by the commit (`Skipped::DuplicateId`).
+            if !self.handles.claims.claim(id) {
                 return Err(ApiError::Conflict("message id reused with different content").into());
             }
         }
 
-        if self.needs_resync && self.in_flight.is_empty() {
-            if let Err(e) = self.resync() {
-                if let Some(id) = message.id {
-                    self.state.claims.release(&id);
-                }
-                return Err(e.into());
-            }
-        }
-
-        let (recipient, _) = self.other(&sender);
-        let recipient = recipient.clone();
-        let stored = Arc::new(StoredMessage {
-            id: message.id.unwrap_or_else(Uuid::new_v4),
-            conversation_id: self.conversation.id,
-            sender_display_name: self.display_name(&sender).to_owned(),
-            sender,
-            encrypted_payload: message.encrypted_payload,
-            nonce: message.nonce,
-            ephemeral_pubkey: message.ephemeral_pubkey,
-            timestamp: message.timestamp,
-            server_sequence: self.next_seq,
-            created_at: now_ms(),
-        });
-        self.next_seq += 1;
-        // Decided now, written in the same transaction as the message.
-        let offline_for = (!self.state.registry.is_online(&recipient)).then_some(recipient);
-        self.state.batcher.do_send(AppendMessage {
-            message: stored.clone(),
-            offline_for: offline_for.clone(),
-            reply: ctx.address().recipient(),
-        });
-        self.in_flight.push_back(InFlight {
-            message: stored,
-            offline_queued: offline_for.is_some(),
+        let recipient = self.other(&sender).clone();
+        let entry = InFlight {
+            message: Arc::new(StoredMessage {
+                id: message.id.unwrap_or_else(Uuid::new_v4),
+                conversation_id: self.conversation.id,
+                sender_display_name: self.display_name(&sender).to_owned(),
+                sender,
+                encrypted_payload: message.encrypted_payload,
+                nonce: message.nonce,
+                ephemeral_pubkey: message.ephemeral_pubkey,
+                timestamp: message.timestamp,
+                server_sequence: 0,
+                created_at: now_ms(),
+            }),
+            recipient,
+            offline_queued: false,
             client_id: message.id.is_some(),
             waiters: vec![(tx, true)],
-        });
+            attempts: 0,
+        };
+        if self.needs_resync {
+            self.waiting.push_back(entry);
+            self.resync_when_idle(ctx);
+        } else {
+            self.assign(entry, ctx);
+        }
         Ok(rx)
+    }
+
+    /// Gives `entry` the next sequence and appends it to the batcher.
+    fn assign(&mut self, mut entry: InFlight, ctx: &mut Context<Self>) {
+        let mut message = (*entry.message).clone();
+        message.server_sequence = self.next_seq;
+        self.next_seq += 1;
+        entry.message = Arc::new(message);
+        entry.attempts += 1;
+        // Decided now, written in the same transaction as the message.
+        entry.offline_queued = !self.is_online(&entry.recipient);
+        self.handles.batcher.do_send(AppendMessage {
+            write: MessageWrite {
+                message: entry.message.clone(),
+                recipient: entry.recipient.clone(),
+                offline_queued: entry.offline_queued,
+            },
+            reply: ctx.address().recipient(),
+        });
+        self.in_flight.push_back(entry);
+    }
+
+    /// Once nothing is in flight, re-reads the last committed sequence and
+    /// assigns what waits, in order. The actor takes no other message while
+    /// it reads, so nothing can be assigned from the stale counter.
+    fn resync_when_idle(&mut self, ctx: &mut Context<Self>) {
+        if !self.needs_resync || !self.in_flight.is_empty() {
+            return;
+        }
+        let store = self.handles.store.clone();
+        let id = self.conversation.id;
+        ctx.wait(
+            async move { store.last_sequence(id).await }
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(last) => {
+                        tracing::debug!(conversation = %act.conversation.id, last, "resynced sequence");
+                        act.next_seq = last + 1;
+                        act.needs_resync = false;
+                        let queued: Vec<InFlight> =
+                            act.retry.drain(..).chain(act.waiting.drain(..)).collect();
+                        for entry in queued {
+                            act.assign(entry, ctx);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(conversation = %act.conversation.id, error = %e, "resync failed");
+                        let failed: Vec<InFlight> =
+                            act.retry.drain(..).chain(act.waiting.drain(..)).collect();
+                        for entry in failed {
+                            act.release(&entry);
+                            entry.fail(|| ApiError::from_store(&e));
+                        }
+                    }
+                }),
+        );
+    }
+
+    fn release(&self, entry: &InFlight) {
+        if entry.client_id {
+            self.handles.claims.release(&entry.message.id);
+        }
+    }
+
+    /// A resend of a stored id: answered from the stored row.
+    fn answer_duplicate(&self, entry: InFlight, ctx: &mut Context<Self>) {
+        let store = self.handles.store.clone();
+        let id = entry.message.id;
+        async move { store.message(id).await }
+            .into_actor(self)
+            .map(move |stored, act, _| {
+                act.release(&entry);
+                for (waiter, _) in entry.waiters {
+                    let answer = match &stored {
+                        Ok(Some(stored)) if stored.same_as(&entry.message) => Ok(SendOutcome {
+                            message: Arc::new(stored.clone()),
+                            created: false,
+                        }),
+                        Ok(Some(_)) => Err(ApiError::Conflict(
+                            "message id reused with different content",
+                        )),
+                        Ok(None) => Err(ApiError::internal(anyhow::anyhow!(
+                            "a duplicate message id is not stored"
+                        ))),
+                        Err(e) => Err(ApiError::from_store(e)),
+                    };
+                    let _ = waiter.send(answer.map_err(SendError::Api));
+                }
+            })
+            .spawn(ctx);
     }
 
     /// Answers the waiters and fans the committed message out.
     fn committed(&mut self, entry: InFlight, ctx: &mut Context<Self>) {
-        let state = &self.state;
-        state.metrics.messages_accepted.inc();
+        self.release(&entry);
+        let handles = &self.handles;
+        handles.metrics.messages_accepted.inc();
         let message = entry.message;
         let event = proto::encode_event(Payload::DmMessageEvent(proto::dm::DmMessageEvent {
             message: Some(message.to_proto()),
         }));
-        let (recipient, _) = self.other(&message.sender);
-        let recipient = recipient.clone();
-        let to_recipient = state.registry.push(&recipient, &event);
-        state.registry.push(&message.sender, &event);
+        let recipient = entry.recipient;
+        if entry.offline_queued {
+            handles.metrics.offline_queued.inc();
+        }
+        let delivered_to_recipient = match &handles.cluster {
+            // Delivered in sequence order with what other nodes commit; the
+            // node queues offline itself when nobody took the push.
+            Some(cluster) => {
+                cluster.deliver_local(&message, &recipient, entry.offline_queued, event);
+                None
+            }
+            None => {
+                let pushed = handles.registry.push(&recipient, &event);
+                handles.registry.push(&message.sender, &event);
+                Some(pushed.delivered)
+            }
+        };
         for (waiter, created) in entry.waiters {
             let _ = waiter.send(Ok(SendOutcome {
                 message: message.clone(),
                 created,
             }));
         }
-        if entry.offline_queued {
-            state.metrics.offline_queued.inc();
-        } else if to_recipient.delivered == 0 {
+        if !entry.offline_queued && delivered_to_recipient == Some(0) {
             // The recipient was online at assignment but no session took the
             // push: queue it now, in a second small write.
-            state.metrics.offline_queued.inc();
+            handles.metrics.offline_queued.inc();
+            let store = handles.store.clone();
             let id = message.id;
-            state
-                .writer
-                .send(QueueOffline {
-                    recipient,
-                    message_id: id,
-                })
-                .into_actor(self)
-                .map(move |result, _, _| match result {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, message = %id, "offline fallback failed")
-                    }
-                    Err(e) => tracing::error!(error = %e, message = %id, "offline fallback failed"),
-                })
-                .spawn(ctx);
+            async move {
+                if let Err(e) = store.queue_offline(recipient, id).await {
+                    tracing::error!(error = %e, message = %id, "offline fallback failed");
+                }
+            }
+            .into_actor(self)
+            .spawn(ctx);
         }
     }
 }
@@ -284,11 +409,10 @@ impl Actor for ConversationActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         tracing::debug!(conversation = %self.conversation.id, next_seq = self.next_seq, "conversation actor started");
         ctx.run_interval(IDLE_CHECK, |act, ctx| {
-            if act.in_flight.is_empty() && act.last_active.elapsed() >= IDLE_AFTER {
+            let idle = act.in_flight.is_empty() && act.retry.is_empty() && act.waiting.is_empty();
+            if idle && act.last_active.elapsed() >= IDLE_AFTER {
                 act.stopping = true;
-                act.state
-                    .conversations
-                    .forget(&act.conversation.id, &ctx.address());
+                (act.handles.on_stop)(&act.conversation.id, &ctx.address());
                 ctx.stop();
             }
         });
@@ -337,29 +461,31 @@ impl Handler<MessagesCommitted> for ConversationActor {
             let Some(entry) = self.in_flight.pop_front() else {
                 continue;
             };
-            if entry.client_id {
-                self.state.claims.release(&entry.message.id);
-            }
             match outcome {
                 Ok(()) => self.committed(entry, ctx),
-                Err(failure) => {
+                Err(CommitFailure::Skipped(Skipped::DuplicateId)) => {
                     self.needs_resync = true;
-                    let reason = match failure {
-                        CommitFailure::Batch(e) => e,
-                        CommitFailure::Skipped(s) => format!("{s:?}"),
-                    };
-                    for (waiter, _) in entry.waiters {
-                        let _ = waiter.send(Err(SendError::Api(ApiError::internal(
-                            anyhow::anyhow!("message not committed: {reason}"),
-                        ))));
+                    self.answer_duplicate(entry, ctx);
+                }
+                Err(CommitFailure::Skipped(skipped)) => {
+                    self.needs_resync = true;
+                    if entry.attempts >= MAX_ATTEMPTS {
+                        tracing::warn!(conversation = %self.conversation.id, ?skipped, "gave up assigning a message");
+                        self.release(&entry);
+                        entry.fail(|| ApiError::Unavailable { retry_after: 1 });
+                    } else {
+                        self.handles.metrics.sequence_retries.inc();
+                        self.retry.push_back(entry);
                     }
+                }
+                Err(CommitFailure::Batch(failure)) => {
+                    self.needs_resync = true;
+                    self.release(&entry);
+                    entry.fail(|| failure.to_api_error());
                 }
             }
         }
-        if self.needs_resync && self.in_flight.is_empty() {
-            // On failure the next send retries the resync.
-            let _ = self.resync();
-        }
+        self.resync_when_idle(ctx);
     }
 }
 

@@ -14,8 +14,8 @@ use actix::{Actor, Handler, Message, SyncContext};
 use rusqlite::Connection;
 use uuid::Uuid;
 
-use crate::db::writes::{self, LoginOutcome, MessageWrite, Purged, Skipped};
-use crate::db::DbError;
+use crate::db::writes::{self, LoginOutcome, Purged, Skipped};
+use crate::db::{CommitMessages, DbError};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Conversation, DmKey, Pubkey, StoredMessage, User};
 
@@ -133,11 +133,6 @@ impl Handler<CreateConversation> for DbExecutor {
         )
     }
 }
-
-/// Group commit: messages of many conversations in one transaction.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<Result<(), Skipped>>, DbError>")]
-pub struct CommitMessages(pub Vec<MessageWrite>);
 
 impl Handler<CommitMessages> for DbExecutor {
     type Result = Result<Vec<Result<(), Skipped>>, DbError>;

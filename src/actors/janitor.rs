@@ -1,26 +1,43 @@
 //! `JanitorActor`: every `--janitor-interval` it deletes offline-queue entries
 //! older than `--offline-ttl` (30 days by default), expired refresh tokens and
 //! expired login challenges, and logs and counts what it purged. Messages
-//! themselves stay in history.
+//! themselves stay in history. In cluster mode every node runs a janitor, and
+//! the store lets one purge through per interval for the whole cluster.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::db_executor::PurgeExpired;
-use crate::service::dm::offline_cutoff;
-use crate::state::AppState;
+use crate::metrics::Metrics;
+use crate::model::now_ms;
+use crate::ratelimit::RateLimits;
+use crate::store::Store;
 
 pub struct JanitorActor {
-    state: Arc<AppState>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    limits: Arc<RateLimits>,
+    interval: Duration,
+    offline_ttl: Duration,
     /// A purge is running; the next tick skips rather than piles up.
     running: bool,
 }
 
 impl JanitorActor {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        limits: Arc<RateLimits>,
+        interval: Duration,
+        offline_ttl: Duration,
+    ) -> Self {
         JanitorActor {
-            state,
+            store,
+            metrics,
+            limits,
+            interval,
+            offline_ttl,
             running: false,
         }
     }
@@ -30,34 +47,39 @@ impl JanitorActor {
             return;
         }
         self.running = true;
-        let challenges = self.state.challenges.purge_expired();
-        self.state.limits.retain_recent();
-        self.state
-            .writer
-            .send(PurgeExpired {
-                offline_cutoff: offline_cutoff(&self.state),
-            })
-            .into_actor(self)
-            .map(move |result, act, _| {
-                act.running = false;
-                match result {
-                    Ok(Ok(purged)) => {
-                        act.state
-                            .metrics
-                            .offline_purged
-                            .inc_by(purged.offline_entries);
-                        tracing::info!(
-                            offline_entries = purged.offline_entries,
-                            refresh_tokens = purged.refresh_tokens,
-                            challenges,
-                            "janitor purged expired entries"
-                        );
-                    }
-                    Ok(Err(e)) => tracing::error!(error = %e, "janitor purge failed"),
-                    Err(e) => tracing::error!(error = %e, "janitor purge failed"),
+        self.limits.retain_recent();
+        let store = self.store.clone();
+        let cutoff = now_ms().saturating_sub(self.offline_ttl.as_millis() as u64);
+        let interval = self.interval;
+        async move {
+            let challenges = store.purge_challenges().await;
+            let purged = store.purge_expired(cutoff, interval).await;
+            (challenges, purged)
+        }
+        .into_actor(self)
+        .map(move |(challenges, purged), act, _| {
+            act.running = false;
+            let challenges = challenges.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "janitor could not purge challenges");
+                0
+            });
+            match purged {
+                Ok(Some(purged)) => {
+                    act.metrics.offline_purged.inc_by(purged.offline_entries);
+                    tracing::info!(
+                        offline_entries = purged.offline_entries,
+                        refresh_tokens = purged.refresh_tokens,
+                        challenges,
+                        "janitor purged expired entries"
+                    );
                 }
-            })
-            .spawn(ctx);
+                Ok(None) => {
+                    tracing::debug!("another node ran this interval's purge");
+                }
+                Err(e) => tracing::error!(error = %e, "janitor purge failed"),
+            }
+        })
+        .spawn(ctx);
     }
 }
 
@@ -65,9 +87,8 @@ impl Actor for JanitorActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let interval = self.state.settings.janitor_interval();
-        tracing::info!(interval_secs = interval.as_secs(), "janitor started");
-        ctx.run_interval(interval, |act, ctx| act.purge(ctx));
+        tracing::info!(interval_secs = self.interval.as_secs(), "janitor started");
+        ctx.run_interval(self.interval, |act, ctx| act.purge(ctx));
     }
 }
 

@@ -10,6 +10,7 @@
 //! - `registry::SessionRegistry`: who is online (a shared map, not an actor).
 
 pub mod checkpointer;
+pub mod claims;
 pub mod conversation;
 pub mod db_executor;
 pub mod directory;

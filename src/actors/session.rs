@@ -17,6 +17,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use bytes::{Bytes, BytesMut};
 
 use super::registry::{close_code, Deliver, Kick, SessionHandle};
+use crate::cluster::WatchGuard;
 use crate::error::ApiError;
 use crate::model::Pubkey;
 use crate::service;
@@ -52,10 +53,12 @@ pub struct WsSession {
     in_flight: usize,
     /// Set when asked to close once in-flight requests have answered.
     closing: Option<u16>,
+    /// Cluster mode: keeps this node subscribed to the user's events.
+    _watch: Option<WatchGuard>,
 }
 
 impl WsSession {
-    pub fn new(user: Pubkey, state: Arc<AppState>) -> Self {
+    pub fn new(user: Pubkey, state: Arc<AppState>, watch: Option<WatchGuard>) -> Self {
         WsSession {
             id: state.registry.next_session_id(),
             user,
@@ -65,6 +68,7 @@ impl WsSession {
             bad_frames: 0,
             in_flight: 0,
             closing: None,
+            _watch: watch,
         }
     }
 

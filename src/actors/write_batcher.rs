@@ -12,15 +12,14 @@
 //! messages were appended.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::db_executor::{CommitMessages, DbExecutor};
-use crate::db::writes::{MessageWrite, Skipped};
-use crate::db::DbError;
-use crate::model::{Pubkey, StoredMessage};
+use std::sync::Arc;
+
+use crate::cluster::ClusterNode;
+use crate::db::{CommitMessages, CommitTarget, DbError, MessageWrite, Skipped};
 
 /// Most messages in one transaction. Measured here: 128 rows per transaction
 /// reach ~70,000 rows/s; larger batches add latency for little gain.
@@ -30,9 +29,30 @@ pub const MAX_BATCH: usize = 512;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommitFailure {
     /// The transaction failed; nothing of its batch was written.
-    Batch(String),
+    Batch(BatchError),
     /// An earlier message of the conversation failed; this one was not written.
     Skipped(Skipped),
+}
+
+/// Why a whole batch failed, as the senders will hear it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchError {
+    pub reason: String,
+    /// The database could not be reached: the sender may retry (503).
+    pub unavailable: bool,
+}
+
+impl BatchError {
+    pub fn to_api_error(&self) -> crate::error::ApiError {
+        if self.unavailable {
+            crate::error::ApiError::Unavailable { retry_after: 1 }
+        } else {
+            crate::error::ApiError::internal(anyhow::anyhow!(
+                "message not committed: {}",
+                self.reason
+            ))
+        }
+    }
 }
 
 /// One message's outcome: its sequence and whether it was committed.
@@ -49,33 +69,35 @@ pub struct MessagesCommitted {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AppendMessage {
-    pub message: Arc<StoredMessage>,
-    pub offline_for: Option<Pubkey>,
+    pub write: MessageWrite,
     /// Where the outcome goes (the conversation's actor).
     pub reply: Recipient<MessagesCommitted>,
 }
 
-/// Something that can commit a batch: the real `DbExecutor`, or a stand-in in
-/// the batcher's unit tests.
-pub type CommitTarget = Recipient<CommitMessages>;
-
 pub struct WriteBatcher {
     target: CommitTarget,
+    /// Cluster mode: committed events go to the other nodes, once per batch.
+    cluster: Option<Arc<ClusterNode>>,
     queue: VecDeque<AppendMessage>,
     in_flight: bool,
 }
 
 impl WriteBatcher {
-    pub fn new(executor: Addr<DbExecutor>) -> Self {
-        Self::with_target(executor.recipient())
-    }
-
+    /// A batcher that commits to `target`: the store's writer, or a
+    /// stand-in in the batcher's unit tests.
     pub fn with_target(target: CommitTarget) -> Self {
         WriteBatcher {
             target,
+            cluster: None,
             queue: VecDeque::new(),
             in_flight: false,
         }
+    }
+
+    /// Publishes every committed batch to the cluster's other nodes.
+    pub fn publishing_to(mut self, cluster: Option<Arc<ClusterNode>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -84,13 +106,7 @@ impl WriteBatcher {
         }
         let take = self.queue.len().min(MAX_BATCH);
         let batch: Vec<AppendMessage> = self.queue.drain(..take).collect();
-        let writes = batch
-            .iter()
-            .map(|a| MessageWrite {
-                message: a.message.clone(),
-                offline_for: a.offline_for.clone(),
-            })
-            .collect();
+        let writes = batch.iter().map(|a| a.write.clone()).collect();
         self.in_flight = true;
         // Only one commit is ever in flight, so this spawned future cannot
         // overtake another one.
@@ -102,6 +118,15 @@ impl WriteBatcher {
                     Ok(r) => r,
                     Err(mailbox) => Err(DbError::WriterGone(mailbox)),
                 };
+                if let (Some(cluster), Ok(results)) = (&act.cluster, &result) {
+                    let committed: Vec<&MessageWrite> = batch
+                        .iter()
+                        .zip(results)
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(a, _)| &a.write)
+                        .collect();
+                    cluster.publish_committed(&committed);
+                }
                 dispatch(batch, result);
                 act.in_flight = false;
                 act.flush(ctx);
@@ -128,15 +153,22 @@ fn dispatch(batch: Vec<AppendMessage>, result: Result<Vec<Result<(), Skipped>>, 
             Ok(results) => match results.get(index) {
                 Some(Ok(())) => Ok(()),
                 Some(Err(skipped)) => Err(CommitFailure::Skipped(*skipped)),
-                None => Err(CommitFailure::Batch("missing result".into())),
+                None => Err(CommitFailure::Batch(BatchError {
+                    reason: "missing result".into(),
+                    unavailable: false,
+                })),
             },
-            Err(err) => Err(CommitFailure::Batch(err.to_string())),
+            Err(err) => Err(CommitFailure::Batch(BatchError {
+                reason: format!("{err:#}"),
+                unavailable: err.is_unavailable(),
+            })),
         };
-        let seq = append.message.server_sequence;
-        match index_of.get(&append.message.conversation_id) {
+        let message = &append.write.message;
+        let seq = message.server_sequence;
+        match index_of.get(&message.conversation_id) {
             Some(&i) => groups[i].1.push((seq, outcome)),
             None => {
-                index_of.insert(append.message.conversation_id, groups.len());
+                index_of.insert(message.conversation_id, groups.len());
                 groups.push((append.reply, vec![(seq, outcome)]));
             }
         }
@@ -168,7 +200,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::model::StoredMessage;
+    use crate::model::{Pubkey, StoredMessage};
 
     /// Every batch the fake database saw: (conversation, sequence) pairs.
     type Batches = Arc<Mutex<Vec<Vec<(Uuid, u64)>>>>;
@@ -286,8 +318,11 @@ mod tests {
         seq: u64,
     ) {
         rig.batcher.do_send(AppendMessage {
-            message: message(which.0, seq),
-            offline_for: None,
+            write: MessageWrite {
+                message: message(which.0, seq),
+                recipient: Pubkey::from_db("cd".repeat(32)),
+                offline_queued: false,
+            },
             reply: which.2.clone(),
         });
     }

@@ -1,19 +1,25 @@
-//! Storage: SQLite in WAL mode with `synchronous=FULL`.
+//! The SQL of both engines: SQLite (`migrations`, `reads`, `writes`, the
+//! pragmas below) and PostgreSQL (`postgres`). `crate::store` puts them
+//! behind one interface.
 //!
 //! # Architecture Invariant
-//! Reads go through the r2d2 [`Pool`] (`reads`); every write goes through the
-//! one connection owned by `actors::DbExecutor` (`writes`). Nothing else opens
-//! a connection that writes.
+//! With SQLite, reads go through the r2d2 [`Pool`] (`reads`) and every write
+//! through the one connection owned by `actors::DbExecutor` (`writes`).
+//! Nothing else opens a SQLite connection that writes.
 
 pub mod migrations;
+pub mod postgres;
 pub mod reads;
 pub mod writes;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use actix::{Message, Recipient};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
+
+pub use writes::{LoginOutcome, MessageWrite, Purged, Skipped};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "united.db";
@@ -41,7 +47,35 @@ pub enum DbError {
     Pool(#[from] r2d2::Error),
     #[error("the database writer is gone")]
     WriterGone(#[from] actix::MailboxError),
+    #[error("postgres")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The database cannot be reached (cluster mode): the caller may retry.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Other(String),
 }
+
+impl DbError {
+    /// Whether the database could not be reached, as opposed to refusing
+    /// the statement.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Unavailable(_) => true,
+            DbError::Postgres(e) => postgres::is_connection_error(e),
+            _ => false,
+        }
+    }
+}
+
+/// Group commit: messages of many conversations in one transaction. Each
+/// result says whether that message was written.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Result<(), Skipped>>, DbError>")]
+pub struct CommitMessages(pub Vec<MessageWrite>);
+
+/// Where group commits go: `DbExecutor` (SQLite) or `store::postgres::PgCommitter`.
+pub type CommitTarget = Recipient<CommitMessages>;
 
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)

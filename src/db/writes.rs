@@ -176,8 +176,10 @@ pub fn create_conversation(
 #[derive(Clone, Debug)]
 pub struct MessageWrite {
     pub message: std::sync::Arc<StoredMessage>,
+    /// The other participant (the one who is not the sender).
+    pub recipient: Pubkey,
     /// Write the recipient's offline-queue entry in the same transaction.
-    pub offline_for: Option<Pubkey>,
+    pub offline_queued: bool,
 }
 
 /// Why one message of a committed batch was not written.
@@ -187,6 +189,13 @@ pub enum Skipped {
     /// (an earlier message of the conversation failed): writing it would
     /// leave a gap.
     SequenceGap,
+    /// Its id is already stored: a resend of a committed message (or the same
+    /// id in another conversation). The sender's actor answers it from the
+    /// stored row.
+    DuplicateId,
+    /// Another node committed this sequence first (cluster mode): the actor
+    /// re-reads the last sequence and assigns again.
+    Stale,
 }
 
 /// Commits a batch of messages from any number of conversations in one
@@ -194,7 +203,9 @@ pub enum Skipped {
 ///
 /// Each message must carry the next sequence of its conversation; a message
 /// that does not is skipped (and so is every later one of that conversation),
-/// so the table never has a gap. An error fails the whole batch.
+/// so the table never has a gap. A message whose id is already stored is
+/// skipped as [`Skipped::DuplicateId`] before its insert could fail, so one
+/// client's resend never fails the other messages of the batch.
 pub fn commit_messages(
     conn: &mut Connection,
     batch: &[MessageWrite],
@@ -214,8 +225,14 @@ pub fn commit_messages(
             "INSERT OR IGNORE INTO dm_offline_queue (recipient_pubkey, dm_message_id, queued_at) \
              VALUES (?1, ?2, ?3)",
         )?;
+        let mut stored_id = tx.prepare_cached("SELECT 1 FROM dm_messages WHERE id = ?1")?;
         for write in batch {
             let m = &write.message;
+            let id = m.id.to_string();
+            if stored_id.exists([&id])? {
+                results.push(Err(Skipped::DuplicateId));
+                continue;
+            }
             let last = match last_seq.get(&m.conversation_id) {
                 Some(seq) => *seq,
                 None => reads::max_sequence(&tx, &m.conversation_id)?,
@@ -224,7 +241,6 @@ pub fn commit_messages(
                 results.push(Err(Skipped::SequenceGap));
                 continue;
             }
-            let id = m.id.to_string();
             insert_message.execute(params![
                 id,
                 m.conversation_id.to_string(),
@@ -237,8 +253,8 @@ pub fn commit_messages(
                 m.sender_display_name,
                 m.created_at as i64,
             ])?;
-            if let Some(recipient) = &write.offline_for {
-                insert_offline.execute(params![recipient.as_str(), id, now as i64])?;
+            if write.offline_queued {
+                insert_offline.execute(params![write.recipient.as_str(), id, now as i64])?;
             }
             last_seq.insert(m.conversation_id, m.server_sequence);
             last_at.insert(m.conversation_id, m.created_at);
@@ -391,6 +407,7 @@ mod tests {
         seq: u64,
         offline_for: Option<&Pubkey>,
     ) -> MessageWrite {
+        let other = Pubkey::from_db("ff".repeat(32));
         MessageWrite {
             message: Arc::new(StoredMessage {
                 id: Uuid::new_v4(),
@@ -404,7 +421,8 @@ mod tests {
                 sender_display_name: "A".into(),
                 created_at: 10 + seq,
             }),
-            offline_for: offline_for.cloned(),
+            recipient: offline_for.cloned().unwrap_or(other),
+            offline_queued: offline_for.is_some(),
         }
     }
 

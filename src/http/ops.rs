@@ -5,24 +5,21 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use crate::actors::db_executor::Ping;
 use crate::state::AppState;
 
 /// How long `/healthz` waits for the database.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "{\"status\": \"ok\"}"), (status = 503, description = "the database does not answer")))]
+    responses((status = 200, description = "{\"status\": \"ok\"}"), (status = 503, description = "the database (or, in cluster mode, NATS) does not answer")))]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    let writer = state.writer.send(Ping).timeout(HEALTH_TIMEOUT);
-    let reader = state.read(|conn| {
-        conn.query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
-    });
-    let (writer, reader) = futures_util::future::join(writer, reader).await;
-    match (writer, reader) {
-        (Ok(Ok(())), Ok(())) => HttpResponse::Ok().json(json!({"status": "ok"})),
-        _ => HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable"})),
+    let database = tokio::time::timeout(HEALTH_TIMEOUT, state.store.health()).await;
+    let bus = state.cluster.as_ref().is_none_or(|c| c.bus_connected());
+    match database {
+        Ok(Ok(())) if bus => HttpResponse::Ok().json(json!({"status": "ok"})),
+        _ => HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(json!({"status": "unavailable"})),
     }
 }
 

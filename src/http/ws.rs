@@ -41,7 +41,13 @@ pub async fn upgrade(
     if state.registry.is_closing() {
         return Err(ApiError::ShuttingDown);
     }
-    let session = WsSession::new(user, state.clone().into_inner());
+    // Cluster mode: the node follows the user's events before the session
+    // can answer anything, so it misses no push committed after that.
+    let watch = match &state.cluster {
+        Some(cluster) => Some(cluster.watch(&user).await?),
+        None => None,
+    };
+    let session = WsSession::new(user, state.clone().into_inner(), watch);
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.settings.max_frame_bytes)
         .start()

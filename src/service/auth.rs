@@ -4,10 +4,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::actors::db_executor::{LoginUser, RotateRefreshToken, StoreRefreshToken};
 use crate::auth::{self, IssuedChallenge};
-use crate::db::reads;
-use crate::db::writes::LoginOutcome;
+use crate::db::LoginOutcome;
 use crate::error::ApiError;
 use crate::model::{now_ms, Pubkey, User};
 use crate::state::AppState;
@@ -28,21 +26,18 @@ pub struct Session {
     pub user: User,
 }
 
-pub fn challenge(state: &AppState) -> Result<IssuedChallenge, ApiError> {
-    state.challenges.issue()
+pub async fn challenge(state: &AppState) -> Result<IssuedChallenge, ApiError> {
+    state.store.issue_challenge().await
 }
 
 /// Checks a challenge answer; registers the user on first login.
 pub async fn verify(state: &Arc<AppState>, req: VerifyRequest) -> Result<Session, ApiError> {
-    let challenge = state.challenges.take(&req.challenge_id)?;
+    let challenge = state.store.take_challenge(req.challenge_id).await?;
     auth::verify_login(&req.public_key, &challenge, &req.signature)?;
     let outcome = state
-        .writer
-        .send(LoginUser {
-            pubkey: req.public_key.clone(),
-            display_name: req.display_name.clone(),
-        })
-        .await??;
+        .store
+        .login_user(req.public_key.clone(), req.display_name.clone())
+        .await?;
     let user = match outcome {
         LoginOutcome::User(user) => user,
         LoginOutcome::NeedsDisplayName => {
@@ -56,13 +51,9 @@ pub async fn verify(state: &Arc<AppState>, req: VerifyRequest) -> Result<Session
     }
     let (refresh_token, hash) = auth::new_refresh_token();
     state
-        .writer
-        .send(StoreRefreshToken {
-            hash,
-            user: user.public_key.clone(),
-            expires_at: refresh_expiry(state),
-        })
-        .await??;
+        .store
+        .store_refresh_token(hash, user.public_key.clone(), refresh_expiry(state))
+        .await?;
     let (access_token, expires_in) = state.jwt.issue(&user.public_key)?;
     tracing::info!(user = ?user.public_key, "login");
     Ok(Session {
@@ -77,13 +68,13 @@ pub async fn verify(state: &Arc<AppState>, req: VerifyRequest) -> Result<Session
 pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Session, ApiError> {
     let (new_token, new_hash) = auth::new_refresh_token();
     let user = state
-        .writer
-        .send(RotateRefreshToken {
-            old_hash: auth::hash_refresh_token(refresh_token),
+        .store
+        .rotate_refresh_token(
+            auth::hash_refresh_token(refresh_token),
             new_hash,
-            expires_at: refresh_expiry(state),
-        })
-        .await??
+            refresh_expiry(state),
+        )
+        .await?
         .ok_or(ApiError::InvalidRefreshToken)?;
     let (access_token, expires_in) = state.jwt.issue(&user.public_key)?;
     Ok(Session {
@@ -100,7 +91,8 @@ fn refresh_expiry(state: &AppState) -> u64 {
 
 pub async fn user(state: &AppState, pubkey: Pubkey) -> Result<User, ApiError> {
     state
-        .read(move |conn| reads::user(conn, &pubkey))
+        .store
+        .user(pubkey)
         .await?
         .ok_or(ApiError::NotFound("no such user"))
 }

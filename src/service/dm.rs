@@ -5,12 +5,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::actors::conversation::SendOutcome;
-use crate::actors::db_executor::{AckOffline, CreateConversation, TakeOffline, UpsertDmKey};
-use crate::actors::directory::ConversationDirectory;
-use crate::db::reads;
 use crate::error::ApiError;
 use crate::model::{
-    is_small_order_x25519, now_ms, Conversation, DmKey, History, HistoryPage, NewMessage, Pubkey,
+    is_small_order_x25519, Conversation, DmKey, History, HistoryPage, NewMessage, Pubkey,
     StoredMessage, MAX_HISTORY_LIMIT,
 };
 use crate::proto::{self, Payload};
@@ -28,34 +25,25 @@ pub async fn publish_key(
             "x25519_pubkey is a small-order point (the zero key among them)",
         ));
     }
-    let (stored, changed) = state
-        .writer
-        .send(UpsertDmKey {
-            user: user.clone(),
-            key,
-        })
-        .await??;
+    let (stored, changed) = state.store.upsert_dm_key(user.clone(), key).await?;
     if changed {
-        let who = user.clone();
-        let partners = state
-            .read(move |conn| reads::partners_of(conn, &who))
-            .await?;
+        let partners = state.store.partners_of(user.clone()).await?;
         let event = proto::encode_event(Payload::DmKeyRotatedEvent(proto::dm::DmKeyRotatedEvent {
             user_pubkey: user.to_string(),
             new_x25519_pubkey: bytes::Bytes::copy_from_slice(&stored.x25519_pubkey),
             timestamp: stored.published_at,
         }));
-        state.registry.push(user, &event);
-        for partner in &partners {
-            state.registry.push(partner, &event);
-        }
+        let mut to = partners;
+        to.push(user.clone());
+        push_event(state, &to, event);
     }
     Ok(stored)
 }
 
 pub async fn get_key(state: &AppState, user: Pubkey) -> Result<DmKey, ApiError> {
     state
-        .read(move |conn| reads::dm_key(conn, &user))
+        .store
+        .dm_key(user)
         .await?
         .ok_or(ApiError::NotFound("no published key for this user"))
 }
@@ -70,12 +58,7 @@ pub async fn create_conversation(
     if &recipient == caller {
         return Err(ApiError::SelfConversation);
     }
-    let who = recipient.clone();
-    if state
-        .read(move |conn| reads::user(conn, &who))
-        .await?
-        .is_none()
-    {
+    if state.store.user(recipient.clone()).await?.is_none() {
         return Err(ApiError::NotFound("no such user"));
     }
     let (a, b) = if caller < &recipient {
@@ -83,21 +66,18 @@ pub async fn create_conversation(
     } else {
         (recipient, caller.clone())
     };
-    let (conversation, created) = state
-        .writer
-        .send(CreateConversation {
-            participant_a: a,
-            participant_b: b,
-        })
-        .await??;
+    let (conversation, created) = state.store.create_conversation(a, b).await?;
     if created {
         let event = proto::encode_event(Payload::DmConversationCreatedEvent(
             proto::dm::DmConversationCreatedEvent {
                 conversation: Some(conversation.to_proto()),
             },
         ));
-        state.registry.push(&conversation.participant_a, &event);
-        state.registry.push(&conversation.participant_b, &event);
+        let to = [
+            conversation.participant_a.clone(),
+            conversation.participant_b.clone(),
+        ];
+        push_event(state, &to, event);
     }
     Ok((conversation, created))
 }
@@ -106,10 +86,7 @@ pub async fn list_conversations(
     state: &AppState,
     caller: &Pubkey,
 ) -> Result<Vec<Conversation>, ApiError> {
-    let caller = caller.clone();
-    state
-        .read(move |conn| reads::conversations_of(conn, &caller))
-        .await
+    Ok(state.store.conversations_of(caller.clone()).await?)
 }
 
 /// Sends a message through its conversation's actor. Answers once the
@@ -120,7 +97,7 @@ pub async fn send(
     message: NewMessage,
 ) -> Result<SendOutcome, ApiError> {
     state.limits.check_send(sender)?;
-    ConversationDirectory::send(state, sender.clone(), message).await
+    state.conversations.send(sender.clone(), message).await
 }
 
 /// Loads a conversation and checks that the caller is in it.
@@ -130,7 +107,8 @@ async fn member_conversation(
     id: Uuid,
 ) -> Result<Conversation, ApiError> {
     let conversation = state
-        .read(move |conn| reads::conversation(conn, &id))
+        .store
+        .conversation(id)
         .await?
         .ok_or(ApiError::NotFound("no such conversation"))?;
     if !conversation.has_participant(caller) {
@@ -149,9 +127,7 @@ pub async fn history(
 ) -> Result<History, ApiError> {
     member_conversation(state, caller, conversation_id).await?;
     let limit = limit.clamp(1, MAX_HISTORY_LIMIT);
-    state
-        .read(move |conn| reads::history(conn, &conversation_id, page, limit))
-        .await
+    Ok(state.store.history(conversation_id, page, limit).await?)
 }
 
 /// The caller's undelivered offline entries, oldest first; marks them delivered.
@@ -159,12 +135,7 @@ pub async fn take_offline(
     state: &AppState,
     caller: &Pubkey,
 ) -> Result<Vec<StoredMessage>, ApiError> {
-    Ok(state
-        .writer
-        .send(TakeOffline {
-            recipient: caller.clone(),
-        })
-        .await??)
+    Ok(state.store.take_offline(caller.clone()).await?)
 }
 
 /// Marks the caller's named entries delivered; other users' are never touched.
@@ -176,13 +147,7 @@ pub async fn ack_offline(
     if ids.is_empty() {
         return Ok(0);
     }
-    Ok(state
-        .writer
-        .send(AckOffline {
-            recipient: caller.clone(),
-            message_ids: ids,
-        })
-        .await??)
+    Ok(state.store.ack_offline(caller.clone(), ids).await?)
 }
 
 /// Most ids one ack may name.
@@ -201,7 +166,14 @@ pub fn parse_ack_ids<'a>(
         .collect()
 }
 
-/// Janitor cutoff for offline entries.
-pub fn offline_cutoff(state: &AppState) -> u64 {
-    now_ms().saturating_sub(state.settings.offline_ttl * 1000)
+/// Hands an event that is not part of a conversation's sequence (a key
+/// rotation, a new conversation) to every live session of `users`, on this
+/// node and, in cluster mode, on every other.
+fn push_event(state: &AppState, users: &[Pubkey], event: bytes::Bytes) {
+    for user in users {
+        state.registry.push(user, &event);
+    }
+    if let Some(cluster) = &state.cluster {
+        cluster.publish_event(users, event);
+    }
 }

@@ -244,17 +244,19 @@ async fn another_user_gets_nothing_of_a_conversation_by_any_route() {
 #[actix_web::test]
 async fn every_connection_runs_wal_and_synchronous_full() {
     let app = spawn_app().await;
-    let (mode, sync) = app
-        .state
-        .writer
+    let united_hub::store::Store::Sqlite(sqlite) = &app.state.store else {
+        panic!("the default store is SQLite");
+    };
+    let (mode, sync) = sqlite
+        .writer()
         .send(DurabilitySettings)
         .await
         .unwrap()
         .unwrap();
     assert_eq!((mode.as_str(), sync), ("wal", 2), "the writer");
     // Hold every pooled connection at once, so each is checked.
-    let size = app.state.pool.max_size() as usize;
-    let conns: Vec<_> = (0..size).map(|_| app.state.pool.get().unwrap()).collect();
+    let size = sqlite.pool().max_size() as usize;
+    let conns: Vec<_> = (0..size).map(|_| sqlite.pool().get().unwrap()).collect();
     for conn in &conns {
         let (mode, sync) = united_hub::db::durability_settings(conn).unwrap();
         assert_eq!((mode.as_str(), sync), ("wal", 2), "a reader");

@@ -1,0 +1,275 @@
+//! Per-conversation delivery in sequence order, on one node.
+//!
+//! In a cluster, a conversation's messages reach a node from several places:
+//! its own commits, every other node's NATS publications (which may arrive
+//! in any order relative to each other, or not at all), and repairs read
+//! from the database. `Feeds` keeps, per conversation with a participant
+//! online here, the last sequence handed to this node's sessions, holds
+//! anything that arrives early, and says what may be delivered now. So each
+//! session sees a conversation's events once, in rising `server_sequence`
+//! order, whoever committed them.
+//!
+//! The starting point (baseline) of a conversation is its last committed
+//! sequence when the node began to watch one of its participants (the
+//! participant's first session here), read *after* the node subscribed to
+//! that participant's subject: everything committed later is either
+//! published to this node or found by the repair poll. A conversation that
+//! is not in that read was created later, so its baseline is 0.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::model::Pubkey;
+
+/// One committed message on its way to this node's sessions.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub conversation: Uuid,
+    pub seq: u64,
+    pub participant_a: Pubkey,
+    pub participant_b: Pubkey,
+    pub sender: Pubkey,
+    pub message_id: Uuid,
+    /// The recipient's offline entry was written with the message.
+    pub offline_queued: bool,
+    /// Committed by this node (it answered the sender).
+    pub local: bool,
+    /// Read back from the database by a repair.
+    pub repaired: bool,
+    /// The encoded `DmMessageEvent` envelope.
+    pub envelope: Bytes,
+}
+
+impl Event {
+    pub fn recipient(&self) -> &Pubkey {
+        if self.sender == self.participant_a {
+            &self.participant_b
+        } else {
+            &self.participant_a
+        }
+    }
+}
+
+struct Cursor {
+    /// Last sequence delivered here; `None` until the baseline is known.
+    delivered: Option<u64>,
+    /// Arrived early: waits for the sequences before it.
+    pending: BTreeMap<u64, Event>,
+    a: Pubkey,
+    b: Pubkey,
+    /// Known to be behind the database: (the stored last sequence, since when).
+    behind: Option<(u64, Instant)>,
+}
+
+/// A range to read from the database: sequences after `after`, up to `until`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Repair {
+    pub conversation: Uuid,
+    pub after: u64,
+    pub until: u64,
+    pub participant_a: Pubkey,
+    pub participant_b: Pubkey,
+}
+
+#[derive(Default)]
+pub struct Feeds {
+    cursors: HashMap<Uuid, Cursor>,
+    /// Watched users: `false` while their baselines load.
+    users: HashMap<Pubkey, bool>,
+}
+
+impl Feeds {
+    /// Starts watching `user` (its baselines are loading).
+    pub fn watch(&mut self, user: &Pubkey) {
+        self.users.insert(user.clone(), false);
+    }
+
+    /// Stops watching `user`; forgets conversations nobody here watches.
+    pub fn unwatch(&mut self, user: &Pubkey) {
+        self.users.remove(user);
+        let users = &self.users;
+        self.cursors
+            .retain(|_, c| users.contains_key(&c.a) || users.contains_key(&c.b));
+    }
+
+    pub fn is_watched(&self, user: &Pubkey) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// `user`'s baselines: every conversation of theirs with its last
+    /// committed sequence. Returns what can be delivered now, in order.
+    pub fn loaded(&mut self, user: &Pubkey, baselines: &[(Uuid, u64)]) -> Vec<Event> {
+        self.users.insert(user.clone(), true);
+        let mut ready = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (id, last) in baselines {
+            seen.insert(*id);
+            match self.cursors.get_mut(id) {
+                Some(cursor) => {
+                    if cursor.delivered.is_none() {
+                        cursor.delivered = Some(*last);
+                        drain(cursor, &mut ready);
+                    }
+                }
+                None => {
+                    // The pair is not known here yet; the first event fills
+                    // it in (see `offer`).
+                    self.cursors.insert(
+                        *id,
+                        Cursor {
+                            delivered: Some(*last),
+                            pending: BTreeMap::new(),
+                            a: user.clone(),
+                            b: user.clone(),
+                            behind: None,
+                        },
+                    );
+                }
+            }
+        }
+        // Conversations that were waiting for this user's baselines and are
+        // not among them were created after the read: they start at 0.
+        let users = &self.users;
+        for (id, cursor) in self.cursors.iter_mut() {
+            let mine = &cursor.a == user || &cursor.b == user;
+            let other = if &cursor.a == user {
+                &cursor.b
+            } else {
+                &cursor.a
+            };
+            let other_loading = users.get(other) == Some(&false);
+            if mine && cursor.delivered.is_none() && !seen.contains(id) && !other_loading {
+                cursor.delivered = Some(0);
+                drain(cursor, &mut ready);
+            }
+        }
+        ready
+    }
+
+    /// Takes one event; returns what can be delivered now, in order.
+    pub fn offer(&mut self, event: Event) -> Vec<Event> {
+        let mut ready = Vec::new();
+        let cursor = match self.cursors.get_mut(&event.conversation) {
+            Some(cursor) => cursor,
+            None => {
+                let a = self.users.get(&event.participant_a).copied();
+                let b = self.users.get(&event.participant_b).copied();
+                if a.is_none() && b.is_none() {
+                    // Nobody here watches this conversation.
+                    return ready;
+                }
+                // Not among the baselines of a loaded participant: the
+                // conversation was created after they were read.
+                let loading = a == Some(false) || b == Some(false);
+                let baseline = if loading { None } else { Some(0) };
+                self.cursors.entry(event.conversation).or_insert(Cursor {
+                    delivered: baseline,
+                    pending: BTreeMap::new(),
+                    a: event.participant_a.clone(),
+                    b: event.participant_b.clone(),
+                    behind: None,
+                })
+            }
+        };
+        // A cursor made from baselines learns the pair from its first event.
+        cursor.a = event.participant_a.clone();
+        cursor.b = event.participant_b.clone();
+        if cursor.delivered.is_some_and(|d| event.seq <= d) {
+            return ready;
+        }
+        cursor.pending.entry(event.seq).or_insert(event);
+        if cursor.delivered.is_some() {
+            drain(cursor, &mut ready);
+        }
+        ready
+    }
+
+    /// Conversations whose stored last sequence should be compared.
+    pub fn tracked(&self) -> Vec<Uuid> {
+        self.cursors
+            .iter()
+            .filter(|(_, c)| c.delivered.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The database says `conversation` has committed up to `last`.
+    pub fn observe(&mut self, conversation: &Uuid, last: u64) {
+        let Some(cursor) = self.cursors.get_mut(conversation) else {
+            return;
+        };
+        if cursor.delivered.is_some_and(|d| d < last) {
+            let since = cursor.behind.map_or_else(Instant::now, |(_, t)| t);
+            cursor.behind = Some((last.max(cursor.behind.map_or(0, |(l, _)| l)), since));
+        }
+    }
+
+    /// Ranges that have been missing for at least `grace`: what NATS lost.
+    pub fn repairs_due(&self, grace: Duration) -> Vec<Repair> {
+        self.cursors
+            .iter()
+            .filter_map(|(id, c)| {
+                let delivered = c.delivered?;
+                let first_pending = c.pending.keys().next().copied();
+                let gap_target = first_pending.map(|p| p - 1);
+                let behind_target = c
+                    .behind
+                    .filter(|(_, since)| since.elapsed() >= grace)
+                    .map(|(last, _)| last);
+                // A gap before a held event counts once it is old enough too.
+                let held_long = first_pending.is_some()
+                    && c.behind.is_some_and(|(_, since)| since.elapsed() >= grace);
+                let until = match (behind_target, gap_target) {
+                    (Some(b), _) => b,
+                    (None, Some(g)) if held_long => g,
+                    _ => return None,
+                };
+                (until > delivered).then(|| Repair {
+                    conversation: *id,
+                    after: delivered,
+                    until,
+                    participant_a: c.a.clone(),
+                    participant_b: c.b.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Marks conversations with events held behind a gap as behind, so that
+    /// a gap that NATS never fills is repaired after the grace period.
+    pub fn note_gaps(&mut self) {
+        for cursor in self.cursors.values_mut() {
+            if let (Some(d), Some(&first)) = (cursor.delivered, cursor.pending.keys().next()) {
+                if first > d + 1 && cursor.behind.is_none() {
+                    cursor.behind = Some((first - 1, Instant::now()));
+                }
+            }
+        }
+    }
+}
+
+/// Moves the contiguous run after `delivered` out of `pending`.
+fn drain(cursor: &mut Cursor, ready: &mut Vec<Event>) {
+    let Some(mut delivered) = cursor.delivered else {
+        return;
+    };
+    // Anything at or below the baseline is old.
+    while let Some(entry) = cursor.pending.first_entry() {
+        if *entry.key() <= delivered {
+            entry.remove();
+        } else {
+            break;
+        }
+    }
+    while let Some(event) = cursor.pending.remove(&(delivered + 1)) {
+        delivered += 1;
+        ready.push(event);
+    }
+    cursor.delivered = Some(delivered);
+    if cursor.behind.is_some_and(|(last, _)| delivered >= last) {
+        cursor.behind = None;
+    }
+}

@@ -1,0 +1,729 @@
+//! Cluster mode: several nodes of the hub on one PostgreSQL, with NATS
+//! (core pub/sub) carrying events between them.
+//!
+//! - **Fan-out.** After a group commit, the node publishes the batch's
+//!   events once per user concerned, on `united.user.<pubkey>`, to users
+//!   online on another node. A node subscribes to the subject of every user
+//!   it holds a session of (from the session's upgrade until it ends).
+//! - **Order.** Every `DmMessageEvent` a node hands to its sessions, its own
+//!   or another node's, goes through [`feed::Feeds`]: once per session, in
+//!   `server_sequence` order per conversation.
+//! - **Repair.** Core NATS is at-most-once: a node killed between commit and
+//!   publish, a NATS restart or a slow consumer loses events. Every second a
+//!   node compares the stored `last_seq` of the conversations it follows with
+//!   what it delivered, and reads what is missing from the database after a
+//!   short grace period. The database, not NATS, is the truth.
+//! - **Presence.** "Online" is a live session on any node
+//!   ([`presence::RemotePresence`]), so the offline-queue rule holds for the
+//!   cluster as a whole.
+//!
+//! NATS I/O runs on a runtime of its own (`united-bus`), like the database's.
+
+pub mod feed;
+pub mod presence;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use self::feed::{Event, Feeds, Repair};
+use self::presence::{RemotePresence, Reply};
+use crate::actors::registry::SessionRegistry;
+use crate::db::MessageWrite;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::model::{HistoryPage, Pubkey, StoredMessage};
+use crate::proto::cluster::{presence::Kind, ClusterEvent, ClusterEvents, Presence};
+use crate::proto::{self, Payload};
+use crate::store::postgres::{OwnedRuntime, PgStore};
+
+/// The presence subject.
+const PRESENCE: &str = "united.presence";
+/// Heartbeats, node expiry and the repair poll.
+const TICK: Duration = Duration::from_millis(250);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How long a gap may wait for NATS before it is read from the database.
+const REPAIR_GRACE: Duration = Duration::from_millis(500);
+/// A user who left this node this recently still counts for the offline
+/// fallback of events published while they were leaving.
+const RECENTLY_GONE: Duration = Duration::from_secs(10);
+/// Users per presence message.
+const SNAPSHOT_PART: usize = 2000;
+/// Publications waiting for NATS; past this they are dropped and repaired.
+const OUTBOX: usize = 65_536;
+
+fn user_subject(user: &Pubkey) -> String {
+    format!("united.user.{user}")
+}
+
+/// One watched user: their subject's subscription and how many sessions.
+struct Watch {
+    count: usize,
+    /// `None` while loading, then whether the watch started.
+    ready: watch::Sender<Option<bool>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub struct ClusterNode {
+    id: String,
+    runtime: OwnedRuntime,
+    nats: async_nats::Client,
+    store: Arc<PgStore>,
+    registry: Arc<SessionRegistry>,
+    metrics: Arc<Metrics>,
+    presence: RemotePresence,
+    feeds: Mutex<Feeds>,
+    watches: Mutex<HashMap<Pubkey, Watch>>,
+    recently_gone: Mutex<HashMap<Pubkey, Instant>>,
+    outbox: mpsc::Sender<(String, Bytes)>,
+    snapshot_id: AtomicU64,
+}
+
+/// Keeps a user watched while a session of theirs lives; unwatches on drop.
+pub struct WatchGuard {
+    node: Arc<ClusterNode>,
+    user: Pubkey,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.node.unwatch(&self.user);
+    }
+}
+
+impl ClusterNode {
+    /// Connects to NATS and starts presence, the publisher and the repair
+    /// loop. Fails if NATS cannot be reached at start.
+    pub async fn start(
+        nats_url: &str,
+        store: Arc<PgStore>,
+        registry: Arc<SessionRegistry>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<ClusterNode>> {
+        use anyhow::Context as _;
+        let runtime = OwnedRuntime::new("united-bus", 1).context("starting the bus runtime")?;
+        let id = Uuid::new_v4().simple().to_string();
+        let slot: Arc<OnceLock<Weak<ClusterNode>>> = Arc::new(OnceLock::new());
+        let events = slot.clone();
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("united-hub {}", &id[..8]))
+            .no_echo()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(3))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(1000))
+            })
+            .event_callback(move |event| {
+                let node = events.get().and_then(Weak::upgrade);
+                async move {
+                    if let Some(node) = node {
+                        node.on_bus_event(event);
+                    }
+                }
+            });
+        let url = nats_url.to_owned();
+        let nats = runtime
+            .handle()
+            .spawn(async move { options.connect(url).await })
+            .await
+            .context("the NATS task failed")?
+            .context("connecting to NATS (--nats-url)")?;
+        let (outbox, outgoing) = mpsc::channel(OUTBOX);
+        let node = Arc::new(ClusterNode {
+            id,
+            runtime,
+            nats,
+            store,
+            registry,
+            metrics,
+            presence: RemotePresence::default(),
+            feeds: Mutex::new(Feeds::default()),
+            watches: Mutex::new(HashMap::new()),
+            recently_gone: Mutex::new(HashMap::new()),
+            outbox,
+            snapshot_id: AtomicU64::new(1),
+        });
+        let _ = slot.set(Arc::downgrade(&node));
+
+        let nats = node.nats.clone();
+        let presence = node
+            .spawn(async move { nats.subscribe(PRESENCE).await })
+            .await
+            .context("subscribing to presence")?;
+        let handle = node.runtime.handle();
+        handle.spawn(publisher(node.nats.clone(), outgoing));
+        handle.spawn(read_presence(Arc::downgrade(&node), presence));
+        handle.spawn(ticker(Arc::downgrade(&node)));
+        node.announce(Kind::Hello, Vec::new());
+        tracing::info!(node = %&node.id[..8], "joined the cluster");
+        Ok(node)
+    }
+
+    /// Runs a NATS future on the bus runtime and waits for it from here.
+    async fn spawn<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        self.runtime
+            .handle()
+            .spawn(fut)
+            .await
+            .map_err(|e| anyhow::anyhow!("bus task failed: {e}"))?
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// This node's id (for logs and tests).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether NATS is connected (for `/healthz`).
+    pub fn bus_connected(&self) -> bool {
+        self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Whether `user` has a live session on another node.
+    pub fn online_elsewhere(&self, user: &Pubkey) -> bool {
+        self.presence.is_online(user)
+    }
+
+    /// Nodes this one hears from.
+    pub fn peers(&self) -> usize {
+        self.presence.node_count()
+    }
+
+    fn on_bus_event(&self, event: async_nats::Event) {
+        match event {
+            async_nats::Event::Connected => {
+                tracing::info!("NATS connected");
+                // Peers answer HELLO with their snapshots; ours goes out too.
+                self.announce(Kind::Hello, Vec::new());
+                self.send_snapshot();
+            }
+            async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+            async_nats::Event::SlowConsumer(_) => {
+                self.metrics.cluster_slow_consumer.inc();
+                tracing::warn!(
+                    "NATS dropped events for a slow subscription; the repair poll reads them back"
+                );
+            }
+            other => tracing::debug!(event = %other, "NATS event"),
+        }
+    }
+
+    // -- publishing ------------------------------------------------------------
+
+    fn publish(&self, subject: String, payload: Bytes) {
+        if self.outbox.try_send((subject, payload)).is_err() {
+            self.metrics.cluster_publish_dropped.inc();
+        }
+    }
+
+    fn announce(&self, kind: Kind, users: Vec<String>) {
+        let msg = Presence {
+            node: self.id.clone(),
+            kind: kind as i32,
+            users,
+            snapshot: 0,
+            last: false,
+        };
+        self.publish(PRESENCE.into(), msg.encode_to_vec().into());
+    }
+
+    fn send_snapshot(&self) {
+        let users: Vec<String> = self
+            .watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|u| u.to_string())
+            .collect();
+        let id = self.snapshot_id.fetch_add(1, Ordering::Relaxed);
+        let mut parts: Vec<Vec<String>> = users.chunks(SNAPSHOT_PART).map(<[_]>::to_vec).collect();
+        if parts.is_empty() {
+            parts.push(Vec::new());
+        }
+        let n = parts.len();
+        for (i, users) in parts.into_iter().enumerate() {
+            let msg = Presence {
+                node: self.id.clone(),
+                kind: Kind::Snapshot as i32,
+                users,
+                snapshot: id,
+                last: i + 1 == n,
+            };
+            self.publish(PRESENCE.into(), msg.encode_to_vec().into());
+        }
+    }
+
+    /// Publishes what a group commit wrote to the users concerned who are
+    /// online on another node: one NATS message per user per batch.
+    pub fn publish_committed(&self, writes: &[&MessageWrite]) {
+        let mut by_user: HashMap<&Pubkey, Vec<ClusterEvent>> = HashMap::new();
+        for write in writes {
+            let m = &write.message;
+            let to_sender = self.presence.is_online(&m.sender);
+            let to_recipient = self.presence.is_online(&write.recipient);
+            if !to_sender && !to_recipient {
+                continue;
+            }
+            let (a, b) = if m.sender < write.recipient {
+                (&m.sender, &write.recipient)
+            } else {
+                (&write.recipient, &m.sender)
+            };
+            let event = ClusterEvent {
+                envelope: message_envelope(m),
+                conversation_id: Bytes::copy_from_slice(m.conversation_id.as_bytes()),
+                server_sequence: m.server_sequence,
+                participant_a: a.to_string(),
+                participant_b: b.to_string(),
+                sender: m.sender.to_string(),
+                offline_queued: write.offline_queued,
+                message_id: Bytes::copy_from_slice(m.id.as_bytes()),
+            };
+            if to_sender {
+                by_user.entry(&m.sender).or_default().push(event.clone());
+            }
+            if to_recipient {
+                by_user.entry(&write.recipient).or_default().push(event);
+            }
+        }
+        for (user, events) in by_user {
+            self.metrics.cluster_published.inc_by(events.len() as u64);
+            let msg = ClusterEvents {
+                node: self.id.clone(),
+                events,
+            };
+            self.publish(user_subject(user), msg.encode_to_vec().into());
+        }
+    }
+
+    /// Publishes an event outside any conversation's sequence (a key
+    /// rotation, a new conversation) to `users` online on other nodes.
+    pub fn publish_event(&self, users: &[Pubkey], envelope: Bytes) {
+        for user in users.iter().filter(|u| self.presence.is_online(u)) {
+            self.metrics.cluster_published.inc();
+            let msg = ClusterEvents {
+                node: self.id.clone(),
+                events: vec![ClusterEvent {
+                    envelope: envelope.clone(),
+                    ..ClusterEvent::default()
+                }],
+            };
+            self.publish(user_subject(user), msg.encode_to_vec().into());
+        }
+    }
+
+    // -- delivering ------------------------------------------------------------
+
+    /// A message this node committed: delivered here in order with the rest.
+    pub fn deliver_local(
+        &self,
+        message: &StoredMessage,
+        recipient: &Pubkey,
+        offline_queued: bool,
+        envelope: Bytes,
+    ) {
+        let (a, b) = if message.sender < *recipient {
+            (message.sender.clone(), recipient.clone())
+        } else {
+            (recipient.clone(), message.sender.clone())
+        };
+        self.offer(Event {
+            conversation: message.conversation_id,
+            seq: message.server_sequence,
+            participant_a: a,
+            participant_b: b,
+            sender: message.sender.clone(),
+            message_id: message.id,
+            offline_queued,
+            local: true,
+            repaired: false,
+            envelope,
+        });
+    }
+
+    fn offer(&self, event: Event) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let ready = feeds.offer(event);
+        self.hand_out(&feeds, ready);
+    }
+
+    /// Pushes events to this node's sessions, in order (the feeds lock is
+    /// held, so nothing else can interleave), with the offline fallback.
+    fn hand_out(&self, feeds: &Feeds, ready: Vec<Event>) {
+        for event in ready {
+            let recipient = event.recipient().clone();
+            let pushed = self.registry.push(&recipient, &event.envelope);
+            self.registry.push(&event.sender, &event.envelope);
+            let ours =
+                event.local || feeds.is_watched(&recipient) || self.recently_gone(&recipient);
+            if !event.offline_queued
+                && !event.repaired
+                && ours
+                && pushed.delivered == 0
+                && !self.registry.is_online(&recipient)
+                && !self.presence.is_online(&recipient)
+            {
+                // Nobody anywhere took it: the recipient's offline queue.
+                self.metrics.offline_queued.inc();
+                let store = self.store.clone();
+                let id = event.message_id;
+                self.runtime.handle().spawn(async move {
+                    if let Err(e) = store.queue_offline(recipient, id).await {
+                        tracing::error!(error = %e, message = %id, "offline fallback failed");
+                    }
+                });
+            }
+        }
+    }
+
+    fn recently_gone(&self, user: &Pubkey) -> bool {
+        self.recently_gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .is_some_and(|t| t.elapsed() < RECENTLY_GONE)
+    }
+
+    fn on_user_events(&self, user: &Pubkey, payload: &[u8]) {
+        let Ok(batch) = ClusterEvents::decode(payload) else {
+            tracing::warn!("undecodable cluster event");
+            return;
+        };
+        self.metrics
+            .cluster_received
+            .inc_by(batch.events.len() as u64);
+        for event in batch.events {
+            if event.conversation_id.is_empty() {
+                self.registry.push(user, &event.envelope);
+                continue;
+            }
+            let (Ok(conversation), Ok(message_id), Ok(a), Ok(b), Ok(sender)) = (
+                Uuid::from_slice(&event.conversation_id),
+                Uuid::from_slice(&event.message_id),
+                Pubkey::parse(&event.participant_a),
+                Pubkey::parse(&event.participant_b),
+                Pubkey::parse(&event.sender),
+            ) else {
+                tracing::warn!("malformed cluster event");
+                continue;
+            };
+            self.offer(Event {
+                conversation,
+                seq: event.server_sequence,
+                participant_a: a,
+                participant_b: b,
+                sender,
+                message_id,
+                offline_queued: event.offline_queued,
+                local: false,
+                repaired: false,
+                envelope: event.envelope,
+            });
+        }
+    }
+
+    // -- watching users --------------------------------------------------------
+
+    /// Watches `user` for as long as the guard lives: subscribes to their
+    /// subject, announces them online and reads their conversations'
+    /// baselines. Returns once pushes to them are complete from here on.
+    pub async fn watch(self: &Arc<Self>, user: &Pubkey) -> Result<WatchGuard, ApiError> {
+        let (first, mut ready) = {
+            let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+            match watches.get_mut(user) {
+                Some(w) => {
+                    w.count += 1;
+                    (false, w.ready.subscribe())
+                }
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    watches.insert(
+                        user.clone(),
+                        Watch {
+                            count: 1,
+                            ready: tx,
+                            reader: None,
+                        },
+                    );
+                    (true, rx)
+                }
+            }
+        };
+        let guard = WatchGuard {
+            node: self.clone(),
+            user: user.clone(),
+        };
+        let started = if first {
+            let result = self.start_watch(user).await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "could not watch a user");
+            }
+            let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(w) = watches.get_mut(user) {
+                let ok = result.as_ref().is_ok();
+                if let Ok(reader) = result {
+                    w.reader = Some(reader);
+                }
+                let _ = w.ready.send(Some(ok));
+                ok
+            } else {
+                false
+            }
+        } else {
+            matches!(
+                ready.wait_for(Option::is_some).await.as_deref(),
+                Ok(Some(true))
+            )
+        };
+        if started {
+            Ok(guard)
+        } else {
+            // Dropping the guard unwatches.
+            Err(ApiError::Unavailable { retry_after: 1 })
+        }
+    }
+
+    async fn start_watch(
+        self: &Arc<Self>,
+        user: &Pubkey,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        self.feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watch(user);
+        let nats = self.nats.clone();
+        let subject = user_subject(user);
+        let subscriber = self
+            .spawn(async move {
+                let sub = nats.subscribe(subject).await.map_err(|e| e.to_string())?;
+                // The server has the subscription once the flush returns:
+                // what is committed after the baselines below reaches us.
+                nats.flush().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(sub)
+            })
+            .await?;
+        let reader =
+            self.runtime
+                .handle()
+                .spawn(read_user(Arc::downgrade(self), user.clone(), subscriber));
+        self.announce(Kind::Online, vec![user.to_string()]);
+        let baselines = match self.store.sequences_of(user.clone()).await {
+            Ok(b) => b,
+            Err(e) => {
+                reader.abort();
+                anyhow::bail!("reading baselines: {e}");
+            }
+        };
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let ready = feeds.loaded(user, &baselines);
+        self.hand_out(&feeds, ready);
+        Ok(reader)
+    }
+
+    fn unwatch(&self, user: &Pubkey) {
+        let gone = {
+            let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(w) = watches.get_mut(user) else {
+                return;
+            };
+            w.count -= 1;
+            if w.count > 0 {
+                return;
+            }
+            watches.remove(user)
+        };
+        if let Some(reader) = gone.and_then(|w| w.reader) {
+            reader.abort();
+        }
+        self.feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwatch(user);
+        self.recently_gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.clone(), Instant::now());
+        self.announce(Kind::Offline, vec![user.to_string()]);
+    }
+
+    // -- repair ----------------------------------------------------------------
+
+    /// Compares delivered sequences with the database.
+    async fn poll(&self) {
+        let tracked = self
+            .feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tracked();
+        for chunk in tracked.chunks(1000) {
+            match self.store.last_sequences(chunk.to_vec()).await {
+                Ok(lasts) => {
+                    let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+                    for (id, last) in lasts {
+                        feeds.observe(&id, last);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "repair poll failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what NATS did not bring and delivers it.
+    async fn repair(&self) {
+        let due = {
+            let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+            feeds.note_gaps();
+            feeds.repairs_due(REPAIR_GRACE)
+        };
+        for repair in due {
+            if let Err(e) = self.repair_one(repair).await {
+                tracing::warn!(error = %e, "repair failed");
+            }
+        }
+    }
+
+    async fn repair_one(&self, repair: Repair) -> Result<(), crate::db::DbError> {
+        let (a, b) = if repair.participant_a == repair.participant_b {
+            // A cursor made from baselines that has seen no event yet.
+            match self.store.conversation(repair.conversation).await? {
+                Some(c) => (c.participant_a, c.participant_b),
+                None => return Ok(()),
+            }
+        } else {
+            (repair.participant_a, repair.participant_b)
+        };
+        let limit = (repair.until - repair.after).min(100) as u32;
+        let page = self
+            .store
+            .history(repair.conversation, HistoryPage::After(repair.after), limit)
+            .await?;
+        self.metrics
+            .cluster_repaired
+            .inc_by(page.messages.len() as u64);
+        if !page.messages.is_empty() {
+            tracing::debug!(
+                conversation = %repair.conversation,
+                messages = page.messages.len(),
+                "repaired events that NATS did not bring"
+            );
+        }
+        for m in page.messages {
+            self.offer(Event {
+                conversation: m.conversation_id,
+                seq: m.server_sequence,
+                participant_a: a.clone(),
+                participant_b: b.clone(),
+                sender: m.sender.clone(),
+                message_id: m.id,
+                offline_queued: true,
+                local: false,
+                repaired: true,
+                envelope: message_envelope(&m),
+            });
+        }
+        Ok(())
+    }
+
+    /// Says goodbye on the bus (at shutdown), so peers forget this node's
+    /// users at once instead of after the node timeout.
+    pub async fn leave(&self) {
+        self.announce(Kind::Bye, Vec::new());
+        let nats = self.nats.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.spawn(async move { nats.flush().await }),
+        )
+        .await;
+    }
+}
+
+/// The `DmMessageEvent` envelope of a stored message.
+fn message_envelope(m: &StoredMessage) -> Bytes {
+    proto::encode_event(Payload::DmMessageEvent(proto::dm::DmMessageEvent {
+        message: Some(m.to_proto()),
+    }))
+}
+
+/// Publishes the outbox in order.
+async fn publisher(nats: async_nats::Client, mut outgoing: mpsc::Receiver<(String, Bytes)>) {
+    while let Some((subject, payload)) = outgoing.recv().await {
+        if let Err(e) = nats.publish(subject, payload).await {
+            tracing::warn!(error = %e, "NATS publish failed; the repair poll covers it");
+        }
+    }
+}
+
+async fn read_user(node: Weak<ClusterNode>, user: Pubkey, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        node.on_user_events(&user, &msg.payload);
+    }
+}
+
+async fn read_presence(node: Weak<ClusterNode>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        let Ok(presence) = Presence::decode(&msg.payload[..]) else {
+            continue;
+        };
+        if presence.node == node.id {
+            continue;
+        }
+        if node.presence.apply(presence) == Reply::SendSnapshot {
+            node.send_snapshot();
+        }
+    }
+}
+
+async fn ticker(node: Weak<ClusterNode>) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heartbeat = Instant::now();
+    let mut last_snapshot = Instant::now();
+    let mut last_poll = Instant::now();
+    loop {
+        interval.tick().await;
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        if last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
+            last_heartbeat = Instant::now();
+            node.announce(Kind::Heartbeat, Vec::new());
+            for dead in node.presence.expire() {
+                tracing::warn!(node = %dead.get(..8).unwrap_or(&dead), "a node went silent; its users count as offline");
+            }
+            node.recently_gone
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, t| t.elapsed() < RECENTLY_GONE);
+        }
+        if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+            last_snapshot = Instant::now();
+            node.send_snapshot();
+        }
+        if last_poll.elapsed() >= POLL_EVERY {
+            last_poll = Instant::now();
+            node.poll().await;
+        }
+        node.repair().await;
+    }
+}

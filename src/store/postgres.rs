@@ -1,0 +1,417 @@
+//! The cluster engine: PostgreSQL through a `deadpool_postgres` pool.
+//!
+//! A tokio-postgres connection belongs to the runtime that created it, and
+//! actix runs one runtime per worker thread. So the pool lives on a runtime
+//! of its own (two threads, `united-pg`), and every call is spawned there and
+//! awaited from whichever actix thread asked: one pool for the whole process,
+//! never blocked by a worker.
+//!
+//! Connection settings: a 3 s connect timeout, a 10 s `statement_timeout` (a
+//! transaction can never hang a batch forever), and pool waits of at most
+//! 5 s. A failure to reach the server is [`DbError::Unavailable`], which
+//! clients see as 503 `unavailable` with `Retry-After`.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rand_core::{OsRng, RngCore};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use crate::auth::IssuedChallenge;
+use crate::db::postgres as sql;
+use crate::db::{
+    writes::OFFLINE_FETCH_LIMIT, CommitMessages, CommitTarget, DbError, LoginOutcome, Purged,
+    Skipped,
+};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::model::{
+    now_ms, Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User,
+};
+
+/// Connections in the pool.
+const POOL_SIZE: usize = 16;
+/// How often a group commit that lost a race (deadlock, an id inserted
+/// meanwhile) is run again before its messages fail.
+const COMMIT_TRIES: usize = 3;
+
+/// A tokio runtime that shuts down without blocking when dropped (it may be
+/// dropped on an async thread, where a blocking shutdown would panic).
+pub struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    /// A multi-threaded runtime with `threads` workers named `name`.
+    pub fn new(name: &str, threads: usize) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(name)
+            .enable_all()
+            .build()?;
+        Ok(OwnedRuntime(Some(runtime)))
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the runtime lives until drop"),
+        }
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+pub struct PgStore {
+    runtime: OwnedRuntime,
+    pool: Pool,
+    committer: Addr<PgCommitter>,
+    challenge_ttl: Duration,
+}
+
+/// Checks a connection out of the pool; failing to is `Unavailable`.
+async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Object, DbError> {
+    pool.get()
+        .await
+        .map_err(|e| DbError::Unavailable(e.to_string()))
+}
+
+/// Runs `$body` with a pooled client `$c` on the store's runtime.
+macro_rules! with_client {
+    ($self:ident, |$c:ident| $body:expr) => {{
+        let pool = $self.pool.clone();
+        $self
+            .spawn(async move {
+                #[allow(unused_mut)]
+                let mut $c = checkout(&pool).await?;
+                $body.await
+            })
+            .await
+    }};
+}
+
+impl PgStore {
+    /// Connects, migrates (safely when several nodes start at once) and
+    /// starts the committer. Returns the store and how many migrations ran.
+    /// Must run inside an actix system.
+    pub async fn connect(
+        url: &str,
+        challenge_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(Arc<PgStore>, u32)> {
+        use anyhow::Context as _;
+        let mut config = tokio_postgres::Config::from_str(url)
+            .context("--database-url is not a valid postgres:// URL")?;
+        config
+            .connect_timeout(Duration::from_secs(3))
+            .options("-c statement_timeout=10000")
+            .application_name("united-hub");
+        let runtime =
+            OwnedRuntime::new("united-pg", 2).context("starting the PostgreSQL runtime")?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = {
+            // The pool's timers need the runtime it runs on.
+            let handle = runtime.handle();
+            let _guard = handle.enter();
+            Pool::builder(manager)
+                .max_size(POOL_SIZE)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(Duration::from_secs(5)))
+                .create_timeout(Some(Duration::from_secs(5)))
+                .recycle_timeout(Some(Duration::from_secs(5)))
+                .build()
+                .context("building the PostgreSQL pool")?
+        };
+        let committer = PgCommitter {
+            handle: runtime.handle(),
+            pool: pool.clone(),
+            metrics,
+        }
+        .start();
+        let store = PgStore {
+            runtime,
+            pool,
+            committer,
+            challenge_ttl,
+        };
+        let applied = with_client!(store, |c| sql::migrate(&mut c))
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("migrating the PostgreSQL schema")?;
+        Ok((Arc::new(store), applied))
+    }
+
+    /// Runs a future on the store's runtime and waits for it from here.
+    async fn spawn<T, F>(&self, fut: F) -> Result<T, DbError>
+    where
+        F: Future<Output = Result<T, DbError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.runtime
+            .handle()
+            .spawn(fut)
+            .await
+            .map_err(|e| DbError::Other(format!("database task failed: {e}")))?
+    }
+
+    pub fn commit_target(&self) -> CommitTarget {
+        self.committer.clone().recipient()
+    }
+
+    /// The cluster's shared JWT key (`generated` if this node is the first).
+    pub async fn jwt_secret(&self, generated: Vec<u8>) -> Result<Vec<u8>, DbError> {
+        with_client!(self, |c| sql::jwt_secret(&c, &generated))
+    }
+
+    pub async fn health(&self) -> Result<(), DbError> {
+        with_client!(self, |c| async move {
+            c.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+    }
+
+    pub async fn issue_challenge(&self) -> Result<IssuedChallenge, ApiError> {
+        let mut bytes = [0u8; 32];
+        OsRng.fill_bytes(&mut bytes);
+        let id = Uuid::new_v4();
+        let expires_at_ms = now_ms() + self.challenge_ttl.as_millis() as u64;
+        with_client!(self, |c| sql::insert_challenge(
+            &c,
+            id,
+            &bytes,
+            expires_at_ms
+        ))?;
+        Ok(IssuedChallenge {
+            id,
+            bytes,
+            expires_at_ms,
+        })
+    }
+
+    pub async fn take_challenge(&self, id: Uuid) -> Result<[u8; 32], ApiError> {
+        let (bytes, expires_at) = with_client!(self, |c| sql::take_challenge(&c, id))?
+            .ok_or(ApiError::UnknownChallenge)?;
+        if expires_at <= now_ms() {
+            return Err(ApiError::ChallengeExpired);
+        }
+        Ok(bytes)
+    }
+
+    pub async fn purge_challenges(&self) -> Result<u64, DbError> {
+        with_client!(self, |c| sql::purge_challenges(&c, now_ms()))
+    }
+
+    pub async fn login_user(
+        &self,
+        pubkey: Pubkey,
+        display_name: Option<String>,
+    ) -> Result<LoginOutcome, DbError> {
+        with_client!(self, |c| sql::login_user(
+            &c,
+            &pubkey,
+            display_name.as_deref(),
+            now_ms()
+        ))
+    }
+
+    pub async fn store_refresh_token(
+        &self,
+        hash: [u8; 32],
+        user: Pubkey,
+        expires_at: u64,
+    ) -> Result<(), DbError> {
+        with_client!(self, |c| sql::insert_refresh_token(
+            &c,
+            &hash,
+            &user,
+            now_ms(),
+            expires_at
+        ))
+    }
+
+    pub async fn rotate_refresh_token(
+        &self,
+        old_hash: [u8; 32],
+        new_hash: [u8; 32],
+        expires_at: u64,
+    ) -> Result<Option<User>, DbError> {
+        with_client!(self, |c| sql::rotate_refresh_token(
+            &mut c,
+            &old_hash,
+            &new_hash,
+            now_ms(),
+            expires_at
+        ))
+    }
+
+    pub async fn user(&self, pubkey: Pubkey) -> Result<Option<User>, DbError> {
+        with_client!(self, |c| async move { sql::user(&c, &pubkey).await })
+    }
+
+    pub async fn upsert_dm_key(
+        &self,
+        user: Pubkey,
+        key: [u8; 32],
+    ) -> Result<(DmKey, bool), DbError> {
+        with_client!(self, |c| sql::upsert_dm_key(&mut c, &user, &key, now_ms()))
+    }
+
+    pub async fn dm_key(&self, user: Pubkey) -> Result<Option<DmKey>, DbError> {
+        with_client!(self, |c| async move { sql::dm_key(&c, &user).await })
+    }
+
+    pub async fn create_conversation(
+        &self,
+        a: Pubkey,
+        b: Pubkey,
+    ) -> Result<(Conversation, bool), DbError> {
+        with_client!(self, |c| sql::create_conversation(&c, &a, &b, now_ms()))
+    }
+
+    pub async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, DbError> {
+        with_client!(self, |c| sql::conversation(&c, &id))
+    }
+
+    pub async fn conversation_with_last_seq(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Conversation, u64)>, DbError> {
+        with_client!(self, |c| sql::conversation_with_last_seq(&c, &id))
+    }
+
+    pub async fn conversations_of(&self, user: Pubkey) -> Result<Vec<Conversation>, DbError> {
+        with_client!(self, |c| sql::conversations_of(&c, &user))
+    }
+
+    /// `user`'s conversations with their last committed sequences.
+    pub async fn sequences_of(&self, user: Pubkey) -> Result<Vec<(Uuid, u64)>, DbError> {
+        with_client!(self, |c| sql::sequences_of(&c, &user))
+    }
+
+    /// The last committed sequences of `ids`.
+    pub async fn last_sequences(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, u64)>, DbError> {
+        with_client!(self, |c| sql::last_sequences(&c, &ids))
+    }
+
+    pub async fn partners_of(&self, user: Pubkey) -> Result<Vec<Pubkey>, DbError> {
+        with_client!(self, |c| sql::partners_of(&c, &user))
+    }
+
+    pub async fn message(&self, id: Uuid) -> Result<Option<StoredMessage>, DbError> {
+        with_client!(self, |c| sql::message(&c, &id))
+    }
+
+    pub async fn last_sequence(&self, conversation: Uuid) -> Result<u64, DbError> {
+        with_client!(self, |c| sql::last_sequence(&c, &conversation))
+    }
+
+    pub async fn history(
+        &self,
+        conversation: Uuid,
+        page: HistoryPage,
+        limit: u32,
+    ) -> Result<History, DbError> {
+        with_client!(self, |c| sql::history(&c, &conversation, page, limit))
+    }
+
+    pub async fn queue_offline(
+        &self,
+        recipient: Pubkey,
+        message_id: Uuid,
+    ) -> Result<bool, DbError> {
+        with_client!(self, |c| sql::queue_offline(
+            &c,
+            &recipient,
+            &message_id,
+            now_ms()
+        ))
+    }
+
+    pub async fn take_offline(&self, recipient: Pubkey) -> Result<Vec<StoredMessage>, DbError> {
+        with_client!(self, |c| sql::take_offline(
+            &c,
+            &recipient,
+            OFFLINE_FETCH_LIMIT
+        ))
+    }
+
+    pub async fn ack_offline(&self, recipient: Pubkey, ids: Vec<Uuid>) -> Result<u32, DbError> {
+        with_client!(self, |c| sql::ack_offline(&c, &recipient, &ids))
+    }
+
+    pub async fn purge_expired(
+        &self,
+        offline_cutoff: u64,
+        interval: Duration,
+    ) -> Result<Option<Purged>, DbError> {
+        let interval_ms = interval.as_millis() as u64;
+        with_client!(self, |c| sql::purge_expired(
+            &mut c,
+            offline_cutoff,
+            now_ms(),
+            interval_ms
+        ))
+    }
+}
+
+/// Group commits on PostgreSQL: the `WriteBatcher`'s target in cluster
+/// mode. It keeps no state; the batcher keeps one batch in flight per node.
+pub struct PgCommitter {
+    handle: tokio::runtime::Handle,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+}
+
+impl Actor for PgCommitter {
+    type Context = Context<Self>;
+}
+
+impl Handler<CommitMessages> for PgCommitter {
+    type Result = ResponseFuture<Result<Vec<Result<(), Skipped>>, DbError>>;
+
+    fn handle(&mut self, msg: CommitMessages, _: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        let metrics = self.metrics.clone();
+        let task = self.handle.spawn(async move {
+            let started = Instant::now();
+            let mut tries = 0;
+            let result = loop {
+                tries += 1;
+                let attempt = async {
+                    let mut client = checkout(&pool).await?;
+                    sql::commit_messages(&mut client, &msg.0, now_ms()).await
+                }
+                .await;
+                match attempt {
+                    Err(e) if tries < COMMIT_TRIES && sql::is_retryable(&e) => {
+                        tracing::debug!(error = %e, tries, "group commit lost a race; running it again");
+                    }
+                    other => break other,
+                }
+            };
+            metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.write_batch_size.observe(msg.0.len() as f64);
+            result
+        });
+        Box::pin(async move {
+            task.await
+                .map_err(|e| DbError::Other(format!("commit task failed: {e}")))?
+        })
+    }
+}

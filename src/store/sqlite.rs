@@ -1,0 +1,266 @@
+//! The embedded engine: SQLite in `--data-dir`.
+//!
+//! Reads run on the r2d2 pool inside actix's blocking pool, so they never
+//! block a worker thread. Writes go to the one `DbExecutor` on its
+//! `SyncArbiter` thread. Login challenges live in memory: one process is the
+//! whole hub.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix::Addr;
+use rusqlite::Connection;
+use uuid::Uuid;
+
+use crate::actors::checkpointer::Checkpointer;
+use crate::actors::db_executor::{
+    AckOffline, CreateConversation, DbExecutor, LoginUser, Ping, PurgeExpired, QueueOffline,
+    RotateRefreshToken, StoreRefreshToken, TakeOffline, UpsertDmKey,
+};
+use crate::auth::{ChallengeStore, IssuedChallenge};
+use crate::db::{reads, CommitTarget, DbError, LoginOutcome, Pool, Purged};
+use crate::error::ApiError;
+use crate::model::{Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User};
+
+pub struct SqliteStore {
+    /// Read connections.
+    pool: Pool,
+    /// The one writer.
+    writer: Addr<DbExecutor>,
+    challenges: ChallengeStore,
+    /// Stopped (taken) at shutdown.
+    checkpointer: Mutex<Option<Checkpointer>>,
+}
+
+impl SqliteStore {
+    pub fn new(
+        pool: Pool,
+        writer: Addr<DbExecutor>,
+        challenge_ttl: Duration,
+        checkpointer: Checkpointer,
+    ) -> Self {
+        SqliteStore {
+            pool,
+            writer,
+            challenges: ChallengeStore::new(challenge_ttl),
+            checkpointer: Mutex::new(Some(checkpointer)),
+        }
+    }
+
+    /// The read pool, for tests that hold its connections.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The writer, for tests that ask it about its connection.
+    pub fn writer(&self) -> &Addr<DbExecutor> {
+        &self.writer
+    }
+
+    pub fn commit_target(&self) -> CommitTarget {
+        self.writer.clone().recipient()
+    }
+
+    pub fn close(&self) {
+        drop(
+            self.checkpointer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+    }
+
+    /// Runs a read on a pooled connection, off the async threads.
+    async fn read<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        actix_web::web::block(move || {
+            let conn = pool.get()?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| DbError::Other(format!("blocking read failed: {e}")))?
+    }
+
+    pub async fn health(&self) -> Result<(), DbError> {
+        self.writer
+            .send(Ping)
+            .timeout(Duration::from_secs(2))
+            .await??;
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn issue_challenge(&self) -> Result<IssuedChallenge, ApiError> {
+        self.challenges.issue()
+    }
+
+    pub fn take_challenge(&self, id: &Uuid) -> Result<[u8; 32], ApiError> {
+        self.challenges.take(id)
+    }
+
+    pub async fn purge_challenges(&self) -> Result<u64, DbError> {
+        Ok(self.challenges.purge_expired() as u64)
+    }
+
+    pub async fn login_user(
+        &self,
+        pubkey: Pubkey,
+        display_name: Option<String>,
+    ) -> Result<LoginOutcome, DbError> {
+        self.writer
+            .send(LoginUser {
+                pubkey,
+                display_name,
+            })
+            .await?
+    }
+
+    pub async fn store_refresh_token(
+        &self,
+        hash: [u8; 32],
+        user: Pubkey,
+        expires_at: u64,
+    ) -> Result<(), DbError> {
+        self.writer
+            .send(StoreRefreshToken {
+                hash,
+                user,
+                expires_at,
+            })
+            .await?
+    }
+
+    pub async fn rotate_refresh_token(
+        &self,
+        old_hash: [u8; 32],
+        new_hash: [u8; 32],
+        expires_at: u64,
+    ) -> Result<Option<User>, DbError> {
+        self.writer
+            .send(RotateRefreshToken {
+                old_hash,
+                new_hash,
+                expires_at,
+            })
+            .await?
+    }
+
+    pub async fn user(&self, pubkey: Pubkey) -> Result<Option<User>, DbError> {
+        self.read(move |conn| reads::user(conn, &pubkey)).await
+    }
+
+    pub async fn upsert_dm_key(
+        &self,
+        user: Pubkey,
+        key: [u8; 32],
+    ) -> Result<(DmKey, bool), DbError> {
+        self.writer.send(UpsertDmKey { user, key }).await?
+    }
+
+    pub async fn dm_key(&self, user: Pubkey) -> Result<Option<DmKey>, DbError> {
+        self.read(move |conn| reads::dm_key(conn, &user)).await
+    }
+
+    pub async fn create_conversation(
+        &self,
+        a: Pubkey,
+        b: Pubkey,
+    ) -> Result<(Conversation, bool), DbError> {
+        self.writer
+            .send(CreateConversation {
+                participant_a: a,
+                participant_b: b,
+            })
+            .await?
+    }
+
+    pub async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, DbError> {
+        self.read(move |conn| reads::conversation(conn, &id)).await
+    }
+
+    pub async fn conversation_with_last_seq(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Conversation, u64)>, DbError> {
+        self.read(move |conn| {
+            let Some(conversation) = reads::conversation(conn, &id)? else {
+                return Ok(None);
+            };
+            let last = reads::max_sequence(conn, &id)?;
+            Ok(Some((conversation, last)))
+        })
+        .await
+    }
+
+    pub async fn conversations_of(&self, user: Pubkey) -> Result<Vec<Conversation>, DbError> {
+        self.read(move |conn| reads::conversations_of(conn, &user))
+            .await
+    }
+
+    pub async fn partners_of(&self, user: Pubkey) -> Result<Vec<Pubkey>, DbError> {
+        self.read(move |conn| reads::partners_of(conn, &user)).await
+    }
+
+    pub async fn message(&self, id: Uuid) -> Result<Option<StoredMessage>, DbError> {
+        self.read(move |conn| reads::message(conn, &id)).await
+    }
+
+    pub async fn last_sequence(&self, conversation: Uuid) -> Result<u64, DbError> {
+        self.read(move |conn| reads::max_sequence(conn, &conversation))
+            .await
+    }
+
+    pub async fn history(
+        &self,
+        conversation: Uuid,
+        page: HistoryPage,
+        limit: u32,
+    ) -> Result<History, DbError> {
+        self.read(move |conn| reads::history(conn, &conversation, page, limit))
+            .await
+    }
+
+    pub async fn queue_offline(
+        &self,
+        recipient: Pubkey,
+        message_id: Uuid,
+    ) -> Result<bool, DbError> {
+        self.writer
+            .send(QueueOffline {
+                recipient,
+                message_id,
+            })
+            .await?
+    }
+
+    pub async fn take_offline(&self, recipient: Pubkey) -> Result<Vec<StoredMessage>, DbError> {
+        self.writer.send(TakeOffline { recipient }).await?
+    }
+
+    pub async fn ack_offline(&self, recipient: Pubkey, ids: Vec<Uuid>) -> Result<u32, DbError> {
+        self.writer
+            .send(AckOffline {
+                recipient,
+                message_ids: ids,
+            })
+            .await?
+    }
+
+    /// One process is the whole hub: every call purges.
+    pub async fn purge_expired(
+        &self,
+        offline_cutoff: u64,
+        _interval: Duration,
+    ) -> Result<Option<Purged>, DbError> {
+        Ok(Some(
+            self.writer.send(PurgeExpired { offline_cutoff }).await??,
+        ))
+    }
+}
