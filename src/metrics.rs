@@ -15,6 +15,8 @@ pub struct Metrics {
     pub pushes_failed: IntCounter,
     pub offline_queued: IntCounter,
     pub offline_purged: IntCounter,
+    /// Purges this node ran (in a cluster, one node's per interval).
+    pub janitor_runs: IntCounter,
     pub write_batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub request_seconds: HistogramVec,
@@ -68,6 +70,10 @@ impl Metrics {
             offline_purged: register!(IntCounter::new(
                 "offline_purged_total",
                 "Offline-queue entries purged by the janitor"
+            )),
+            janitor_runs: register!(IntCounter::new(
+                "janitor_runs_total",
+                "Purges this node ran"
             )),
             write_batch_size: register!(Histogram::with_opts(
                 HistogramOpts::new("write_batch_size", "Messages per group commit").buckets(vec![

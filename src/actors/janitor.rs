@@ -65,6 +65,7 @@ impl JanitorActor {
             });
             match purged {
                 Ok(Some(purged)) => {
+                    act.metrics.janitor_runs.inc();
                     act.metrics.offline_purged.inc_by(purged.offline_entries);
                     tracing::info!(
                         offline_entries = purged.offline_entries,

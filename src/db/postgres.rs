@@ -901,8 +901,8 @@ pub async fn purge_expired(
             "UPDATE janitor_runs SET last_run_at = $1 WHERE id = 1 AND last_run_at <= $2",
             &[
                 &(now as i64),
-                // Half an interval of slack, for nodes whose ticks drift.
-                &(now.saturating_sub(interval_ms / 2) as i64),
+                // A tenth of an interval of slack, for ticks that drift.
+                &(now.saturating_sub(interval_ms - interval_ms / 10) as i64),
             ],
         )
         .await?;
