@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 echo "== cargo test with RUST_LOG=trace (logs to $log)"
-TEST_LOG=1 RUST_LOG=trace cargo test --test api -- --nocapture --test-threads 2 >"$log" 2>&1 || {
+TEST_LOG=1 RUST_LOG=trace cargo test --test api --test cluster -- --nocapture --test-threads 2 >"$log" 2>&1 || {
   tail -50 "$log"; echo "the suite failed"; exit 1; }
 # Backtrace lines ("   at /path/to/file.rs:1:2") are paths, not data.
 grep -vE '^\s+at /' "$log" > "$log.f" && mv "$log.f" "$log"

@@ -5,8 +5,9 @@
 use tracing_subscriber::EnvFilter;
 
 /// Libraries that see raw requests (headers, request lines with query
-/// strings) stay at `info` whatever `RUST_LOG` says: their debug and trace
-/// output could carry a token.
+/// strings) or raw data (statement parameters, bus payloads and subjects)
+/// stay at `info` whatever `RUST_LOG` says: their debug and trace output
+/// could carry a token, a public key or ciphertext.
 const CLAMPED: &[&str] = &[
     "actix_http",
     "actix_web",
@@ -14,6 +15,10 @@ const CLAMPED: &[&str] = &[
     "awc",
     "h2",
     "mio",
+    "tokio_postgres",
+    "postgres_protocol",
+    "deadpool_postgres",
+    "async_nats",
 ];
 
 pub fn init() {

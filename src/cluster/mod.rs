@@ -56,6 +56,8 @@ const REPAIR_GRACE: Duration = Duration::from_millis(500);
 /// A user who left this node this recently still counts for the offline
 /// fallback of events published while they were leaving.
 const RECENTLY_GONE: Duration = Duration::from_secs(10);
+/// How long a new session waits for its subscription before it gets 503.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Users per presence message.
 const SNAPSHOT_PART: usize = 2000;
 /// Publications waiting for NATS; past this they are dropped and repaired.
@@ -507,11 +509,16 @@ impl ClusterNode {
         let subject = user_subject(user);
         let subscriber = self
             .spawn(async move {
-                let sub = nats.subscribe(subject).await.map_err(|e| e.to_string())?;
-                // The server has the subscription once the flush returns:
-                // what is committed after the baselines below reaches us.
-                nats.flush().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(sub)
+                let subscribe = async {
+                    let sub = nats.subscribe(subject).await.map_err(|e| e.to_string())?;
+                    // The server has the subscription once the flush returns:
+                    // what is committed after the baselines below reaches us.
+                    nats.flush().await.map_err(|e| e.to_string())?;
+                    Ok::<_, String>(sub)
+                };
+                tokio::time::timeout(WATCH_TIMEOUT, subscribe)
+                    .await
+                    .map_err(|_| "NATS did not confirm the subscription in time".to_owned())?
             })
             .await?;
         let reader =

@@ -10,6 +10,7 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod crash;
 mod fanout;
 mod faults;
 mod support;
