@@ -2,34 +2,29 @@
 //! tests can use port 0) and runs until stopped.
 
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, SyncArbiter};
+use actix::{Actor, Addr};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
-use crate::actors::checkpointer::Checkpointer;
 use crate::actors::claims::IdClaims;
 use crate::actors::conversation::ConversationHandles;
-use crate::actors::db_executor::DbExecutor;
 use crate::actors::directory::ConversationDirectory;
 use crate::actors::janitor::{JanitorActor, StopJanitor};
 use crate::actors::registry::SessionRegistry;
 use crate::actors::write_batcher::WriteBatcher;
-use crate::auth::{load_or_create_secret, JwtKeys};
+use crate::auth::JwtKeys;
 use crate::cluster::ClusterNode;
 use crate::config::Settings;
-use crate::db::{self, migrations};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::state::AppState;
-use crate::store::postgres::PgStore;
-use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
+use crate::store::{Opened, Store};
 
 /// How long shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -68,100 +63,22 @@ impl AppHandle {
     }
 }
 
-/// Opens the embedded SQLite store in `--data-dir`, migrated, with its
-/// writer and checkpointer started. Returns it, the migrations applied and
-/// the JWT key.
-fn open_sqlite(
-    settings: &Settings,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Store, u32, Vec<u8>)> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-    let secret = load_or_create_secret(&settings.jwt_secret_path())?;
-    let path = db::db_path(&settings.data_dir);
-    let mut writer_conn =
-        db::open_writer(&path).with_context(|| format!("opening {}", path.display()))?;
-    let applied = migrations::migrate(&mut writer_conn).context("migrating")?;
-    let pool = db::open_pool(&path).context("opening the read pool")?;
-    let checkpointer = Checkpointer::start(path.clone()).context("starting the checkpointer")?;
-    let writer = {
-        let slot = Mutex::new(Some(writer_conn));
-        let metrics = metrics.clone();
-        SyncArbiter::start(1, move || {
-            let conn = slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                // The factory runs again only if the writer thread is
-                // restarted; the first connection was checked above.
-                .unwrap_or_else(|| db::open_writer(&path).expect("reopening the writer"));
-            DbExecutor::new(conn, metrics.clone())
-        })
-    };
-    let store = SqliteStore::new(
-        pool,
-        writer,
-        Duration::from_secs(settings.challenge_ttl),
-        checkpointer,
-    );
-    Ok((Store::Sqlite(Arc::new(store)), applied, secret))
-}
-
-/// Connects to PostgreSQL (`--database-url`), migrated. The JWT key is
-/// `--jwt-secret-file` if given, else the one the cluster shares in the
-/// database (made by the first node).
-async fn open_postgres(
-    settings: &Settings,
-    url: &crate::config::DatabaseUrl,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Arc<PgStore>, u32, Vec<u8>)> {
-    let (store, applied) = PgStore::connect(
-        url.expose(),
-        Duration::from_secs(settings.challenge_ttl),
-        metrics.clone(),
-    )
-    .await
-    .with_context(|| format!("opening {url}"))?;
-    let secret = match &settings.jwt_secret_file {
-        Some(path) => load_or_create_secret(path)?,
-        None => {
-            let generated = crate::auth::new_secret();
-            store
-                .jwt_secret(generated)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e:#}"))
-                .context("reading the cluster's JWT key")?
-        }
-    };
-    Ok((store, applied, secret))
-}
-
 impl Application {
     /// Opens (and migrates) the database, starts the actors and binds.
     /// Must run inside an actix system.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(SessionRegistry::new(metrics.clone()));
-        let (store, migrations_applied, secret, cluster) = match &settings.database_url {
-            None => {
-                anyhow::ensure!(
-                    settings.nats_url.is_none(),
-                    "--nats-url needs --database-url: the nodes of a cluster share one PostgreSQL database"
-                );
-                let (store, applied, secret) = open_sqlite(&settings, &metrics)?;
-                (store, applied, secret, None)
+        let Opened {
+            store,
+            migrations_applied,
+            jwt_secret,
+        } = Store::open(&settings, &metrics).await?;
+        let cluster = match (&settings.nats_url, &store) {
+            (Some(nats), Store::Postgres(pg)) => {
+                Some(ClusterNode::start(nats, pg.clone(), registry.clone(), metrics.clone()).await?)
             }
-            Some(url) => {
-                let (pg, applied, secret) = open_postgres(&settings, url, &metrics).await?;
-                let cluster = match &settings.nats_url {
-                    Some(nats) => Some(
-                        ClusterNode::start(nats, pg.clone(), registry.clone(), metrics.clone())
-                            .await?,
-                    ),
-                    None => None,
-                };
-                (Store::Postgres(pg), applied, secret, cluster)
-            }
+            _ => None,
         };
         let batcher = WriteBatcher::with_target(store.commit_target())
             .publishing_to(cluster.clone())
@@ -188,7 +105,7 @@ impl Application {
             store,
             registry,
             conversations,
-            jwt: JwtKeys::new(&secret, settings.access_token_ttl),
+            jwt: JwtKeys::new(&jwt_secret, settings.access_token_ttl),
             limits,
             metrics,
             cluster,

@@ -18,10 +18,21 @@
 pub mod postgres;
 pub mod sqlite;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actix::SyncArbiter;
+use anyhow::Context as _;
 use uuid::Uuid;
+
+use self::postgres::PgStore;
+use self::sqlite::SqliteStore;
+use crate::actors::checkpointer::Checkpointer;
+use crate::actors::db_executor::DbExecutor;
+use crate::auth::load_or_create_secret;
+use crate::config::{DatabaseUrl, Settings};
+use crate::db::{self, migrations};
+use crate::metrics::Metrics;
 
 use crate::auth::IssuedChallenge;
 use crate::db::{CommitTarget, DbError, LoginOutcome, Purged};
@@ -35,6 +46,15 @@ pub enum Store {
     Postgres(Arc<postgres::PgStore>),
 }
 
+/// A store as [`Store::open`] returns it.
+pub struct Opened {
+    pub store: Store,
+    /// Migrations this start applied (0 on a current database).
+    pub migrations_applied: u32,
+    /// The HS256 key every node of the deployment shares.
+    pub jwt_secret: Vec<u8>,
+}
+
 /// Calls the same method on whichever engine this is.
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
@@ -46,6 +66,30 @@ macro_rules! dispatch {
 }
 
 impl Store {
+    /// Opens the store `settings` name: PostgreSQL with `--database-url`,
+    /// else SQLite in `--data-dir`; migrated, its writer started. Must run
+    /// inside an actix system.
+    pub async fn open(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Opened> {
+        let (store, migrations_applied, jwt_secret) = match &settings.database_url {
+            None => {
+                anyhow::ensure!(
+                    settings.nats_url.is_none(),
+                    "--nats-url needs --database-url: the nodes of a cluster share one PostgreSQL database"
+                );
+                open_sqlite(settings, metrics)?
+            }
+            Some(url) => {
+                let (pg, applied, secret) = open_postgres(settings, url, metrics).await?;
+                (Store::Postgres(pg), applied, secret)
+            }
+        };
+        Ok(Opened {
+            store,
+            migrations_applied,
+            jwt_secret,
+        })
+    }
+
     /// A short name for logs and metrics: `sqlite` or `postgres`.
     pub fn engine(&self) -> &'static str {
         match self {
@@ -223,4 +267,72 @@ impl Store {
             s.close();
         }
     }
+}
+
+/// Opens the embedded SQLite store in `--data-dir`, migrated, with its
+/// writer and checkpointer started. Returns it, the migrations applied and
+/// the JWT key.
+fn open_sqlite(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Store, u32, Vec<u8>)> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let secret = load_or_create_secret(&settings.jwt_secret_path())?;
+    let path = db::db_path(&settings.data_dir);
+    let mut writer_conn =
+        db::open_writer(&path).with_context(|| format!("opening {}", path.display()))?;
+    let applied = migrations::migrate(&mut writer_conn).context("migrating")?;
+    let pool = db::open_pool(&path).context("opening the read pool")?;
+    let checkpointer = Checkpointer::start(path.clone()).context("starting the checkpointer")?;
+    let writer = {
+        let slot = Mutex::new(Some(writer_conn));
+        let metrics = metrics.clone();
+        SyncArbiter::start(1, move || {
+            let conn = slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                // The factory runs again only if the writer thread is
+                // restarted; the first connection was checked above.
+                .unwrap_or_else(|| db::open_writer(&path).expect("reopening the writer"));
+            DbExecutor::new(conn, metrics.clone())
+        })
+    };
+    let store = SqliteStore::new(
+        pool,
+        writer,
+        Duration::from_secs(settings.challenge_ttl),
+        checkpointer,
+    );
+    Ok((Store::Sqlite(Arc::new(store)), applied, secret))
+}
+
+/// Connects to PostgreSQL (`--database-url`), migrated. The JWT key is
+/// `--jwt-secret-file` if given, else the one the cluster shares in the
+/// database (made by the first node).
+async fn open_postgres(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<PgStore>, u32, Vec<u8>)> {
+    let (store, applied) = PgStore::connect(
+        url.expose(),
+        Duration::from_secs(settings.challenge_ttl),
+        metrics.clone(),
+    )
+    .await
+    .with_context(|| format!("opening {url}"))?;
+    let secret = match &settings.jwt_secret_file {
+        Some(path) => load_or_create_secret(path)?,
+        None => {
+            let generated = crate::auth::new_secret();
+            store
+                .jwt_secret(generated)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .context("reading the cluster's JWT key")?
+        }
+    };
+    Ok((store, applied, secret))
 }
