@@ -161,6 +161,15 @@ impl ApiError {
     }
 }
 
+impl From<crate::model::InputError> for ApiError {
+    fn from(err: crate::model::InputError) -> Self {
+        match err {
+            crate::model::InputError::Invalid(m) => ApiError::InvalidRequest(m),
+            crate::model::InputError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+        }
+    }
+}
+
 impl From<crate::db::DbError> for ApiError {
     fn from(err: crate::db::DbError) -> Self {
         if err.is_unavailable() {

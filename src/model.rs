@@ -9,8 +9,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::proto;
+
+/// Why client input was refused. The domain's own error: the boundary turns
+/// it into `ApiError` (400 `invalid_request` or 413 `payload_too_large`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl InputError {
+    fn invalid(msg: impl Into<String>) -> Self {
+        InputError::Invalid(msg.into())
+    }
+}
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
@@ -26,9 +41,9 @@ pub struct Pubkey(String);
 
 impl Pubkey {
     /// Parses hex of 32 bytes, accepting upper case and normalising to lower.
-    pub fn parse(s: &str) -> Result<Self, ApiError> {
+    pub fn parse(s: &str) -> Result<Self, InputError> {
         if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiError::invalid("a public key is 64 hex characters"));
+            return Err(InputError::invalid("a public key is 64 hex characters"));
         }
         Ok(Pubkey(s.to_ascii_lowercase()))
     }
@@ -64,21 +79,21 @@ impl fmt::Debug for Pubkey {
 }
 
 /// Parses a UUID, with a 400 that names the field.
-pub fn parse_uuid(s: &str, field: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(s).map_err(|_| ApiError::invalid(format!("{field} is not a UUID")))
+pub fn parse_uuid(s: &str, field: &str) -> Result<Uuid, InputError> {
+    Uuid::parse_str(s).map_err(|_| InputError::invalid(format!("{field} is not a UUID")))
 }
 
 /// Validates a display name: 1 to 64 characters after trimming, no controls.
-pub fn parse_display_name(s: &str) -> Result<String, ApiError> {
+pub fn parse_display_name(s: &str) -> Result<String, InputError> {
     let name = s.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > 64 {
-        return Err(ApiError::invalid(
+        return Err(InputError::invalid(
             "display_name must be 1 to 64 characters after trimming",
         ));
     }
     if name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
+        return Err(InputError::invalid(
             "display_name must not contain control characters",
         ));
     }
@@ -208,32 +223,32 @@ impl NewMessage {
         ephemeral_pubkey: Option<&[u8]>,
         timestamp: u64,
         max_payload_bytes: usize,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, InputError> {
         let id = match id {
             Some(id) => Some(parse_uuid(id, "id")?),
             None => None,
         };
         let conversation_id = parse_uuid(conversation_id, "conversation_id")?;
         if encrypted_payload.is_empty() {
-            return Err(ApiError::invalid("encrypted_payload is empty"));
+            return Err(InputError::invalid("encrypted_payload is empty"));
         }
         if encrypted_payload.len() > max_payload_bytes {
-            return Err(ApiError::PayloadTooLarge(format!(
+            return Err(InputError::TooLarge(format!(
                 "encrypted_payload is over {max_payload_bytes} bytes"
             )));
         }
         let nonce: [u8; 24] = nonce
             .try_into()
-            .map_err(|_| ApiError::invalid("nonce must be 24 bytes"))?;
+            .map_err(|_| InputError::invalid("nonce must be 24 bytes"))?;
         let ephemeral_pubkey = match ephemeral_pubkey {
             Some(k) => Some(
                 <[u8; 32]>::try_from(k)
-                    .map_err(|_| ApiError::invalid("ephemeral_pubkey must be 32 bytes"))?,
+                    .map_err(|_| InputError::invalid("ephemeral_pubkey must be 32 bytes"))?,
             ),
             None => None,
         };
         if timestamp == 0 || timestamp > i64::MAX as u64 {
-            return Err(ApiError::invalid(
+            return Err(InputError::invalid(
                 "timestamp must be a positive Unix time in milliseconds",
             ));
         }

@@ -273,3 +273,116 @@ fn drain(cursor: &mut Cursor, ready: &mut Vec<Event>) {
         cursor.behind = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users() -> (Pubkey, Pubkey) {
+        (
+            Pubkey::from_db("aa".repeat(32)),
+            Pubkey::from_db("bb".repeat(32)),
+        )
+    }
+
+    fn event(conversation: Uuid, seq: u64) -> Event {
+        let (a, b) = users();
+        Event {
+            conversation,
+            seq,
+            participant_a: a.clone(),
+            participant_b: b,
+            sender: a,
+            message_id: Uuid::new_v4(),
+            offline_queued: false,
+            local: false,
+            repaired: false,
+            envelope: Bytes::new(),
+        }
+    }
+
+    fn seqs(ready: Vec<Event>) -> Vec<u64> {
+        ready.into_iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn events_are_handed_out_in_order_once() {
+        let (a, _) = users();
+        let c = Uuid::new_v4();
+        let mut feeds = Feeds::default();
+        feeds.watch(&a);
+        assert!(feeds.loaded(&a, &[(c, 4)]).is_empty());
+        assert_eq!(seqs(feeds.offer(event(c, 4))), Vec::<u64>::new(), "old");
+        assert_eq!(seqs(feeds.offer(event(c, 6))), Vec::<u64>::new(), "held");
+        assert_eq!(seqs(feeds.offer(event(c, 7))), Vec::<u64>::new(), "held");
+        assert_eq!(seqs(feeds.offer(event(c, 5))), vec![5, 6, 7]);
+        assert_eq!(seqs(feeds.offer(event(c, 6))), Vec::<u64>::new(), "repeat");
+        assert_eq!(seqs(feeds.offer(event(c, 8))), vec![8]);
+    }
+
+    #[test]
+    fn events_wait_for_the_baseline_and_new_conversations_start_at_zero() {
+        let (a, _) = users();
+        let old = Uuid::new_v4();
+        let new = Uuid::new_v4();
+        let mut feeds = Feeds::default();
+        feeds.watch(&a);
+        // Both arrive while the baselines load.
+        assert!(feeds.offer(event(old, 3)).is_empty());
+        assert!(feeds.offer(event(new, 1)).is_empty());
+        // `old` was at 2 when read; `new` did not exist yet.
+        let ready = seqs(feeds.loaded(&a, &[(old, 2)]));
+        assert_eq!(ready.len(), 2);
+        assert!(ready.contains(&3) && ready.contains(&1));
+        // A conversation first seen after loading starts at 0 too.
+        let later = Uuid::new_v4();
+        assert_eq!(seqs(feeds.offer(event(later, 2))), Vec::<u64>::new());
+        assert_eq!(seqs(feeds.offer(event(later, 1))), vec![1, 2]);
+    }
+
+    #[test]
+    fn gaps_and_lag_become_repairs_after_the_grace() {
+        let (a, _) = users();
+        let c = Uuid::new_v4();
+        let d = Uuid::new_v4();
+        let mut feeds = Feeds::default();
+        feeds.watch(&a);
+        feeds.loaded(&a, &[(c, 0), (d, 10)]);
+        feeds.offer(event(c, 1));
+        feeds.offer(event(c, 4));
+        feeds.note_gaps();
+        feeds.observe(&d, 12);
+        let mut due = feeds.repairs_due(Duration::ZERO);
+        due.sort_by_key(|r| r.after);
+        assert_eq!(
+            due.iter()
+                .map(|r| (r.conversation, r.after, r.until))
+                .collect::<Vec<_>>(),
+            vec![(c, 1, 3), (d, 10, 12)]
+        );
+        assert!(
+            feeds.repairs_due(Duration::from_secs(60)).is_empty(),
+            "not before the grace period"
+        );
+        // Once delivered, nothing is due.
+        feeds.offer(event(c, 2));
+        feeds.offer(event(c, 3));
+        feeds.offer(event(d, 11));
+        feeds.offer(event(d, 12));
+        assert!(feeds.repairs_due(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn unwatching_forgets_conversations_nobody_here_follows() {
+        let (a, _) = users();
+        let c = Uuid::new_v4();
+        let mut feeds = Feeds::default();
+        feeds.watch(&a);
+        feeds.loaded(&a, &[(c, 0)]);
+        feeds.offer(event(c, 1));
+        assert_eq!(feeds.tracked(), vec![c]);
+        feeds.unwatch(&a);
+        assert!(feeds.tracked().is_empty());
+        assert!(feeds.offer(event(c, 2)).is_empty(), "not followed here");
+    }
+}

@@ -56,6 +56,8 @@ const REPAIR_GRACE: Duration = Duration::from_millis(500);
 /// A user who left this node this recently still counts for the offline
 /// fallback of events published while they were leaving.
 const RECENTLY_GONE: Duration = Duration::from_secs(10);
+/// How long a user's subscription outlives their last session here.
+const LINGER: Duration = Duration::from_secs(5);
 /// How long a new session waits for its subscription before it gets 503.
 const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Users per presence message.
@@ -378,16 +380,19 @@ impl ClusterNode {
                 && !self.presence.is_online(&recipient)
             {
                 // Nobody anywhere took it: the recipient's offline queue.
-                self.metrics.offline_queued.inc();
-                let store = self.store.clone();
-                let id = event.message_id;
-                self.runtime.handle().spawn(async move {
-                    if let Err(e) = store.queue_offline(recipient, id).await {
-                        tracing::error!(error = %e, message = %id, "offline fallback failed");
-                    }
-                });
+                self.queue_offline(recipient, event.message_id);
             }
         }
+    }
+
+    fn queue_offline(&self, recipient: Pubkey, id: Uuid) {
+        self.metrics.offline_queued.inc();
+        let store = self.store.clone();
+        self.runtime.handle().spawn(async move {
+            if let Err(e) = store.queue_offline(recipient, id).await {
+                tracing::error!(error = %e, message = %id, "offline fallback failed");
+            }
+        });
     }
 
     fn recently_gone(&self, user: &Pubkey) -> bool {
@@ -421,6 +426,25 @@ impl ClusterNode {
                 tracing::warn!("malformed cluster event");
                 continue;
             };
+            let watched = {
+                let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+                feeds.is_watched(&a) || feeds.is_watched(&b)
+            };
+            if !watched {
+                // The user left this node a moment ago; the sender's node
+                // still thought them here. Nobody took the push: queue it,
+                // unless they are back somewhere.
+                let recipient = if sender == a { &b } else { &a };
+                if recipient == user
+                    && !event.offline_queued
+                    && self.recently_gone(user)
+                    && !self.registry.is_online(user)
+                    && !self.presence.is_online(user)
+                {
+                    self.queue_offline(user.clone(), message_id);
+                }
+                continue;
+            }
             self.offer(Event {
                 conversation,
                 seq: event.server_sequence,
@@ -552,7 +576,13 @@ impl ClusterNode {
             watches.remove(user)
         };
         if let Some(reader) = gone.and_then(|w| w.reader) {
-            reader.abort();
+            // The subscription lingers: events published before the other
+            // nodes hear that the user left still arrive, and go to the
+            // offline queue (`on_user_events`) instead of nowhere.
+            self.runtime.handle().spawn(async move {
+                tokio::time::sleep(LINGER).await;
+                reader.abort();
+            });
         }
         self.feeds
             .lock()

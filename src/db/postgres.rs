@@ -660,7 +660,7 @@ pub async fn history(
 /// id is [`Skipped::DuplicateId`], and what follows it in its conversation
 /// [`Skipped::SequenceGap`]. Conversation rows are locked in id order, so two
 /// nodes' batches cannot deadlock. Round trips per batch: seven, whatever
-/// its size.
+/// its size (eight when a run was refused).
 pub async fn commit_messages(
     client: &mut Client,
     batch: &[MessageWrite],
@@ -689,16 +689,19 @@ pub async fn commit_messages(
     }
     let mut results: Vec<Result<(), Skipped>> = vec![Ok(()); batch.len()];
     let mut runs: HashMap<Uuid, Run> = HashMap::new();
+    // Ids met earlier in this batch: a second copy is a duplicate too.
+    let mut in_batch: HashSet<Uuid> = HashSet::new();
     for (index, write) in batch.iter().enumerate() {
         let m = &write.message;
         let run = runs.entry(m.conversation_id).or_insert(Run {
             first: m.server_sequence,
-            last: m.server_sequence - 1,
+            last: m.server_sequence.saturating_sub(1),
             last_at: 0,
             members: Vec::new(),
-            broken: false,
+            // Sequences start at 1; a 0 can never be written.
+            broken: m.server_sequence == 0,
         });
-        if stored.contains(&m.id) {
+        if stored.contains(&m.id) || !in_batch.insert(m.id) {
             results[index] = Err(Skipped::DuplicateId);
             run.broken = true;
         } else if run.broken || m.server_sequence != run.last + 1 {
@@ -738,13 +741,41 @@ pub async fn commit_messages(
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
 
+    // A refused run is `Stale` when another node committed past it, and a
+    // `SequenceGap` when it starts beyond the stored last sequence.
+    let refused: Vec<Uuid> = conversations
+        .iter()
+        .filter(|c| !advanced.contains(c))
+        .copied()
+        .collect();
+    let stored_last: HashMap<Uuid, u64> = if refused.is_empty() {
+        HashMap::new()
+    } else {
+        tx.query(
+            "SELECT id, last_seq FROM dm_conversations WHERE id = ANY($1)",
+            &[&refused],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)? as u64)))
+        .collect::<Result<_, DbError>>()?
+    };
+
     let mut rows = MessageColumns::default();
     let mut offline_to: Vec<&str> = Vec::new();
     let mut offline_ids: Vec<Uuid> = Vec::new();
     for (conversation, run) in &runs {
         if !advanced.contains(conversation) {
+            let ahead = stored_last
+                .get(conversation)
+                .is_some_and(|l| *l >= run.first);
+            let why = if ahead {
+                Skipped::Stale
+            } else {
+                Skipped::SequenceGap
+            };
             for &index in &run.members {
-                results[index] = Err(Skipped::Stale);
+                results[index] = Err(why);
             }
             continue;
         }

@@ -226,10 +226,13 @@ pub fn commit_messages(
              VALUES (?1, ?2, ?3)",
         )?;
         let mut stored_id = tx.prepare_cached("SELECT 1 FROM dm_messages WHERE id = ?1")?;
+        // Conversations with a skipped message: the rest of theirs wait too.
+        let mut broken: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
         for write in batch {
             let m = &write.message;
             let id = m.id.to_string();
             if stored_id.exists([&id])? {
+                broken.insert(m.conversation_id);
                 results.push(Err(Skipped::DuplicateId));
                 continue;
             }
@@ -237,7 +240,8 @@ pub fn commit_messages(
                 Some(seq) => *seq,
                 None => reads::max_sequence(&tx, &m.conversation_id)?,
             };
-            if m.server_sequence != last + 1 {
+            if broken.contains(&m.conversation_id) || m.server_sequence != last + 1 {
+                broken.insert(m.conversation_id);
                 results.push(Err(Skipped::SequenceGap));
                 continue;
             }

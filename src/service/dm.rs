@@ -162,7 +162,7 @@ pub fn parse_ack_ids<'a>(
             "at most {MAX_ACK_IDS} ids per ack"
         )));
     }
-    ids.map(|id| crate::model::parse_uuid(id, "message_ids"))
+    ids.map(|id| crate::model::parse_uuid(id, "message_ids").map_err(ApiError::from))
         .collect()
 }
 

@@ -225,7 +225,7 @@ async fn refresh_rotates_and_the_old_token_dies() {
 }
 
 fn secret(app: &TestApp) -> Vec<u8> {
-    std::fs::read(app.dir.path().join("jwt_secret")).unwrap()
+    app.jwt_secret.clone()
 }
 
 fn forge(app: &TestApp, alg: Algorithm, claims: Value) -> String {

@@ -71,14 +71,13 @@ async fn concurrent_senders_get_gap_free_sequences_and_every_session_sees_all_in
         "every send answered with a unique sequence"
     );
 
-    let stored: Vec<i64> = app
-        .db()
-        .prepare("SELECT server_sequence FROM dm_messages WHERE conversation_id = ?1 ORDER BY server_sequence")
-        .unwrap()
-        .query_map([&conversation], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let stored = app
+        .sql_i64(
+            "SELECT server_sequence FROM dm_messages \
+             WHERE CAST(conversation_id AS TEXT) = $1 ORDER BY server_sequence",
+            Some(&conversation),
+        )
+        .await;
     assert_eq!(stored, (1..=200).collect::<Vec<i64>>());
 
     for ws in &mut sessions {
@@ -108,11 +107,10 @@ async fn concurrent_creates_from_both_sides_make_one_conversation() {
         assert_eq!(a.id, b.id, "round {round}");
         assert!(a_new ^ b_new, "exactly one create made it (round {round})");
     }
-    let count: i64 = app
-        .db()
-        .query_row("SELECT COUNT(*) FROM dm_conversations", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(count, 20);
+    let count = app
+        .sql_i64("SELECT COUNT(*) FROM dm_conversations", None)
+        .await;
+    assert_eq!(count, vec![20]);
 }
 
 #[actix_web::test]
@@ -170,12 +168,7 @@ async fn a_third_user_sees_nothing_and_can_touch_nothing() {
 
     // Bob is offline for the next one: Eve cannot ack his entry away.
     drop(bob_ws);
-    eventually("bob is offline", || async {
-        !app.state
-            .registry
-            .is_online(&united_hub::model::Pubkey::parse(&bob.pubkey).unwrap())
-    })
-    .await;
+    eventually("bob is offline", || async { !app.is_online(&bob.pubkey) }).await;
     let queued = alice.send_http(&bob, &conversation, "for bob only").await;
     assert_eq!(
         eve.client

@@ -1,5 +1,6 @@
 //! What survives: restarts, the janitor's purge, and what never reaches disk.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use united_hub::client::send_body;
@@ -152,4 +153,47 @@ async fn the_checkpointer_moves_committed_pages_into_the_database_file() {
         db_size() > before + 500 * 1024
     })
     .await;
+}
+
+/// Criterion 3 (SQLite): the migration creates the seed's four DM tables, with the
+/// uniqueness the contract needs.
+#[actix_web::test]
+async fn migration_creates_the_dm_tables() {
+    let app = spawn_app().await;
+    let db = app.db();
+    let tables: HashSet<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in [
+        "users",
+        "refresh_tokens",
+        "dm_public_keys",
+        "dm_conversations",
+        "dm_messages",
+        "dm_offline_queue",
+    ] {
+        assert!(tables.contains(t), "missing table {t}");
+    }
+    db.execute_batch(
+        "INSERT INTO users VALUES ('a', 'A', 0, 0), ('b', 'B', 0, 0);
+         INSERT INTO dm_conversations (id, participant_a, participant_b, created_at) VALUES ('c', 'a', 'b', 0);
+         INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, timestamp, server_sequence, created_at)
+             VALUES ('m1', 'c', 'a', x'00', x'00', 1, 1, 0);",
+    )
+    .unwrap();
+    let dup_seq = db.execute(
+        "INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, timestamp, server_sequence, created_at)
+         VALUES ('m2', 'c', 'a', x'00', x'00', 1, 1, 0)",
+        [],
+    );
+    assert!(dup_seq.is_err(), "UNIQUE(conversation_id, server_sequence)");
+    let dup_pair = db.execute(
+        "INSERT INTO dm_conversations (id, participant_a, participant_b, created_at) VALUES ('d', 'a', 'b', 0)",
+        [],
+    );
+    assert!(dup_pair.is_err(), "UNIQUE(participant_a, participant_b)");
 }

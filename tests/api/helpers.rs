@@ -1,6 +1,7 @@
 //! `spawn_app()` and friends: a real hub on port 0 with a temporary data
 //! directory, and logged-in users that talk to it like any client.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,9 +12,17 @@ use tempfile::TempDir;
 use united_hub::client::crypto::{self, Identity, Sealed};
 use united_hub::client::{send_body, HubClient, Incoming, WsClient};
 use united_hub::json::MessageJson;
+use united_hub::localcluster::{LocalNats, LocalPostgres};
 use united_hub::proto::{dm, Envelope, Payload};
 use united_hub::state::AppState;
 use united_hub::{AppHandle, Application, Settings};
+
+/// Whether this test binary runs the suite against a 3-node cluster (set in
+/// each binary's `main.rs`).
+use crate::CLUSTER;
+
+/// Nodes of the cluster `spawn_app` starts in cluster mode.
+pub const CLUSTER_NODES: usize = 3;
 
 /// Logs print only with `TEST_LOG` set.
 fn init_tracing() {
@@ -28,15 +37,79 @@ pub struct TestApp {
     pub state: Arc<AppState>,
     pub dir: Arc<TempDir>,
     pub migrations_applied: u32,
+    /// The HS256 key the hub signs with (the file, or the cluster's).
+    pub jwt_secret: Vec<u8>,
+    /// Cluster mode: the other nodes, PostgreSQL and NATS.
+    pub cluster: Option<ClusterParts>,
+    /// The node the next user calls home (cluster mode).
+    next_node: Cell<usize>,
+}
+
+/// What a cluster-mode `TestApp` runs besides its first node.
+pub struct ClusterParts {
+    /// Every node, the first included: address, handle and state.
+    pub nodes: Vec<(String, AppHandle, Arc<AppState>)>,
+    pub pg: LocalPostgres,
+    /// Held for its `Drop`: the server lives as long as the app.
+    #[allow(dead_code)]
+    pub nats: LocalNats,
 }
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+/// A hub (in cluster mode: a 3-node cluster on a fresh PostgreSQL and NATS)
+/// with `configure` applied to every node's settings.
+pub async fn spawn_app_with(configure: impl Fn(&mut Settings)) -> TestApp {
+    if CLUSTER {
+        return spawn_cluster_with(configure).await;
+    }
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     spawn_app_in(dir, configure).await
+}
+
+async fn spawn_cluster_with(configure: impl Fn(&mut Settings)) -> TestApp {
+    let pg = LocalPostgres::start().expect("PostgreSQL starts");
+    let nats = LocalNats::start().expect("nats-server starts");
+    let mut apps = Vec::new();
+    for _ in 0..CLUSTER_NODES {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        apps.push(
+            spawn_app_in(dir, |s| {
+                s.database_url = Some(pg.url().parse().expect("a postgres URL"));
+                s.nats_url = Some(nats.url());
+                configure(s);
+            })
+            .await,
+        );
+    }
+    eventually("every node hears the others", || async {
+        apps.iter()
+            .all(|a| a.state.cluster.as_ref().map(|c| c.peers()) == Some(CLUSTER_NODES - 1))
+    })
+    .await;
+    let nodes = apps
+        .iter()
+        .map(|a| (a.address.clone(), a.handle.clone(), a.state.clone()))
+        .collect();
+    let mut first = apps.swap_remove(0);
+    first.jwt_secret = cluster_secret(&pg).await;
+    first.cluster = Some(ClusterParts { nodes, pg, nats });
+    first
+}
+
+/// The cluster's shared JWT key, as the first node stored it.
+async fn cluster_secret(pg: &LocalPostgres) -> Vec<u8> {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    actix_web::rt::spawn(connection);
+    client
+        .query_one("SELECT value FROM cluster_secrets WHERE name = 'jwt'", &[])
+        .await
+        .expect("the cluster's key")
+        .get(0)
 }
 
 /// Starts a hub on an existing data directory (for restart tests).
@@ -55,12 +128,16 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Setting
     let state = app.state();
     let migrations_applied = app.migrations_applied();
     actix_web::rt::spawn(app.run_until_stopped());
+    let jwt_secret = std::fs::read(dir.path().join("jwt_secret")).unwrap_or_default();
     TestApp {
         address,
         handle,
         state,
         dir,
         migrations_applied,
+        jwt_secret,
+        cluster: None,
+        next_node: Cell::new(0),
     }
 }
 
@@ -87,13 +164,88 @@ impl TestApp {
         metrics_at(&self.address).await
     }
 
-    /// A new identity, registered and logged in, with its X25519 key published.
+    /// Every node's address (one without a cluster).
+    pub fn addresses(&self) -> Vec<String> {
+        match &self.cluster {
+            Some(c) => c.nodes.iter().map(|(a, _, _)| a.clone()).collect(),
+            None => vec![self.address.clone()],
+        }
+    }
+
+    /// A new identity, registered and logged in, with its X25519 key
+    /// published. In cluster mode each user calls a different node home,
+    /// and each of their sessions opens on the next node.
     pub async fn user(&self, name: &str) -> TestUser {
-        user_at(&self.address, name).await
+        let addresses = self.addresses();
+        let home = self.next_node.get() % addresses.len();
+        self.next_node.set(home + 1);
+        let mut user = user_at(&addresses[home], name).await;
+        user.ws_urls = (0..addresses.len())
+            .map(|i| HubClient::new(&addresses[(home + i) % addresses.len()]).ws_url())
+            .collect();
+        user
+    }
+
+    /// Whether `pubkey` has a live session on any node (and, in a cluster,
+    /// whether any node believes so).
+    pub fn is_online(&self, pubkey: &str) -> bool {
+        let key = united_hub::model::Pubkey::parse(pubkey).unwrap();
+        match &self.cluster {
+            None => self.state.registry.is_online(&key),
+            Some(c) => c.nodes.iter().any(|(_, _, state)| {
+                state.registry.is_online(&key)
+                    || state
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|n| n.online_elsewhere(&key))
+            }),
+        }
+    }
+
+    /// One column of integers from a query on the hub's database, SQLite or
+    /// PostgreSQL. Write parameters as `$1` and compare ids as text
+    /// (`CAST(id AS TEXT) = $1`): both engines read that the same way.
+    pub async fn sql_i64(&self, sql: &str, param: Option<&str>) -> Vec<i64> {
+        match &self.cluster {
+            None => {
+                let db = self.db();
+                let mut stmt = db.prepare(sql).unwrap();
+                let params: Vec<&str> = param.into_iter().collect();
+                stmt.query_map(rusqlite::params_from_iter(params), |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            Some(c) => {
+                let (client, connection) =
+                    tokio_postgres::connect(&c.pg.url(), tokio_postgres::NoTls)
+                        .await
+                        .expect("connect to PostgreSQL");
+                actix_web::rt::spawn(connection);
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &param {
+                    Some(p) => vec![p],
+                    None => vec![],
+                };
+                client
+                    .query(sql, &params)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            }
+        }
     }
 
     pub async fn stop(self) -> Arc<TempDir> {
-        self.handle.shutdown().await;
+        match &self.cluster {
+            Some(c) => {
+                for (_, handle, _) in &c.nodes {
+                    handle.shutdown().await;
+                }
+            }
+            None => self.handle.shutdown().await,
+        }
         self.dir
     }
 
@@ -143,7 +295,8 @@ pub async fn user_at(address: &str, name: &str) -> TestUser {
     TestUser {
         pubkey: identity.public_key_hex(),
         identity,
-        ws_url: client.ws_url(),
+        ws_urls: vec![client.ws_url()],
+        next_ws: Cell::new(0),
         client,
     }
 }
@@ -254,8 +407,11 @@ impl Drop for ProcessHub {
 pub struct TestUser {
     pub identity: Identity,
     pub pubkey: String,
+    /// HTTP calls go to the user's home node.
     pub client: HubClient,
-    ws_url: String,
+    /// Where sessions open, in turn (the home node first).
+    ws_urls: Vec<String>,
+    next_ws: Cell<usize>,
 }
 
 impl TestUser {
@@ -263,8 +419,11 @@ impl TestUser {
         self.client.access_token().unwrap()
     }
 
+    /// A new session, on the next of the user's nodes.
     pub async fn ws(&self) -> WsClient {
-        WsClient::connect(&self.ws_url, self.token())
+        let i = self.next_ws.get();
+        self.next_ws.set(i + 1);
+        WsClient::connect(&self.ws_urls[i % self.ws_urls.len()], self.token())
             .await
             .expect("ws connect")
     }

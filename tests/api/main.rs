@@ -2,6 +2,10 @@
 //! driven over HTTP and binary WebSocket frames with real Ed25519 signatures
 //! and real X25519 + XChaCha20-Poly1305 encryption.
 
+/// This binary runs the suite on one node (`tests/api_cluster` runs most of
+/// it again on a 3-node cluster).
+pub const CLUSTER: bool = false;
+
 mod auth;
 mod cli;
 mod crash;

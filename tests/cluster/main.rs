@@ -6,6 +6,10 @@
 //! Nothing is skipped: without the server binaries these tests fail and say
 //! what to install.
 
+/// The shared helpers start single nodes here; the cluster fixture is in
+/// `support`.
+pub const CLUSTER: bool = false;
+
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
@@ -13,4 +17,5 @@ mod helpers;
 mod crash;
 mod fanout;
 mod faults;
+mod store;
 mod support;
