@@ -201,6 +201,8 @@ pub struct HistoryJson {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OfflineJson {
     pub messages: Vec<MessageJson>,
+    /// Undelivered entries remain: call again.
+    pub has_more: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]

@@ -281,6 +281,18 @@ pub struct History {
     pub has_more: bool,
 }
 
+/// Most offline entries one fetch returns, and its default.
+pub const MAX_OFFLINE_LIMIT: u32 = 1000;
+
+/// One page of a user's offline queue, now marked delivered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OfflinePage {
+    /// Oldest first, in the order the hub accepted them.
+    pub messages: Vec<StoredMessage>,
+    /// Undelivered entries remain after this page.
+    pub has_more: bool,
+}
+
 /// X25519 points of small order (libsodium's blocklist). A key equal to any
 /// of them, with the top bit clear or set, gives a predictable shared secret.
 const SMALL_ORDER_POINTS: [[u8; 32]; 7] = [

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::db::writes::{self, LoginOutcome, Purged, Skipped};
 use crate::db::{CommitMessages, DbError};
 use crate::metrics::Metrics;
-use crate::model::{now_ms, Conversation, DmKey, Pubkey, StoredMessage, User};
+use crate::model::{now_ms, Conversation, DmKey, Pubkey, User};
 
 pub struct DbExecutor {
     /// The write connection; lives as long as the executor thread.
@@ -162,17 +162,19 @@ impl Handler<QueueOffline> for DbExecutor {
     }
 }
 
-/// Returns a user's undelivered offline entries and marks them delivered.
+/// Marks offline entries (read on a reader) delivered; answers which this
+/// call changed.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<StoredMessage>, DbError>")]
-pub struct TakeOffline {
+#[rtype(result = "Result<Vec<i64>, DbError>")]
+pub struct MarkDelivered {
     pub recipient: Pubkey,
+    pub queue_ids: Vec<i64>,
 }
 
-impl Handler<TakeOffline> for DbExecutor {
-    type Result = Result<Vec<StoredMessage>, DbError>;
-    fn handle(&mut self, msg: TakeOffline, _: &mut SyncContext<Self>) -> Self::Result {
-        writes::take_offline(&mut self.conn, &msg.recipient)
+impl Handler<MarkDelivered> for DbExecutor {
+    type Result = Result<Vec<i64>, DbError>;
+    fn handle(&mut self, msg: MarkDelivered, _: &mut SyncContext<Self>) -> Self::Result {
+        writes::mark_delivered(&mut self.conn, &msg.recipient, &msg.queue_ids)
     }
 }
 

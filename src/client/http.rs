@@ -301,8 +301,24 @@ impl HubClient {
             .await
     }
 
+    /// The whole offline queue: pages until `has_more` is false.
     pub async fn offline(&self) -> Result<Vec<MessageJson>, ClientError> {
-        Ok(self.get::<OfflineJson>("/api/dm/offline").await?.messages)
+        let mut all = Vec::new();
+        loop {
+            let page = self.offline_page(None).await?;
+            all.extend(page.messages);
+            if !page.has_more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// One page of the offline queue (`limit` 1..=1000, default 1000).
+    pub async fn offline_page(&self, limit: Option<u32>) -> Result<OfflineJson, ClientError> {
+        match limit {
+            Some(n) => self.get(&format!("/api/dm/offline?limit={n}")).await,
+            None => self.get("/api/dm/offline").await,
+        }
     }
 
     pub async fn ack(&self, message_ids: &[String]) -> Result<u32, ClientError> {

@@ -17,7 +17,9 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{DbError, LoginOutcome, MessageWrite, Purged, Skipped};
-use crate::model::{Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User};
+use crate::model::{
+    Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
+};
 
 /// Taken (per session) while migrating, so nodes that start together
 /// migrate one after the other. The number is arbitrary but fixed.
@@ -875,14 +877,15 @@ pub async fn queue_offline(
     Ok(n == 1)
 }
 
-/// Returns the recipient's undelivered entries, oldest first, and marks them
-/// delivered in the same statement. Entries another request is taking at
-/// the same moment are skipped, never returned twice.
+/// Takes up to `limit` of the recipient's undelivered entries, oldest first,
+/// marking them delivered in the same statement, and says whether more
+/// remain. Entries another request is taking at the same moment are skipped,
+/// never returned twice.
 pub async fn take_offline(
     client: &Client,
     recipient: &Pubkey,
     limit: u32,
-) -> Result<Vec<StoredMessage>, DbError> {
+) -> Result<OfflinePage, DbError> {
     let stmt = client
         .prepare_cached(&format!(
             "WITH taken AS ( \
@@ -894,12 +897,23 @@ pub async fn take_offline(
              ORDER BY t.id"
         ))
         .await?;
-    client
+    let messages = client
         .query(&stmt, &[&recipient.as_str(), &i64::from(limit)])
         .await?
         .iter()
         .map(message_from_row)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM dm_offline_queue \
+             WHERE recipient_pubkey = $1 AND NOT delivered)",
+        )
+        .await?;
+    let has_more: bool = client
+        .query_one(&more, &[&recipient.as_str()])
+        .await?
+        .get(0);
+    Ok(OfflinePage { messages, has_more })
 }
 
 /// Marks the caller's named entries delivered; returns how many changed.

@@ -143,6 +143,23 @@ pub fn message(conn: &Connection, id: &Uuid) -> Result<Option<StoredMessage>, Db
         .optional()?)
 }
 
+/// Up to `limit` of the recipient's undelivered offline entries, oldest
+/// first: their queue ids and messages.
+pub fn offline_entries(
+    conn: &Connection,
+    recipient: &Pubkey,
+    limit: u32,
+) -> Result<Vec<(i64, StoredMessage)>, DbError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS}, q.id FROM dm_offline_queue q JOIN dm_messages m ON m.id = q.dm_message_id \
+         WHERE q.recipient_pubkey = ?1 AND q.delivered = 0 ORDER BY q.id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![recipient.as_str(), limit], |row| {
+        Ok((row.get::<_, i64>(10)?, message_from_row(row)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The highest committed sequence of a conversation (0 when it has none).
 pub fn max_sequence(conn: &Connection, conversation: &Uuid) -> Result<u64, DbError> {
     let mut stmt = conn.prepare_cached(

@@ -296,40 +296,28 @@ pub fn queue_offline(
     Ok(n == 1)
 }
 
-/// Most entries one offline fetch returns; the rest come with the next call.
-pub const OFFLINE_FETCH_LIMIT: u32 = 1000;
-
-/// Returns the recipient's undelivered entries, oldest first, and marks them
-/// delivered in the same transaction.
-pub fn take_offline(
+/// Marks the named queue entries of `recipient` delivered; returns the ids
+/// that this call changed (a concurrent fetch may have taken some first).
+pub fn mark_delivered(
     conn: &mut Connection,
     recipient: &Pubkey,
-) -> Result<Vec<StoredMessage>, DbError> {
+    queue_ids: &[i64],
+) -> Result<Vec<i64>, DbError> {
     let tx = begin(conn)?;
-    let (ids, messages) = {
-        let mut stmt = tx.prepare_cached(&format!(
-            "SELECT {}, q.id FROM dm_offline_queue q JOIN dm_messages m ON m.id = q.dm_message_id \
-             WHERE q.recipient_pubkey = ?1 AND q.delivered = 0 ORDER BY q.id LIMIT ?2",
-            reads::MESSAGE_COLUMNS
-        ))?;
-        let mut ids = Vec::new();
-        let mut messages = Vec::new();
-        let mut rows = stmt.query(params![recipient.as_str(), OFFLINE_FETCH_LIMIT])?;
-        while let Some(row) = rows.next()? {
-            messages.push(reads::message_from_row(row)?);
-            ids.push(row.get::<_, i64>(10)?);
-        }
-        (ids, messages)
-    };
+    let mut changed = Vec::with_capacity(queue_ids.len());
     {
-        let mut mark =
-            tx.prepare_cached("UPDATE dm_offline_queue SET delivered = 1 WHERE id = ?1")?;
-        for id in ids {
-            mark.execute([id])?;
+        let mut stmt = tx.prepare_cached(
+            "UPDATE dm_offline_queue SET delivered = 1 \
+             WHERE id = ?1 AND recipient_pubkey = ?2 AND delivered = 0",
+        )?;
+        for id in queue_ids {
+            if stmt.execute(params![id, recipient.as_str()])? == 1 {
+                changed.push(*id);
+            }
         }
     }
     tx.commit()?;
-    Ok(messages)
+    Ok(changed)
 }
 
 /// Marks the caller's named entries delivered; returns how many changed.
@@ -468,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn take_offline_marks_delivered_and_ack_touches_only_the_callers_entries() {
+    fn offline_entries_are_marked_once_and_ack_touches_only_the_callers_entries() {
         let (mut conn, c, a, b) = db_with_conversation();
         let w1 = write(c, &a, 1, Some(&b));
         let w2 = write(c, &a, 2, Some(&b));
@@ -479,12 +467,22 @@ mod tests {
             "not A's entry"
         );
         assert_eq!(ack_offline(&mut conn, &b, &[w1.message.id]).unwrap(), 1);
-        let taken = take_offline(&mut conn, &b).unwrap();
+        let entries = reads::offline_entries(&conn, &b, 10).unwrap();
         assert_eq!(
-            taken.iter().map(|m| m.id).collect::<Vec<_>>(),
+            entries.iter().map(|(_, m)| m.id).collect::<Vec<_>>(),
             vec![w2.message.id]
         );
-        assert_eq!(taken[0], *w2.message);
-        assert!(take_offline(&mut conn, &b).unwrap().is_empty());
+        assert_eq!(entries[0].1, *w2.message);
+        let ids: Vec<i64> = entries.iter().map(|(id, _)| *id).collect();
+        assert!(
+            mark_delivered(&mut conn, &a, &ids).unwrap().is_empty(),
+            "not A's"
+        );
+        assert_eq!(mark_delivered(&mut conn, &b, &ids).unwrap(), ids);
+        assert!(
+            mark_delivered(&mut conn, &b, &ids).unwrap().is_empty(),
+            "once"
+        );
+        assert!(reads::offline_entries(&conn, &b, 10).unwrap().is_empty());
     }
 }

@@ -156,15 +156,28 @@ pub async fn history(
     }))
 }
 
+#[derive(Deserialize)]
+pub struct OfflineQuery {
+    limit: Option<u32>,
+}
+
 #[utoipa::path(get, path = "/api/dm/offline", tag = "offline", security(("bearer" = [])),
-    responses((status = 200, description = "undelivered entries, oldest first; now marked delivered", body = OfflineJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson)))]
+    params(("limit" = Option<u32>, Query, description = "1 or more, default 1000, served as at most 1000", minimum = 1)),
+    responses((status = 200, description = "undelivered entries, oldest first; now marked delivered; has_more: call again", body = OfflineJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson)))]
 pub async fn offline(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
+    query: web::Query<OfflineQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let messages = service::dm::take_offline(&state, &user).await?;
+    let limit = match query.limit {
+        Some(0) => return Err(ApiError::invalid("limit must be at least 1")),
+        Some(n) => n,
+        None => 0,
+    };
+    let page = service::dm::take_offline(&state, &user, limit).await?;
     Ok(HttpResponse::Ok().json(OfflineJson {
-        messages: messages.iter().map(MessageJson::from).collect(),
+        messages: page.messages.iter().map(MessageJson::from).collect(),
+        has_more: page.has_more,
     }))
 }
 

@@ -7,8 +7,8 @@ use uuid::Uuid;
 use crate::actors::conversation::SendOutcome;
 use crate::error::ApiError;
 use crate::model::{
-    is_small_order_x25519, Conversation, DmKey, History, HistoryPage, NewMessage, Pubkey,
-    StoredMessage, MAX_HISTORY_LIMIT,
+    is_small_order_x25519, Conversation, DmKey, History, HistoryPage, NewMessage, OfflinePage,
+    Pubkey, MAX_HISTORY_LIMIT, MAX_OFFLINE_LIMIT,
 };
 use crate::proto::{self, Payload};
 use crate::state::AppState;
@@ -130,12 +130,18 @@ pub async fn history(
     Ok(state.store.history(conversation_id, page, limit).await?)
 }
 
-/// The caller's undelivered offline entries, oldest first; marks them delivered.
+/// A page of the caller's undelivered offline entries, oldest first, marked
+/// delivered. `limit` 0 means the default; it is capped at 1000.
 pub async fn take_offline(
     state: &AppState,
     caller: &Pubkey,
-) -> Result<Vec<StoredMessage>, ApiError> {
-    Ok(state.store.take_offline(caller.clone()).await?)
+    limit: u32,
+) -> Result<OfflinePage, ApiError> {
+    let limit = match limit {
+        0 => MAX_OFFLINE_LIMIT,
+        n => n.min(MAX_OFFLINE_LIMIT),
+    };
+    Ok(state.store.take_offline(caller.clone(), limit).await?)
 }
 
 /// Marks the caller's named entries delivered; other users' are never touched.

@@ -26,7 +26,8 @@ pub enum Request {
     },
     ListConversations,
     CreateConversation(Pubkey),
-    Offline,
+    /// The page size asked for (0: the default).
+    Offline(u32),
     Ack(Vec<Uuid>),
 }
 
@@ -102,7 +103,7 @@ pub fn parse(payload: Payload, max_payload_bytes: usize) -> Result<Request, ApiE
         Payload::DmConversationCreateRequest(r) => {
             Request::CreateConversation(Pubkey::parse(&r.recipient_pubkey)?)
         }
-        Payload::DmOfflineRequest(_) => Request::Offline,
+        Payload::DmOfflineRequest(r) => Request::Offline(r.limit),
         Payload::DmOfflineAckRequest(r) => Request::Ack(service::dm::parse_ack_ids(
             r.message_ids.iter().map(String::as_str),
         )?),
@@ -177,10 +178,11 @@ async fn execute(
                 created,
             })
         }
-        Request::Offline => {
-            let list = service::dm::take_offline(state, user).await?;
+        Request::Offline(limit) => {
+            let page = service::dm::take_offline(state, user, limit).await?;
             Payload::DmOfflineMessagesResponse(dm::DmOfflineMessagesResponse {
-                messages: messages(&list),
+                messages: messages(&page.messages),
+                has_more: page.has_more,
             })
         }
         Request::Ack(ids) => {

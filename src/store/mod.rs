@@ -37,7 +37,9 @@ use crate::metrics::Metrics;
 use crate::auth::IssuedChallenge;
 use crate::db::{CommitTarget, DbError, LoginOutcome, Purged};
 use crate::error::ApiError;
-use crate::model::{Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User};
+use crate::model::{
+    Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
+};
 
 /// The hub's storage, whichever engine holds it. Cheap to clone.
 #[derive(Clone)]
@@ -241,9 +243,14 @@ impl Store {
         dispatch!(self.queue_offline(recipient, message_id))
     }
 
-    /// The recipient's undelivered entries, oldest first, marked delivered.
-    pub async fn take_offline(&self, recipient: Pubkey) -> Result<Vec<StoredMessage>, DbError> {
-        dispatch!(self.take_offline(recipient))
+    /// Up to `limit` of the recipient's undelivered entries, oldest first,
+    /// marked delivered, and whether more remain.
+    pub async fn take_offline(
+        &self,
+        recipient: Pubkey,
+        limit: u32,
+    ) -> Result<OfflinePage, DbError> {
+        dispatch!(self.take_offline(recipient, limit))
     }
 
     /// Marks the named entries of one user delivered; returns how many changed.

@@ -24,14 +24,11 @@ use uuid::Uuid;
 
 use crate::auth::IssuedChallenge;
 use crate::db::postgres as sql;
-use crate::db::{
-    writes::OFFLINE_FETCH_LIMIT, CommitMessages, CommitTarget, DbError, LoginOutcome, Purged,
-    Skipped,
-};
+use crate::db::{CommitMessages, CommitTarget, DbError, LoginOutcome, Purged, Skipped};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{
-    now_ms, Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User,
+    now_ms, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
 
 /// Connections in the pool.
@@ -341,12 +338,12 @@ impl PgStore {
         ))
     }
 
-    pub async fn take_offline(&self, recipient: Pubkey) -> Result<Vec<StoredMessage>, DbError> {
-        with_client!(self, |c| sql::take_offline(
-            &c,
-            &recipient,
-            OFFLINE_FETCH_LIMIT
-        ))
+    pub async fn take_offline(
+        &self,
+        recipient: Pubkey,
+        limit: u32,
+    ) -> Result<OfflinePage, DbError> {
+        with_client!(self, |c| sql::take_offline(&c, &recipient, limit))
     }
 
     pub async fn ack_offline(&self, recipient: Pubkey, ids: Vec<Uuid>) -> Result<u32, DbError> {

@@ -14,13 +14,15 @@ use uuid::Uuid;
 
 use crate::actors::checkpointer::Checkpointer;
 use crate::actors::db_executor::{
-    AckOffline, CreateConversation, DbExecutor, LoginUser, Ping, PurgeExpired, QueueOffline,
-    RotateRefreshToken, StoreRefreshToken, TakeOffline, UpsertDmKey,
+    AckOffline, CreateConversation, DbExecutor, LoginUser, MarkDelivered, Ping, PurgeExpired,
+    QueueOffline, RotateRefreshToken, StoreRefreshToken, UpsertDmKey,
 };
 use crate::auth::{ChallengeStore, IssuedChallenge};
 use crate::db::{reads, CommitTarget, DbError, LoginOutcome, Pool, Purged};
 use crate::error::ApiError;
-use crate::model::{Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User};
+use crate::model::{
+    Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
+};
 
 pub struct SqliteStore {
     /// Read connections.
@@ -240,8 +242,39 @@ impl SqliteStore {
             .await?
     }
 
-    pub async fn take_offline(&self, recipient: Pubkey) -> Result<Vec<StoredMessage>, DbError> {
-        self.writer.send(TakeOffline { recipient }).await?
+    /// Reads the page on a reader (the payloads never pass through the
+    /// writer), then marks it delivered in a small write. An entry a
+    /// concurrent fetch marked first is left out: each is returned once.
+    pub async fn take_offline(
+        &self,
+        recipient: Pubkey,
+        limit: u32,
+    ) -> Result<OfflinePage, DbError> {
+        let who = recipient.clone();
+        let mut entries = self
+            .read(move |conn| reads::offline_entries(conn, &who, limit + 1))
+            .await?;
+        let has_more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
+        if entries.is_empty() {
+            return Ok(OfflinePage::default());
+        }
+        let queue_ids = entries.iter().map(|(id, _)| *id).collect();
+        let marked: std::collections::HashSet<i64> = self
+            .writer
+            .send(MarkDelivered {
+                recipient,
+                queue_ids,
+            })
+            .await??
+            .into_iter()
+            .collect();
+        let messages = entries
+            .into_iter()
+            .filter(|(id, _)| marked.contains(id))
+            .map(|(_, m)| m)
+            .collect();
+        Ok(OfflinePage { messages, has_more })
     }
 
     pub async fn ack_offline(&self, recipient: Pubkey, ids: Vec<Uuid>) -> Result<u32, DbError> {

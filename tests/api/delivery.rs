@@ -224,7 +224,7 @@ async fn offline_messages_come_back_in_order_once() {
     let queued = alice.send_http(&bob, &with_bob, "later").await;
     let ws = bob.ws().await;
     let Payload::DmOfflineMessagesResponse(r) = ws
-        .call(Payload::DmOfflineRequest(dm::DmOfflineRequest {}))
+        .call(Payload::DmOfflineRequest(dm::DmOfflineRequest::default()))
         .await
         .unwrap()
     else {
@@ -346,4 +346,92 @@ async fn a_recipient_that_drops_mid_send_loses_nothing() {
         .collect();
     assert!(accepted.iter().all(|id| stored.contains_key(id)));
     assert_eq!(stored.len(), 60);
+}
+
+/// Contract v1.1: the offline queue comes in pages (`limit`, `has_more`),
+/// over HTTP and WebSocket; each entry is returned once.
+#[actix_web::test]
+async fn the_offline_queue_comes_in_pages_with_has_more() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(
+            alice
+                .send_http(&bob, &conversation, &format!("{i}"))
+                .await
+                .id,
+        );
+    }
+
+    let mut pages = Vec::new();
+    loop {
+        let page = bob.client.offline_page(Some(2)).await.unwrap();
+        let more = page.has_more;
+        pages.push(page.messages.into_iter().map(|m| m.id).collect::<Vec<_>>());
+        if !more {
+            break;
+        }
+        assert!(pages.len() < 10, "has_more never ends");
+    }
+    assert_eq!(
+        pages,
+        vec![
+            sent[0..2].to_vec(),
+            sent[2..4].to_vec(),
+            sent[4..5].to_vec()
+        ],
+        "pages of 2, oldest first, has_more until the last"
+    );
+    let empty = bob.client.offline_page(None).await.unwrap();
+    assert!(empty.messages.is_empty() && !empty.has_more);
+
+    for bad in ["0", "-1", "abc", "1.5"] {
+        let res = app
+            .http()
+            .get(app.url(&format!("/api/dm/offline?limit={bad}")))
+            .bearer_auth(bob.token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 400, "limit={bad}");
+    }
+    let capped = app
+        .http()
+        .get(app.url("/api/dm/offline?limit=5000"))
+        .bearer_auth(bob.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        capped.status().as_u16(),
+        200,
+        "over the cap is served at the cap"
+    );
+
+    // Over WebSocket: `limit` and `has_more`, 0 meaning the default.
+    for i in 0..3 {
+        alice
+            .send_http(&bob, &conversation, &format!("later {i}"))
+            .await;
+    }
+    let ws = bob.live_ws().await;
+    let page = |limit| {
+        let ws = &ws;
+        async move {
+            match ws
+                .call(Payload::DmOfflineRequest(dm::DmOfflineRequest { limit }))
+                .await
+                .unwrap()
+            {
+                Payload::DmOfflineMessagesResponse(r) => (r.messages.len(), r.has_more),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(page(2).await, (2, true));
+    assert_eq!(page(0).await, (1, false));
+    assert_eq!(page(0).await, (0, false));
 }

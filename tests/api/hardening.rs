@@ -215,7 +215,7 @@ async fn another_user_gets_nothing_of_a_conversation_by_any_route() {
         }
     }
     let Payload::DmOfflineMessagesResponse(o) = ws
-        .call(Payload::DmOfflineRequest(dm::DmOfflineRequest {}))
+        .call(Payload::DmOfflineRequest(dm::DmOfflineRequest::default()))
         .await
         .unwrap()
     else {

@@ -149,7 +149,7 @@ async fn a_websocket_only_client_does_the_whole_flow() {
     let answer = raw_request(
         &mut bob,
         "offline-1",
-        Payload::DmOfflineRequest(dm::DmOfflineRequest {}),
+        Payload::DmOfflineRequest(dm::DmOfflineRequest::default()),
     )
     .await;
     let Some(Payload::DmOfflineMessagesResponse(o)) = answer.payload else {
@@ -214,7 +214,7 @@ async fn fifty_pipelined_requests_each_get_their_own_answer() {
                 ..Default::default()
             }),
             2 => Payload::DmConversationListRequest(dm::DmConversationListRequest {}),
-            3 => Payload::DmOfflineRequest(dm::DmOfflineRequest {}),
+            3 => Payload::DmOfflineRequest(dm::DmOfflineRequest::default()),
             _ => Payload::DmConversationCreateRequest(dm::DmConversationCreateRequest {
                 recipient_pubkey: bob.pubkey.clone(),
             }),

@@ -32,6 +32,14 @@ struct Node {
     child: Child,
 }
 
+impl Drop for Node {
+    /// A failing test leaves no node process behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn spawn_node(port: u16, dir: &std::path::Path, pg: &LocalPostgres, nats: &LocalNats) -> Child {
     ProcessHub::spawn(
         dir,
@@ -332,9 +340,5 @@ async fn sigkill_of_a_node_loses_no_answered_message_and_its_sessions_catch_up()
     );
     for r in readers {
         r.abort();
-    }
-    for node in &mut nodes {
-        let _ = node.child.kill();
-        let _ = node.child.wait();
     }
 }

@@ -566,11 +566,20 @@ async fn group_commit(store: &Store) {
     assert_eq!(order, vec![x, y]);
 
     // Only X1 was queued offline, for b: taken once, then delivered.
-    let taken = store.take_offline(b.clone()).await.unwrap();
+    let taken = store.take_offline(b.clone(), 1000).await.unwrap().messages;
     assert_eq!(taken, vec![x1.clone()]);
-    assert_eq!(store.take_offline(b.clone()).await.unwrap(), vec![]);
-    assert_eq!(store.take_offline(a.clone()).await.unwrap(), vec![]);
-    assert_eq!(store.take_offline(c.clone()).await.unwrap(), vec![]);
+    assert_eq!(
+        store.take_offline(b.clone(), 1000).await.unwrap().messages,
+        vec![]
+    );
+    assert_eq!(
+        store.take_offline(a.clone(), 1000).await.unwrap().messages,
+        vec![]
+    );
+    assert_eq!(
+        store.take_offline(c.clone(), 1000).await.unwrap().messages,
+        vec![]
+    );
 
     // History pages, newest first and oldest first; `has_more` is exact.
     let page = |p: HistoryPage, limit: u32| async move {
@@ -643,7 +652,7 @@ async fn gap_after_the_stored_last_is_skipped(store: &Store) {
     assert_eq!(store.message(x5.id).await.unwrap(), None);
     assert_eq!(store.message(y1.id).await.unwrap(), Some(y1));
     assert_eq!(
-        store.take_offline(b).await.unwrap(),
+        store.take_offline(b, 1000).await.unwrap().messages,
         vec![],
         "no offline entry for a skipped message"
     );
@@ -682,7 +691,7 @@ async fn stale_batch_is_refused(store: &Store) {
     let history = store.history(x, HistoryPage::After(0), 10).await.unwrap();
     assert_eq!(history.messages, winner);
     assert_eq!(
-        store.take_offline(a).await.unwrap(),
+        store.take_offline(a, 1000).await.unwrap().messages,
         vec![],
         "nothing queued"
     );
@@ -737,9 +746,12 @@ async fn offline_queue_and_acks(store: &Store) {
     );
 
     // Oldest entry first: M2 and M3 were queued by the commit, M1 after it.
-    let taken = store.take_offline(b.clone()).await.unwrap();
+    let taken = store.take_offline(b.clone(), 1000).await.unwrap().messages;
     assert_eq!(taken, vec![m3.clone(), m1.clone()]);
-    assert_eq!(store.take_offline(b.clone()).await.unwrap(), vec![]);
+    assert_eq!(
+        store.take_offline(b.clone(), 1000).await.unwrap().messages,
+        vec![]
+    );
     assert_eq!(
         store
             .ack_offline(b.clone(), vec![m1.id, m3.id])
@@ -752,8 +764,8 @@ async fn offline_queue_and_acks(store: &Store) {
         !store.queue_offline(b.clone(), m1.id).await.unwrap(),
         "a delivered entry is not queued again"
     );
-    assert_eq!(store.take_offline(b).await.unwrap(), vec![]);
-    assert_eq!(store.take_offline(a).await.unwrap(), vec![]);
+    assert_eq!(store.take_offline(b, 1000).await.unwrap().messages, vec![]);
+    assert_eq!(store.take_offline(a, 1000).await.unwrap().messages, vec![]);
 }
 
 async fn purge_expired(store: &Store) {
@@ -800,7 +812,7 @@ async fn purge_expired(store: &Store) {
         .purge_expired(now_ms() + 1_000, interval)
         .await
         .unwrap();
-    let left = store.take_offline(b.clone()).await.unwrap();
+    let left = store.take_offline(b.clone(), 1000).await.unwrap().messages;
     match store.engine() {
         "sqlite" => {
             assert_eq!(
@@ -818,7 +830,7 @@ async fn purge_expired(store: &Store) {
         }
         other => panic!("unknown engine {other}"),
     }
-    assert_eq!(store.take_offline(b).await.unwrap(), vec![]);
+    assert_eq!(store.take_offline(b, 1000).await.unwrap().messages, vec![]);
 
     // The live token survived, the expired one did not.
     assert!(store
