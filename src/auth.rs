@@ -182,12 +182,19 @@ impl JwtKeys {
 
     /// Checks a token and returns its subject.
     pub fn verify(&self, token: &str) -> Result<Pubkey, ApiError> {
+        self.verify_with_expiry(token).map(|(user, _)| user)
+    }
+
+    /// Checks a token and returns its subject and `exp` (Unix seconds).
+    pub fn verify_with_expiry(&self, token: &str) -> Result<(Pubkey, u64), ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => ApiError::TokenExpired,
                 _ => ApiError::Unauthorized("invalid access token"),
             })?;
-        Pubkey::parse(&data.claims.sub).map_err(|_| ApiError::Unauthorized("invalid access token"))
+        let user = Pubkey::parse(&data.claims.sub)
+            .map_err(|_| ApiError::Unauthorized("invalid access token"))?;
+        Ok((user, data.claims.exp))
     }
 }
 

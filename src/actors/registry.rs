@@ -46,6 +46,9 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// The session fell too far behind (try again later).
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The session's access token expired and no fresh one came in band
+    /// (an application code: 4000-4999 are free for applications).
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// What the registry keeps of one session.

@@ -55,10 +55,19 @@ pub struct WsSession {
     closing: Option<u16>,
     /// Cluster mode: keeps this node subscribed to the user's events.
     _watch: Option<WatchGuard>,
+    /// When the access token expires (Unix seconds); the session closes
+    /// then unless an `AuthRequest` brings a fresh token.
+    expires_at: u64,
+    expiry: Option<SpawnHandle>,
 }
 
 impl WsSession {
-    pub fn new(user: Pubkey, state: Arc<AppState>, watch: Option<WatchGuard>) -> Self {
+    pub fn new(
+        user: Pubkey,
+        expires_at: u64,
+        state: Arc<AppState>,
+        watch: Option<WatchGuard>,
+    ) -> Self {
         WsSession {
             id: state.registry.next_session_id(),
             user,
@@ -69,6 +78,53 @@ impl WsSession {
             in_flight: 0,
             closing: None,
             _watch: watch,
+            expires_at,
+            expiry: None,
+        }
+    }
+
+    /// (Re)arms the timer that closes the session when its token expires.
+    fn arm_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(handle) = self.expiry.take() {
+            ctx.cancel_future(handle);
+        }
+        let left_ms = (self.expires_at * 1000).saturating_sub(crate::model::now_ms());
+        self.expiry = Some(ctx.run_later(Duration::from_millis(left_ms), |act, ctx| {
+            act.close(
+                ctx,
+                close_code::TOKEN_EXPIRED,
+                "the access token expired; reconnect with a fresh one",
+            );
+        }));
+    }
+
+    /// In-band re-authentication: a fresh token for the same user extends
+    /// the session.
+    fn reauthenticate(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        request_id: &str,
+        token: &str,
+    ) {
+        let answer = match self.state.jwt.verify_with_expiry(token) {
+            Ok((user, _)) if user != self.user => Err(ApiError::Unauthorized(
+                "the token is for another user than this session's",
+            )),
+            Ok((_, expires_at)) => {
+                self.expires_at = self.expires_at.max(expires_at);
+                self.arm_expiry(ctx);
+                Ok(crate::proto::encode_envelope(
+                    request_id.to_owned(),
+                    crate::proto::Payload::AuthResponse(crate::proto::ws::AuthResponse {
+                        expires_at: self.expires_at,
+                    }),
+                ))
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(bytes) => ctx.binary(bytes),
+            Err(e) => ctx.binary(service::ws::error_envelope(request_id, &e)),
         }
     }
 
@@ -119,6 +175,9 @@ impl WsSession {
             Err(bad) => return self.bad_frame(ctx, &bad.request_id, bad.why),
         };
         self.bad_frames = 0;
+        if let crate::proto::Payload::AuthRequest(auth) = &payload {
+            return self.reauthenticate(ctx, &request_id, &auth.access_token);
+        }
         if self.closing.is_some() {
             let err = ApiError::ShuttingDown;
             ctx.binary(service::ws::error_envelope(&request_id, &err));
@@ -204,6 +263,7 @@ impl Actor for WsSession {
         }
         tracing::info!(session = self.id, user = ?self.user, "session started");
         self.heartbeat(ctx);
+        self.arm_expiry(ctx);
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {

@@ -138,6 +138,12 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
             );
         }
         loop {
+            // Near its expiry the token is refreshed and handed to the open
+            // session in band, so the hub does not close it (4001).
+            if client.refresh_if_needed().await? {
+                let token = client.access_token().unwrap_or_default().to_owned();
+                ws.authenticate(&token).await?;
+            }
             tokio::select! {
                 event = ws.next(Duration::from_secs(30)) => match event {
                     Some(Incoming::Envelope(envelope)) => match envelope.payload {
@@ -156,12 +162,8 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
                         println!("(disconnected: {code:?}; reconnecting)");
                         break;
                     }
-                    // Quiet for 30 s: check the token and keep going.
-                    None => {
-                        if client.refresh_if_needed().await? {
-                            break;
-                        }
-                    }
+                    // Quiet for 30 s: the loop checks the token.
+                    None => {}
                 },
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             }

@@ -90,6 +90,11 @@ impl HubClient {
         self.access_token.as_deref()
     }
 
+    /// The refresh token kept from the last login or refresh.
+    pub fn refresh_token(&self) -> Option<&str> {
+        self.refresh.as_ref().map(|(token, _)| token.as_str())
+    }
+
     pub fn set_access_token(&mut self, token: impl Into<String>) {
         self.access_token = Some(token.into());
     }

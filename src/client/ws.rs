@@ -168,6 +168,21 @@ impl WsClient {
         }
     }
 
+    /// Re-authenticates the session with a fresh access token (for the same
+    /// user), so that the hub does not close it when the first one expires.
+    /// Returns the session's new expiry (Unix seconds).
+    pub async fn authenticate(&self, access_token: &str) -> Result<u64, ClientError> {
+        match self
+            .call(Payload::AuthRequest(crate::proto::ws::AuthRequest {
+                access_token: access_token.to_owned(),
+            }))
+            .await?
+        {
+            Payload::AuthResponse(r) => Ok(r.expires_at),
+            _ => Err(ClientError::Decode("expected an AuthResponse".into())),
+        }
+    }
+
     /// Sends any frame as it is (for tests of the hub's framing rules).
     pub fn send_raw(&self, msg: Message) -> Result<(), ClientError> {
         self.out

@@ -70,6 +70,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX idx_dm_offline_recipient ON dm_offline_queue(recipient_pubkey, delivered, id);
     CREATE INDEX idx_dm_offline_queued_at ON dm_offline_queue(queued_at);
     ",
+    // 2: refresh-token families: a rotated token is kept (used = 1) until it
+    // expires, so that presenting it again revokes its family.
+    "
+    ALTER TABLE refresh_tokens ADD COLUMN family TEXT;
+    ALTER TABLE refresh_tokens ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
+    UPDATE refresh_tokens SET family = lower(hex(token_hash)) WHERE family IS NULL;
+    CREATE INDEX idx_refresh_tokens_family ON refresh_tokens(family);
+    ",
 ];
 
 /// The schema version this build expects.

@@ -109,6 +109,13 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO janitor_runs (id, last_run_at) VALUES (1, 0);
     "#,
+    // 2: refresh-token families (as SQLite's migration 2).
+    r#"
+    ALTER TABLE refresh_tokens ADD COLUMN family TEXT;
+    ALTER TABLE refresh_tokens ADD COLUMN used BOOLEAN NOT NULL DEFAULT false;
+    UPDATE refresh_tokens SET family = encode(token_hash, 'hex') WHERE family IS NULL;
+    CREATE INDEX idx_refresh_tokens_family ON refresh_tokens(family);
+    "#,
 ];
 
 /// The schema version this build expects.
@@ -338,6 +345,7 @@ pub async fn login_user(
     }))
 }
 
+/// Stores a login's first refresh token, the start of a new family.
 pub async fn insert_refresh_token(
     client: &Client,
     hash: &[u8; 32],
@@ -347,8 +355,8 @@ pub async fn insert_refresh_token(
 ) -> Result<(), DbError> {
     let stmt = client
         .prepare_cached(
-            "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at, family) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .await?;
     client
@@ -359,13 +367,16 @@ pub async fn insert_refresh_token(
                 &user.as_str(),
                 &(now as i64),
                 &(expires_at as i64),
+                &Uuid::new_v4().to_string(),
             ],
         )
         .await?;
     Ok(())
 }
 
-/// Consumes a live refresh token and stores its successor, atomically.
+/// Consumes a live refresh token and stores its successor (same family),
+/// atomically; an already used token revokes its family (see SQLite's
+/// `writes::rotate_refresh_token`).
 pub async fn rotate_refresh_token(
     client: &mut Client,
     old_hash: &[u8; 32],
@@ -374,26 +385,52 @@ pub async fn rotate_refresh_token(
     expires_at: u64,
 ) -> Result<Option<User>, DbError> {
     let tx = client.transaction().await?;
-    let owner = tx
+    let row = tx
         .query_opt(
-            "DELETE FROM refresh_tokens WHERE token_hash = $1 AND expires_at > $2 \
-             RETURNING user_pubkey",
-            &[&&old_hash[..], &(now as i64)],
+            "SELECT user_pubkey, family, used, expires_at FROM refresh_tokens \
+             WHERE token_hash = $1 FOR UPDATE",
+            &[&&old_hash[..]],
         )
         .await?;
-    let Some(owner) = owner else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    let owner = Pubkey::from_db(owner.try_get(0)?);
+    let (owner, family, used, expiry): (String, String, bool, i64) = (
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    );
+    if used {
+        let revoked = tx
+            .execute("DELETE FROM refresh_tokens WHERE family = $1", &[&family])
+            .await?;
+        tx.commit().await?;
+        tracing::warn!(
+            revoked,
+            "a rotated refresh token was used again; its family is revoked"
+        );
+        return Ok(None);
+    }
+    if expiry <= now as i64 {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE refresh_tokens SET used = true WHERE token_hash = $1",
+        &[&&old_hash[..]],
+    )
+    .await?;
+    let owner = Pubkey::from_db(owner);
     let found = user(&tx, &owner).await?;
     tx.execute(
-        "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4)",
+        "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at, family) \
+         VALUES ($1, $2, $3, $4, $5)",
         &[
             &&new_hash[..],
             &owner.as_str(),
             &(now as i64),
             &(expires_at as i64),
+            &family,
         ],
     )
     .await?;

@@ -51,6 +51,7 @@ pub fn login_user(
     Ok(outcome)
 }
 
+/// Stores a login's first refresh token, the start of a new family.
 pub fn insert_refresh_token(
     conn: &mut Connection,
     hash: &[u8; 32],
@@ -59,20 +60,23 @@ pub fn insert_refresh_token(
     expires_at: u64,
 ) -> Result<(), DbError> {
     conn.prepare_cached(
-        "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at) \
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at, family) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
         &hash[..],
         user.as_str(),
         now as i64,
-        expires_at as i64
+        expires_at as i64,
+        Uuid::new_v4().to_string()
     ])?;
     Ok(())
 }
 
-/// Consumes a live refresh token and stores its successor, atomically.
-/// `None` when the old token is unknown, expired or already used.
+/// Consumes a live refresh token and stores its successor (same family),
+/// atomically. `None` when the old token is unknown, expired or already
+/// used. Presenting an already used token revokes its whole family (the
+/// OAuth 2.0 security BCP): a stolen token and its successors die together.
 pub fn rotate_refresh_token(
     conn: &mut Connection,
     old_hash: &[u8; 32],
@@ -81,23 +85,44 @@ pub fn rotate_refresh_token(
     expires_at: u64,
 ) -> Result<Option<User>, DbError> {
     let tx = begin(conn)?;
-    let owner: Option<String> = tx
+    let row: Option<(String, String, bool, i64)> = tx
         .query_row(
-            "DELETE FROM refresh_tokens WHERE token_hash = ?1 AND expires_at > ?2 \
-             RETURNING user_pubkey",
-            params![&old_hash[..], now as i64],
-            |r| r.get(0),
+            "SELECT user_pubkey, family, used, expires_at FROM refresh_tokens WHERE token_hash = ?1",
+            params![&old_hash[..]],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let Some(owner) = owner else {
+    let Some((owner, family, used, expiry)) = row else {
         return Ok(None);
     };
+    if used {
+        let revoked = tx.execute("DELETE FROM refresh_tokens WHERE family = ?1", [&family])?;
+        tx.commit()?;
+        tracing::warn!(
+            revoked,
+            "a rotated refresh token was used again; its family is revoked"
+        );
+        return Ok(None);
+    }
+    if expiry <= now as i64 {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE refresh_tokens SET used = 1 WHERE token_hash = ?1",
+        params![&old_hash[..]],
+    )?;
     let owner = Pubkey::from_db(owner);
     let user = reads::user(&tx, &owner)?;
     tx.execute(
-        "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at) \
-         VALUES (?1, ?2, ?3, ?4)",
-        params![&new_hash[..], owner.as_str(), now as i64, expires_at as i64],
+        "INSERT INTO refresh_tokens (token_hash, user_pubkey, created_at, expires_at, family) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            &new_hash[..],
+            owner.as_str(),
+            now as i64,
+            expires_at as i64,
+            family
+        ],
     )?;
     tx.commit()?;
     Ok(user)

@@ -36,7 +36,7 @@ pub async fn upgrade(
         .map(str::to_owned)
         .or(from_query)
         .ok_or(ApiError::Unauthorized("missing access token"))?;
-    let user = state.jwt.verify(&token)?;
+    let (user, expires_at) = state.jwt.verify_with_expiry(&token)?;
     check_origin(&req, &state.settings.allowed_origins)?;
     if state.registry.is_closing() {
         return Err(ApiError::ShuttingDown);
@@ -47,7 +47,7 @@ pub async fn upgrade(
         Some(cluster) => Some(cluster.watch(&user).await?),
         None => None,
     };
-    let session = WsSession::new(user, state.clone().into_inner(), watch);
+    let session = WsSession::new(user, expires_at, state.clone().into_inner(), watch);
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.settings.max_frame_bytes)
         .start()

@@ -65,7 +65,8 @@ pub fn decode_frame(data: Bytes) -> Result<(String, Payload), BadFrame> {
 pub fn is_request(payload: &Payload) -> bool {
     matches!(
         payload,
-        Payload::DmSendRequest(_)
+        Payload::AuthRequest(_)
+            | Payload::DmSendRequest(_)
             | Payload::DmHistoryRequest(_)
             | Payload::DmConversationListRequest(_)
             | Payload::DmConversationCreateRequest(_)

@@ -218,10 +218,36 @@ async fn refresh_rotates_and_the_old_token_dies() {
     );
     let garbage = client.refresh("not-a-token").await.unwrap_err();
     assert_eq!(garbage.code(), Some("invalid_refresh_token"));
-    client
-        .refresh(&second.refresh_token)
+}
+
+/// The OAuth 2.0 security BCP: presenting an already rotated refresh token
+/// (someone replays a stolen one) revokes its whole family, the newest
+/// token included; other logins (other families) are untouched.
+#[actix_web::test]
+async fn a_replayed_rotated_refresh_token_revokes_its_family() {
+    let app = spawn_app().await;
+    let id = Identity::generate();
+    let mut phone = app.client();
+    let mut laptop = app.client();
+    let first = phone.login(&id, Some("Rita")).await.unwrap();
+    let other_family = laptop.login(&id, None).await.unwrap();
+    let second = phone.refresh(&first.refresh_token).await.unwrap();
+    let third = phone.refresh(&second.refresh_token).await.unwrap();
+
+    // The thief replays the first token: refused, and the family dies.
+    let replay = phone.refresh(&first.refresh_token).await.unwrap_err();
+    assert_eq!(replay.code(), Some("invalid_refresh_token"));
+    let newest = phone.refresh(&third.refresh_token).await.unwrap_err();
+    assert_eq!(
+        newest.code(),
+        Some("invalid_refresh_token"),
+        "the newest token of the family is revoked too"
+    );
+    // The laptop's login is another family.
+    laptop
+        .refresh(&other_family.refresh_token)
         .await
-        .expect("the newest token still works");
+        .expect("another family still works");
 }
 
 fn secret(app: &TestApp) -> Vec<u8> {

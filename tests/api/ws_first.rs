@@ -342,3 +342,76 @@ async fn a_closed_socket_reports_its_close() {
         other => panic!("expected a 1001 close, got {other:?}"),
     }
 }
+
+/// A session lives as long as its access token: it is closed with 4001 when
+/// the token expires, unless the client sends a fresh token in band
+/// (`AuthRequest`), which must be for the same user.
+#[actix_web::test]
+async fn a_session_closes_at_token_expiry_unless_reauthenticated_in_band() {
+    use united_hub::client::Incoming;
+    use united_hub::proto::ws::AuthRequest;
+    let app = spawn_app_with(|s| s.access_token_ttl = 4).await;
+    let mut user = app.user("Ttl").await;
+    let other = app.user("Other").await;
+    let first_token = user.token().to_owned();
+    let first_exp = token_exp(&first_token);
+    let mut kept = user.live_ws().await;
+    let mut dropped = user.live_ws().await;
+
+    // A token of someone else, or garbage, is refused; the session stays.
+    for (token, code) in [(other.token(), "unauthorized"), ("garbage", "unauthorized")] {
+        let err = kept
+            .call(Payload::AuthRequest(AuthRequest {
+                access_token: token.to_owned(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(code));
+    }
+
+    // A fresh token from a refresh, once the clock has moved a second.
+    eventually("a new second", || async { now_ms() / 1000 > first_exp - 4 }).await;
+    let refresh = user.client.refresh_token().unwrap().to_owned();
+    user.client.refresh(&refresh).await.unwrap();
+    let fresh = user.token().to_owned();
+    let fresh_exp = token_exp(&fresh);
+    assert!(fresh_exp > first_exp);
+    match kept
+        .call(Payload::AuthRequest(AuthRequest {
+            access_token: fresh,
+        }))
+        .await
+        .unwrap()
+    {
+        Payload::AuthResponse(r) => assert_eq!(r.expires_at, fresh_exp),
+        other => panic!("{other:?}"),
+    }
+
+    // The session without a fresh token closes with 4001 at its expiry.
+    match dropped.next(Duration::from_secs(10)).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(4001)),
+        other => panic!("expected a 4001 close, got {other:?}"),
+    }
+    assert!(now_ms() >= first_exp * 1000 - 50, "not before the expiry");
+    // The other is still open past the first token's expiry...
+    kept.call(Payload::DmConversationListRequest(Default::default()))
+        .await
+        .expect("re-authenticated: still open");
+    // ...and closes at the fresh token's.
+    match kept.next(Duration::from_secs(10)).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(4001)),
+        other => panic!("expected a 4001 close, got {other:?}"),
+    }
+    assert!(now_ms() >= fresh_exp * 1000 - 50);
+}
+
+/// The `exp` claim of a JWT, read without checking it.
+fn token_exp(token: &str) -> u64 {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    claims["exp"].as_u64().unwrap()
+}
