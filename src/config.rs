@@ -19,6 +19,9 @@ pub mod defaults {
     pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
     pub const MAX_FRAME_BYTES: usize = 256 * 1024;
     pub const SESSION_BUFFER: usize = 1024;
+    pub const SESSION_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+    pub const MAX_SESSIONS_PER_USER: usize = 32;
+    pub const MAX_CONNECTIONS_PER_IP: usize = 4096;
     pub const AUTH_RATE: u32 = 20;
     pub const AUTH_BURST: u32 = 100;
     pub const SEND_RATE: u32 = 200;
@@ -80,6 +83,19 @@ pub struct Settings {
     #[arg(long, env = "UNITED_SESSION_BUFFER", default_value_t = defaults::SESSION_BUFFER)]
     pub session_buffer: usize,
 
+    /// Bytes of events a session may have waiting before it counts as too
+    /// slow (closed with 1013; what it missed goes to the offline queue); 0 turns the cap off.
+    #[arg(long, env = "UNITED_SESSION_BUFFER_BYTES", default_value_t = defaults::SESSION_BUFFER_BYTES)]
+    pub session_buffer_bytes: usize,
+
+    /// Live WebSocket sessions one user may have on this node; 0 turns the cap off.
+    #[arg(long, env = "UNITED_MAX_SESSIONS_PER_USER", default_value_t = defaults::MAX_SESSIONS_PER_USER)]
+    pub max_sessions_per_user: usize,
+
+    /// Live WebSocket sessions from one client IP on this node; 0 turns the cap off.
+    #[arg(long, env = "UNITED_MAX_CONNECTIONS_PER_IP", default_value_t = defaults::MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+
     /// Auth requests per second per client IP (`/api/auth/*`); 0 turns the limit off.
     #[arg(long, env = "UNITED_AUTH_RATE", default_value_t = defaults::AUTH_RATE)]
     pub auth_rate: u32,
@@ -136,6 +152,9 @@ impl Default for Settings {
             max_payload_bytes: defaults::MAX_PAYLOAD_BYTES,
             max_frame_bytes: defaults::MAX_FRAME_BYTES,
             session_buffer: defaults::SESSION_BUFFER,
+            session_buffer_bytes: defaults::SESSION_BUFFER_BYTES,
+            max_sessions_per_user: defaults::MAX_SESSIONS_PER_USER,
+            max_connections_per_ip: defaults::MAX_CONNECTIONS_PER_IP,
             auth_rate: defaults::AUTH_RATE,
             auth_burst: defaults::AUTH_BURST,
             send_rate: defaults::SEND_RATE,
@@ -185,7 +204,91 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+/// The bounds `Settings::validate` enforces.
+pub mod limits {
+    /// The longest duration any flag accepts: 100 years, in seconds. Far
+    /// below what `Instant + Duration` or milliseconds in a `u64` overflow at.
+    pub const MAX_DURATION_SECS: u64 = 100 * 365 * 24 * 3600 + 25 * 24 * 3600;
+    /// The largest `--max-payload-bytes`: 64 MiB.
+    pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
+    /// What a WebSocket send request carries besides its ciphertext (ids,
+    /// nonce, key, timestamp, request id and protobuf framing), generously.
+    pub const SEND_OVERHEAD_BYTES: usize = 1024;
+    /// The largest `--max-frame-bytes`: 128 MiB.
+    pub const MAX_FRAME_BYTES: usize = 128 * 1024 * 1024;
+}
+
 impl Settings {
+    /// Refuses values the hub cannot run with, or whose arithmetic (seconds
+    /// to milliseconds, `Instant + ttl`) could overflow. Every problem is
+    /// named by its flag; run before anything is opened.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use limits::*;
+        let mut problems = Vec::new();
+        for (flag, secs) in [
+            ("--access-token-ttl", self.access_token_ttl),
+            ("--refresh-token-ttl", self.refresh_token_ttl),
+            ("--challenge-ttl", self.challenge_ttl),
+            ("--offline-ttl", self.offline_ttl),
+            ("--janitor-interval", self.janitor_interval),
+            ("--ping-interval", self.ping_interval),
+            ("--idle-timeout", self.idle_timeout),
+        ] {
+            if secs > MAX_DURATION_SECS {
+                problems.push(format!(
+                    "{flag} {secs} is over 100 years ({MAX_DURATION_SECS} seconds)"
+                ));
+            }
+        }
+        let payload_ok = (1..=MAX_PAYLOAD_BYTES).contains(&self.max_payload_bytes);
+        if !payload_ok {
+            problems.push(format!(
+                "--max-payload-bytes {} must be between 1 and {MAX_PAYLOAD_BYTES} (64 MiB)",
+                self.max_payload_bytes
+            ));
+        }
+        if self.max_frame_bytes > MAX_FRAME_BYTES {
+            problems.push(format!(
+                "--max-frame-bytes {} is over {MAX_FRAME_BYTES} (128 MiB)",
+                self.max_frame_bytes
+            ));
+        } else if payload_ok && self.max_frame_bytes < self.min_frame_bytes() {
+            problems.push(format!(
+                "--max-frame-bytes {} is smaller than a WebSocket send at --max-payload-bytes {} \
+                 needs ({}): such messages could be sent over HTTP but never over /ws",
+                self.max_frame_bytes,
+                self.max_payload_bytes,
+                self.min_frame_bytes()
+            ));
+        }
+        if self.session_buffer == 0 {
+            problems.push(
+                "--session-buffer 0 would count every session as too slow; it must be at least 1"
+                    .to_owned(),
+            );
+        }
+        if self.ping_interval() >= self.idle_timeout() {
+            problems.push(format!(
+                "--ping-interval ({} s) must be shorter than --idle-timeout ({} s), or quiet \
+                 clients are closed between two pings",
+                self.ping_interval().as_secs(),
+                self.idle_timeout().as_secs()
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid settings: {}", problems.join("; "))
+        }
+    }
+
+    /// The smallest `--max-frame-bytes` that carries a send at
+    /// `--max-payload-bytes`.
+    pub fn min_frame_bytes(&self) -> usize {
+        self.max_payload_bytes
+            .saturating_add(limits::SEND_OVERHEAD_BYTES)
+    }
+
     /// The secret file actually used.
     pub fn jwt_secret_path(&self) -> PathBuf {
         self.jwt_secret_file
@@ -223,6 +326,93 @@ mod tests {
         assert_eq!(s.jwt_secret_path(), PathBuf::from("./data/jwt_secret"));
         // A 64 KiB payload in base64 fits in the JSON limit.
         assert!(s.max_json_bytes() > 65536 * 4 / 3 + 200);
+    }
+
+    fn problems(configure: impl FnOnce(&mut Settings)) -> String {
+        let mut s = Settings::default();
+        configure(&mut s);
+        match s.validate() {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_defaults_and_sane_values_are_valid() {
+        Settings::default().validate().unwrap();
+        assert_eq!(
+            problems(|s| s.challenge_ttl = 0),
+            "",
+            "tests expire challenges at once"
+        );
+        assert_eq!(
+            problems(|s| {
+                s.offline_ttl = limits::MAX_DURATION_SECS;
+                s.refresh_token_ttl = limits::MAX_DURATION_SECS;
+                s.max_payload_bytes = limits::MAX_PAYLOAD_BYTES;
+                s.max_frame_bytes = limits::MAX_PAYLOAD_BYTES + limits::SEND_OVERHEAD_BYTES;
+                s.ping_interval = 1;
+                s.idle_timeout = 2;
+                s.session_buffer = 1;
+            }),
+            ""
+        );
+    }
+
+    #[test]
+    fn absurd_values_are_refused_by_flag() {
+        for (configure, flag) in [
+            (
+                Box::new(|s: &mut Settings| s.offline_ttl = u64::MAX) as Box<dyn Fn(&mut Settings)>,
+                "--offline-ttl",
+            ),
+            (
+                Box::new(|s| s.refresh_token_ttl = limits::MAX_DURATION_SECS + 1),
+                "--refresh-token-ttl",
+            ),
+            (
+                Box::new(|s| s.access_token_ttl = u64::MAX / 1000),
+                "--access-token-ttl",
+            ),
+            (Box::new(|s| s.challenge_ttl = u64::MAX), "--challenge-ttl"),
+            (
+                Box::new(|s| s.janitor_interval = u64::MAX),
+                "--janitor-interval",
+            ),
+            (Box::new(|s| s.max_payload_bytes = 0), "--max-payload-bytes"),
+            (
+                Box::new(|s| s.max_payload_bytes = limits::MAX_PAYLOAD_BYTES + 1),
+                "--max-payload-bytes",
+            ),
+            (Box::new(|s| s.max_frame_bytes = 4096), "--max-frame-bytes"),
+            (
+                Box::new(|s| s.max_frame_bytes = 64 * 1024),
+                "--max-frame-bytes",
+            ),
+            (
+                Box::new(|s| s.max_frame_bytes = usize::MAX),
+                "--max-frame-bytes",
+            ),
+            (Box::new(|s| s.session_buffer = 0), "--session-buffer"),
+            (Box::new(|s| s.ping_interval = 30), "--ping-interval"),
+            (
+                Box::new(|s| {
+                    s.ping_interval = 0;
+                    s.idle_timeout = 0;
+                }),
+                "--ping-interval",
+            ),
+            (Box::new(|s| s.idle_timeout = u64::MAX), "--idle-timeout"),
+        ] {
+            let message = problems(configure);
+            assert!(message.contains(flag), "{flag}: {message:?}");
+        }
+        // Every problem is named at once.
+        let message = problems(|s| {
+            s.session_buffer = 0;
+            s.max_payload_bytes = 0;
+        });
+        assert!(message.contains("--session-buffer") && message.contains("--max-payload-bytes"));
     }
 
     #[test]

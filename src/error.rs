@@ -41,6 +41,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("too many requests; retry after {retry_after} s")]
     RateLimited { retry_after: u32 },
+    /// A session cap (per user or per IP): close one before opening another.
+    #[error("{0}")]
+    TooManySessions(String),
     #[error("the hub is shutting down")]
     ShuttingDown,
     #[error("the database or the cluster bus cannot be reached; retry after {retry_after} s")]
@@ -75,7 +78,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RateLimited { .. } | ApiError::TooManySessions(_) => "rate_limited",
             ApiError::ShuttingDown | ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -95,7 +98,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManySessions(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::ShuttingDown | ApiError::Unavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -138,6 +143,9 @@ impl ResponseError for ApiError {
         if let ApiError::RateLimited { retry_after } | ApiError::Unavailable { retry_after } = self
         {
             res.insert_header(("Retry-After", retry_after.to_string()));
+        }
+        if let ApiError::TooManySessions(_) = self {
+            res.insert_header(("Retry-After", "5"));
         }
         res.json(ErrorJson {
             error: ErrorDetailJson {

@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    settings.validate()?;
     let app = Application::build(settings).await?;
     let handle = app.handle();
     actix_web::rt::spawn(async move {

@@ -15,7 +15,7 @@ use crate::actors::claims::IdClaims;
 use crate::actors::conversation::ConversationHandles;
 use crate::actors::directory::ConversationDirectory;
 use crate::actors::janitor::{JanitorActor, StopJanitor};
-use crate::actors::registry::SessionRegistry;
+use crate::actors::registry::{SessionLimits, SessionRegistry};
 use crate::actors::write_batcher::WriteBatcher;
 use crate::auth::JwtKeys;
 use crate::cluster::ClusterNode;
@@ -25,6 +25,34 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::state::AppState;
 use crate::store::{Opened, Store};
+
+/// The kernel send buffer of every accepted connection. Linux would grow it
+/// to 4 MiB for a peer that stops reading; fixed here, a stalled WebSocket
+/// holds at most this in the kernel plus `--session-buffer-bytes` in the
+/// hub before it is cut off (1013). Ample for chat traffic.
+const SOCKET_SEND_BUFFER: usize = 256 * 1024;
+
+/// Socket options of every accepted connection: the fixed send buffer, and
+/// `TCP_USER_TIMEOUT` of `--idle-timeout`. A peer that stops reading stops
+/// the hub's writes to it, and then its session actor is no longer run (so
+/// neither its idle timer nor a 1013 close could act); the kernel aborts
+/// such a connection once written data has waited that long, which ends the
+/// session and frees its place in the per-user and per-IP caps.
+fn configure_socket(conn: &dyn std::any::Any, user_timeout: Duration) {
+    let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        return;
+    };
+    let socket = socket2::SockRef::from(stream);
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_SEND_BUFFER) {
+        tracing::debug!(error = %e, "could not set the send buffer size");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket.set_tcp_user_timeout(Some(user_timeout)) {
+        tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = user_timeout;
+}
 
 /// How long shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -67,8 +95,16 @@ impl Application {
     /// Opens (and migrates) the database, starts the actors and binds.
     /// Must run inside an actix system.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(SessionRegistry::new(metrics.clone()));
+        let registry = Arc::new(SessionRegistry::new(
+            metrics.clone(),
+            SessionLimits {
+                bytes_per_session: settings.session_buffer_bytes,
+                sessions_per_user: settings.max_sessions_per_user,
+                connections_per_ip: settings.max_connections_per_ip,
+            },
+        ));
         let Opened {
             store,
             migrations_applied,
@@ -122,6 +158,10 @@ impl Application {
                 .app_data(data.clone())
                 .wrap(from_fn(http::access_log))
                 .configure(|cfg| http::configure(cfg, &data))
+        })
+        .on_connect({
+            let user_timeout = state.settings.idle_timeout();
+            move |conn, _| configure_socket(conn, user_timeout)
         })
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs());

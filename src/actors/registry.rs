@@ -13,14 +13,15 @@
 //! dead session, so "online" is never a lie for longer than one push.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use actix::{Message, Recipient};
 use bytes::Bytes;
 
 use crate::metrics::Metrics;
 use crate::model::Pubkey;
+use crate::ratelimit::ClientKey;
 
 /// One encoded event `Envelope`, the same bytes for every recipient.
 #[derive(Message, Clone)]
@@ -58,6 +59,60 @@ pub struct SessionHandle {
     /// Bounded: `try_send` fails when the session is `--session-buffer` behind.
     pub deliver: Recipient<Deliver>,
     pub kick: Recipient<Kick>,
+    /// Bytes handed to the session and not yet written by it: at most
+    /// `--session-buffer-bytes`, or the session is cut off like a full one.
+    pub pending_bytes: Arc<AtomicUsize>,
+}
+
+/// Holds one admitted session's place in the per-user and per-IP counts;
+/// dropping it (when the session ends) gives the place back.
+pub struct Admission {
+    admissions: Arc<Admissions>,
+    user: Pubkey,
+    ip: Option<ClientKey>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut counts = self.admissions.counts();
+        if let Some(n) = counts.0.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                counts.0.remove(&self.user);
+            }
+        }
+        if let Some(ip) = &self.ip {
+            if let Some(n) = counts.1.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.1.remove(ip);
+                }
+            }
+        }
+    }
+}
+
+/// Live WebSocket sessions per user and per client IP, and their caps.
+struct Admissions {
+    counts: Mutex<(HashMap<Pubkey, usize>, HashMap<ClientKey, usize>)>,
+    per_user: usize,
+    per_ip: usize,
+}
+
+type AdmissionCounts = (HashMap<Pubkey, usize>, HashMap<ClientKey, usize>);
+
+impl Admissions {
+    fn counts(&self) -> std::sync::MutexGuard<'_, AdmissionCounts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The caps on sessions, from the settings (0 turns a cap off).
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    pub bytes_per_session: usize,
+    pub sessions_per_user: usize,
+    pub connections_per_ip: usize,
 }
 
 /// Outcome of pushing one event to one user's sessions.
@@ -73,17 +128,60 @@ pub struct SessionRegistry {
     next_id: AtomicU64,
     /// Set once shutdown begins; new sessions are turned away.
     closing: AtomicBool,
+    /// Sessions admitted per user and per IP.
+    admissions: Arc<Admissions>,
+    /// Most bytes one session may have waiting (0: no byte cap).
+    bytes_per_session: usize,
     metrics: Arc<Metrics>,
 }
 
 impl SessionRegistry {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, limits: SessionLimits) -> Self {
         SessionRegistry {
             users: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
+            admissions: Arc::new(Admissions {
+                counts: Mutex::new((HashMap::new(), HashMap::new())),
+                per_user: limits.sessions_per_user,
+                per_ip: limits.connections_per_ip,
+            }),
+            bytes_per_session: limits.bytes_per_session,
             metrics,
         }
+    }
+
+    /// Takes a place for a new session of `user` from `ip` (an IPv4 address
+    /// or an IPv6 /64), or says which
+    /// cap it would break (429, so the client knows to wait or close one).
+    pub fn admit(
+        &self,
+        user: &Pubkey,
+        ip: Option<ClientKey>,
+    ) -> Result<Admission, crate::error::ApiError> {
+        let a = &self.admissions;
+        let mut counts = a.counts();
+        let user_count = counts.0.get(user).copied().unwrap_or(0);
+        if a.per_user > 0 && user_count >= a.per_user {
+            return Err(crate::error::ApiError::TooManySessions(format!(
+                "this user already has {user_count} live sessions (--max-sessions-per-user)"
+            )));
+        }
+        if let Some(ip) = &ip {
+            let ip_count = counts.1.get(ip).copied().unwrap_or(0);
+            if a.per_ip > 0 && ip_count >= a.per_ip {
+                return Err(crate::error::ApiError::TooManySessions(format!(
+                    "this address already has {ip_count} live sessions (--max-connections-per-ip)"
+                )));
+            }
+            *counts.1.entry(*ip).or_default() += 1;
+        }
+        *counts.0.entry(user.clone()).or_default() += 1;
+        Ok(Admission {
+            admissions: a.clone(),
+            user: user.clone(),
+            ip,
+        })
     }
 
     pub fn next_session_id(&self) -> u64 {
@@ -144,11 +242,23 @@ impl SessionRegistry {
                 return pushed;
             };
             for session in sessions {
-                match session.deliver.try_send(Deliver(event.clone())) {
+                let size = event.len();
+                let waiting = session.pending_bytes.fetch_add(size, Ordering::AcqRel) + size;
+                let over_budget = self.bytes_per_session > 0 && waiting > self.bytes_per_session;
+                let sent = if over_budget {
+                    Err(true)
+                } else {
+                    session
+                        .deliver
+                        .try_send(Deliver(event.clone()))
+                        .map_err(|e| matches!(e, actix::prelude::SendError::Full(_)))
+                };
+                match sent {
                     Ok(()) => pushed.delivered += 1,
-                    Err(err) => {
+                    Err(full) => {
+                        session.pending_bytes.fetch_sub(size, Ordering::AcqRel);
                         pushed.failed += 1;
-                        if matches!(err, actix::prelude::SendError::Full(_)) {
+                        if full {
                             tracing::warn!(
                                 session = session.id,
                                 "session too slow; closing with 1013"

@@ -16,7 +16,7 @@ use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
 use bytes::{Bytes, BytesMut};
 
-use super::registry::{close_code, Deliver, Kick, SessionHandle};
+use super::registry::{close_code, Admission, Deliver, Kick, SessionHandle};
 use crate::cluster::WatchGuard;
 use crate::error::ApiError;
 use crate::model::Pubkey;
@@ -55,6 +55,10 @@ pub struct WsSession {
     closing: Option<u16>,
     /// Cluster mode: keeps this node subscribed to the user's events.
     _watch: Option<WatchGuard>,
+    /// This session's place in the per-user and per-IP caps.
+    _admission: Admission,
+    /// Bytes pushed to this session and not yet handed to the socket.
+    pending_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// When the access token expires (Unix seconds); the session closes
     /// then unless an `AuthRequest` brings a fresh token.
     expires_at: u64,
@@ -66,6 +70,7 @@ impl WsSession {
         user: Pubkey,
         expires_at: u64,
         state: Arc<AppState>,
+        admission: Admission,
         watch: Option<WatchGuard>,
     ) -> Self {
         WsSession {
@@ -78,6 +83,8 @@ impl WsSession {
             in_flight: 0,
             closing: None,
             _watch: watch,
+            _admission: admission,
+            pending_bytes: Arc::default(),
             expires_at,
             expiry: None,
         }
@@ -257,6 +264,7 @@ impl Actor for WsSession {
             id: self.id,
             deliver: addr.clone().recipient(),
             kick: addr.recipient(),
+            pending_bytes: self.pending_bytes.clone(),
         };
         if !self.state.registry.register(&self.user, handle) {
             return self.close(ctx, close_code::GOING_AWAY, "the hub is shutting down");
@@ -312,6 +320,8 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
 impl Handler<Deliver> for WsSession {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        self.pending_bytes
+            .fetch_sub(msg.0.len(), std::sync::atomic::Ordering::AcqRel);
         ctx.binary(msg.0);
     }
 }

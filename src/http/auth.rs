@@ -16,7 +16,7 @@ pub async fn challenge(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.limits.check_auth(&req)?;
-    let issued = service::auth::challenge(&state).await?;
+    let issued = service::auth::challenge(&state, state.limits.challenge_client(&req)).await?;
     Ok(HttpResponse::Ok().json(ChallengeResponse {
         challenge_id: issued.id.to_string(),
         challenge: hex::encode(issued.bytes),

@@ -41,13 +41,20 @@ pub async fn upgrade(
     if state.registry.is_closing() {
         return Err(ApiError::ShuttingDown);
     }
+    let admission = state.registry.admit(&user, state.limits.client_key(&req))?;
     // Cluster mode: the node follows the user's events before the session
     // can answer anything, so it misses no push committed after that.
     let watch = match &state.cluster {
         Some(cluster) => Some(cluster.watch(&user).await?),
         None => None,
     };
-    let session = WsSession::new(user, expires_at, state.clone().into_inner(), watch);
+    let session = WsSession::new(
+        user,
+        expires_at,
+        state.clone().into_inner(),
+        admission,
+        watch,
+    );
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.settings.max_frame_bytes)
         .start()

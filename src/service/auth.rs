@@ -8,6 +8,7 @@ use crate::auth::{self, IssuedChallenge};
 use crate::db::LoginOutcome;
 use crate::error::ApiError;
 use crate::model::{now_ms, Pubkey, User};
+use crate::ratelimit::ClientKey;
 use crate::state::AppState;
 
 /// A validated `POST /api/auth/verify`.
@@ -26,8 +27,13 @@ pub struct Session {
     pub user: User,
 }
 
-pub async fn challenge(state: &AppState) -> Result<IssuedChallenge, ApiError> {
-    state.store.issue_challenge().await
+/// A new login challenge; `client` (the caller's IPv4 address or IPv6 /64)
+/// counts toward its per-client cap.
+pub async fn challenge(
+    state: &AppState,
+    client: Option<ClientKey>,
+) -> Result<IssuedChallenge, ApiError> {
+    state.store.issue_challenge(client).await
 }
 
 /// Checks a challenge answer; registers the user on first login.

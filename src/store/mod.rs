@@ -115,10 +115,14 @@ impl Store {
 
     // -- identity ----------------------------------------------------------
 
-    pub async fn issue_challenge(&self) -> Result<IssuedChallenge, ApiError> {
+    /// A new login challenge for `client` (see `auth::ChallengeStore::issue_for`).
+    pub async fn issue_challenge(
+        &self,
+        client: Option<crate::ratelimit::ClientKey>,
+    ) -> Result<IssuedChallenge, ApiError> {
         match self {
-            Store::Sqlite(s) => s.issue_challenge(),
-            Store::Postgres(s) => s.issue_challenge().await,
+            Store::Sqlite(s) => s.issue_challenge(client),
+            Store::Postgres(s) => s.issue_challenge(client).await,
         }
     }
 

@@ -181,7 +181,12 @@ impl PgStore {
         })
     }
 
-    pub async fn issue_challenge(&self) -> Result<IssuedChallenge, ApiError> {
+    /// The per-client cap of the in-memory store is not applied here; the
+    /// per-node auth rate limit and the janitor bound the table.
+    pub async fn issue_challenge(
+        &self,
+        _client: Option<crate::ratelimit::ClientKey>,
+    ) -> Result<IssuedChallenge, ApiError> {
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         let id = Uuid::new_v4();

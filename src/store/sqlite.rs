@@ -99,8 +99,16 @@ impl SqliteStore {
         .await
     }
 
-    pub fn issue_challenge(&self) -> Result<IssuedChallenge, ApiError> {
-        self.challenges.issue()
+    pub fn issue_challenge(
+        &self,
+        client: Option<crate::ratelimit::ClientKey>,
+    ) -> Result<IssuedChallenge, ApiError> {
+        self.challenges.issue_for(client)
+    }
+
+    /// The pending login challenges (for tests that look at their number).
+    pub fn challenges(&self) -> &ChallengeStore {
+        &self.challenges
     }
 
     pub fn take_challenge(&self, id: &Uuid) -> Result<[u8; 32], ApiError> {

@@ -357,7 +357,11 @@ async fn endless_continuation_frames_close_the_session_without_growing_memory() 
 
 #[actix_web::test]
 async fn abuse_on_one_socket_does_not_disturb_others() {
-    let app = spawn_app_with(|s| s.max_frame_bytes = 64 * 1024).await;
+    let app = spawn_app_with(|s| {
+        s.max_frame_bytes = 64 * 1024;
+        s.max_payload_bytes = 32 * 1024;
+    })
+    .await;
     let alice = app.user("Alice").await;
     let bob = app.user("Bob").await;
     let eve = app.user("Eve").await;
@@ -554,4 +558,220 @@ async fn purged_entries_leave_no_bytes_behind() {
     .await;
     let err = client.refresh(&tokens.refresh_token).await.unwrap_err();
     assert_eq!(err.code(), Some("invalid_refresh_token"));
+}
+
+/// Issue 9: memory is bounded in bytes, not events. 50 sessions that never
+/// read are each sent 30 messages of ~60 KiB (90 MB in all). With a byte
+/// budget of 256 KiB per session, each is cut off (1013) once it holds that
+/// much (after the kernel's fixed 256 KiB send buffer), and the rest goes to
+/// its user's offline queue: over the last two thirds the hub's memory grows
+/// by a few MB. Measured without the budget (`--session-buffer-bytes 0`):
+/// +68 MiB, and this test fails.
+#[actix_web::test]
+async fn sessions_that_never_read_hold_at_most_their_byte_budget() {
+    const STUCK: usize = 50;
+    const PER_USER: usize = 30;
+    const BUDGET: usize = 256 * 1024;
+    let hub = ProcessHub::start(&[
+        "--session-buffer-bytes",
+        &BUDGET.to_string(),
+        "--idle-timeout",
+        "3",
+        "--ping-interval",
+        "1",
+    ])
+    .await;
+    let alice = user_at(&hub.address, "Alice").await;
+    let mut stuck = Vec::new();
+    for i in 0..STUCK {
+        let user = user_at(&hub.address, &format!("Stuck {i}")).await;
+        let conversation = alice.open_conversation(&user).await;
+        let socket = stalled_websocket(&hub.address, user.token());
+        stuck.push((user, conversation, socket));
+    }
+    assert_eq!(hub.metric("united_live_sessions").await, STUCK as f64);
+    let text = "x".repeat(60 * 1024);
+    let mut before = 0;
+    for round in 0..PER_USER {
+        // After a third, the sockets and buffers are full and the allocator
+        // warm: from here on the hub must not grow by more than its budgets.
+        if round == PER_USER / 3 {
+            before = hub.rss_kib();
+        }
+        let sends = stuck.iter().map(|(user, conversation, _)| {
+            let sealed = alice.seal(user, conversation, &text);
+            let body = send_body(None, conversation, &sealed, now_ms());
+            let client = alice.client.clone();
+            async move { client.send(&body).await }
+        });
+        for answer in futures_util::future::join_all(sends).await {
+            answer.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
+    let grown = hub.rss_kib().saturating_sub(before);
+    let bound = (STUCK * BUDGET / 1024) as u64 + 16 * 1024;
+    eprintln!("stuck readers: the hub's RSS grew {grown} KiB (bound {bound} KiB)");
+    assert!(
+        grown < bound,
+        "the hub's RSS grew by {grown} KiB, over {bound} KiB"
+    );
+
+    // Every stuck session was cut off, and every message is kept: in
+    // history, and each was either handed to its session or queued offline.
+    eventually("the stuck sessions left the registry", || async {
+        hub.metric("united_live_sessions").await == 0.0
+    })
+    .await;
+    let pushed = hub.metric("united_pushes_total").await;
+    let queued = hub.metric("united_offline_queued_total").await;
+    assert_eq!(
+        pushed + queued,
+        (STUCK * PER_USER) as f64,
+        "every message reached a session or the offline queue ({pushed} + {queued})"
+    );
+    let db = hub.db();
+    for (user, conversation, _) in &stuck {
+        let stored: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM dm_messages WHERE conversation_id = ?1",
+                [conversation],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, PER_USER as i64);
+        let queued: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM dm_offline_queue WHERE recipient_pubkey = ?1",
+                [&user.pubkey],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            queued > 0,
+            "what the stalled session did not take is queued"
+        );
+    }
+
+    // The stalled sockets do not linger: the kernel aborts them after the
+    // idle timeout (TCP_USER_TIMEOUT), since their session actors cannot run.
+    let port: u16 = hub.address.rsplit(':').next().unwrap().parse().unwrap();
+    eventually("the stalled connections are closed by the hub", || async {
+        established_from_port(port) == 0
+    })
+    .await;
+    drop(stuck);
+}
+
+/// Established TCP connections whose local port is `port` (the hub's side).
+fn established_from_port(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+/// A WebSocket that never reads, with a 4 KiB receive buffer: the hub's
+/// side of it stops being writable after a few dozen KiB, as with a client
+/// that hangs on a slow link. The handshake is done by hand on a plain
+/// socket.
+fn stalled_websocket(address: &str, token: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = address.trim_start_matches("http://").parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    write!(
+        stream,
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// Issue 9: a cap on live sessions per user and on connections per client
+/// IP, each answered 429 `rate_limited` with `Retry-After` before any
+/// session exists; a closed session gives its place back.
+#[actix_web::test]
+async fn session_caps_per_user_and_per_ip_answer_429() {
+    let app = spawn_app_with(|s| {
+        s.max_sessions_per_user = 3;
+        s.max_connections_per_ip = 5;
+    })
+    .await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let mut alices = Vec::new();
+    for _ in 0..3 {
+        alices.push(alice.live_ws().await);
+    }
+    let refused = |token: String| {
+        let url = app.ws_url();
+        async move {
+            awc::Client::new()
+                .ws(url)
+                .bearer_auth(token)
+                .connect()
+                .await
+                .err()
+                .map(|e| match e {
+                    awc::error::WsClientError::InvalidResponseStatus(s) => s.as_u16(),
+                    other => panic!("{other:?}"),
+                })
+        }
+    };
+    assert_eq!(
+        refused(alice.token().to_owned()).await,
+        Some(429),
+        "a fourth session of one user"
+    );
+    let _bob1 = bob.live_ws().await;
+    let _bob2 = bob.live_ws().await;
+    assert_eq!(
+        refused(bob.token().to_owned()).await,
+        Some(429),
+        "a sixth connection from one address"
+    );
+    // The error is the contract's JSON, with Retry-After.
+    let res = app
+        .http()
+        .get(app.url("/ws"))
+        .bearer_auth(alice.token())
+        .insert_header(("Upgrade", "websocket"))
+        .insert_header(("Connection", "Upgrade"))
+        .insert_header(("Sec-WebSocket-Version", "13"))
+        .insert_header(("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    // One of Alice's closes: her place (and the address's) comes back.
+    drop(alices.pop());
+    eventually("a place is free again", || async {
+        refused(alice.token().to_owned()).await.is_none()
+    })
+    .await;
 }

@@ -6,6 +6,7 @@
 /// it again on a 3-node cluster).
 pub const CLUSTER: bool = false;
 
+mod abuse;
 mod auth;
 mod cli;
 mod crash;

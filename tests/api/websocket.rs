@@ -135,7 +135,11 @@ async fn ten_bad_frames_in_a_row_close_with_1008() {
 
 #[actix_web::test]
 async fn an_oversized_message_closes_with_1009() {
-    let app = spawn_app_with(|s| s.max_frame_bytes = 4096).await;
+    let app = spawn_app_with(|s| {
+        s.max_frame_bytes = 4096;
+        s.max_payload_bytes = 1024;
+    })
+    .await;
     let user = app.user("Big").await;
     let mut ws = user.ws().await;
     ws.send_raw(Message::Binary(vec![0u8; 8192].into()))

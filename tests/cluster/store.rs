@@ -325,9 +325,9 @@ async fn refresh_tokens_rotate_once(store: &Store) {
 
 async fn challenges_are_taken_once(store: &Store) {
     let before = now_ms();
-    let issued = store.issue_challenge().await.unwrap();
+    let issued = store.issue_challenge(None).await.unwrap();
     assert!(issued.expires_at_ms > before, "{}", issued.expires_at_ms);
-    let other = store.issue_challenge().await.unwrap();
+    let other = store.issue_challenge(None).await.unwrap();
     assert_ne!(other.id, issued.id);
     assert_ne!(other.bytes, issued.bytes);
 
