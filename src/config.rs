@@ -26,6 +26,8 @@ pub mod defaults {
     pub const AUTH_BURST: u32 = 100;
     pub const SEND_RATE: u32 = 200;
     pub const SEND_BURST: u32 = 1000;
+    pub const READ_RATE: u32 = 100;
+    pub const READ_BURST: u32 = 500;
 }
 
 /// Everything the hub can be told at start.
@@ -112,6 +114,15 @@ pub struct Settings {
     #[arg(long, env = "UNITED_SEND_BURST", default_value_t = defaults::SEND_BURST)]
     pub send_burst: u32,
 
+    /// Reads per second per user (history, conversation lists, offline
+    /// fetches; both transports); 0 turns the limit off.
+    #[arg(long, env = "UNITED_READ_RATE", default_value_t = defaults::READ_RATE)]
+    pub read_rate: u32,
+
+    /// Reads a user may make in a burst.
+    #[arg(long, env = "UNITED_READ_BURST", default_value_t = defaults::READ_BURST)]
+    pub read_burst: u32,
+
     /// A reverse proxy whose `X-Forwarded-For` is believed for the client IP.
     #[arg(long, env = "UNITED_TRUSTED_PROXY")]
     pub trusted_proxy: Option<std::net::IpAddr>,
@@ -159,6 +170,8 @@ impl Default for Settings {
             auth_burst: defaults::AUTH_BURST,
             send_rate: defaults::SEND_RATE,
             send_burst: defaults::SEND_BURST,
+            read_rate: defaults::READ_RATE,
+            read_burst: defaults::READ_BURST,
             trusted_proxy: None,
             allowed_origins: Vec::new(),
             database_url: None,

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub pushes_failed: IntCounter,
     pub offline_queued: IntCounter,
     pub offline_purged: IntCounter,
+    /// Writes waiting for the SQLite writer, besides group commits.
+    pub writer_pending: IntGauge,
     /// Purges this node ran (in a cluster, one node's per interval).
     pub janitor_runs: IntCounter,
     pub write_batch_size: Histogram,
@@ -70,6 +72,10 @@ impl Metrics {
             offline_purged: register!(IntCounter::new(
                 "offline_purged_total",
                 "Offline-queue entries purged by the janitor"
+            )),
+            writer_pending: register!(IntGauge::new(
+                "writer_pending",
+                "Writes waiting for the SQLite writer, besides group commits"
             )),
             janitor_runs: register!(IntCounter::new(
                 "janitor_runs_total",

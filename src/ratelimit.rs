@@ -75,6 +75,9 @@ pub struct RateLimits {
     auth: Option<DefaultKeyedRateLimiter<ClientKey>>,
     /// Per user on sends; `None` when `--send-rate 0`.
     send: Option<DefaultKeyedRateLimiter<Pubkey>>,
+    /// Per user on reads (history, conversation lists, offline fetches);
+    /// `None` when `--read-rate 0`.
+    read: Option<DefaultKeyedRateLimiter<Pubkey>>,
     trusted_proxy: Option<IpAddr>,
     clock: DefaultClock,
     /// Origin of `next_prune_ms`.
@@ -101,6 +104,7 @@ impl RateLimits {
         RateLimits {
             auth: limiter(settings.auth_rate, settings.auth_burst),
             send: limiter(settings.send_rate, settings.send_burst),
+            read: limiter(settings.read_rate, settings.read_burst),
             trusted_proxy: settings.trusted_proxy,
             clock: DefaultClock::default(),
             started: Instant::now(),
@@ -163,6 +167,11 @@ impl RateLimits {
         self.check(&self.send, user)
     }
 
+    /// Counts one read by `user` (history, conversation list, offline page).
+    pub fn check_read(&self, user: &Pubkey) -> Result<(), ApiError> {
+        self.check(&self.read, user)
+    }
+
     /// The client's address: the peer, or the proxy's last forwarded hop.
     pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
         let peer = req.peer_addr()?.ip();
@@ -199,6 +208,9 @@ impl RateLimits {
             l.retain_recent();
         }
         if let Some(l) = &self.send {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.read {
             l.retain_recent();
         }
     }

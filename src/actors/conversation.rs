@@ -37,7 +37,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::claims::IdClaims;
+use super::claims::{Claim, IdClaims};
 use super::registry::SessionRegistry;
 use super::write_batcher::{AppendMessage, CommitFailure, MessagesCommitted, WriteBatcher};
 use crate::cluster::ClusterNode;
@@ -118,8 +118,8 @@ struct InFlight {
     recipient: Pubkey,
     /// The recipient's offline entry is in the same transaction.
     offline_queued: bool,
-    /// Whether the client chose the id (then it is claimed in `IdClaims`).
-    client_id: bool,
+    /// The client-chosen id's claim (released when the entry is dropped).
+    _claim: Option<Claim>,
     /// The sender, then any resend that arrived while it was in flight.
     waiters: Vec<(Waiter, bool)>,
     /// Times it was assigned a sequence.
@@ -227,13 +227,21 @@ impl ConversationActor {
                 entry.waiters.push((tx, false));
                 return Ok(rx);
             }
-            // Claimed before anything else, so that no other conversation
-            // of this node can take the id meanwhile. A stored id is found
-            // by the commit (`Skipped::DuplicateId`).
-            if !self.handles.claims.claim(id) {
-                return Err(ApiError::Conflict("message id reused with different content").into());
-            }
         }
+        // Claimed before anything else, so that no other conversation of
+        // this node can take the id meanwhile; a stored id is found by the
+        // commit (`Skipped::DuplicateId`). Released when the entry is dropped.
+        let claim = match message.id {
+            Some(id) => match self.handles.claims.claim_guard(id) {
+                Some(claim) => Some(claim),
+                None => {
+                    return Err(
+                        ApiError::Conflict("message id reused with different content").into(),
+                    )
+                }
+            },
+            None => None,
+        };
 
         let recipient = self.other(&sender).clone();
         let entry = InFlight {
@@ -251,7 +259,7 @@ impl ConversationActor {
             }),
             recipient,
             offline_queued: false,
-            client_id: message.id.is_some(),
+            _claim: claim,
             waiters: vec![(tx, true)],
             attempts: 0,
         };
@@ -312,18 +320,11 @@ impl ConversationActor {
                         let failed: Vec<InFlight> =
                             act.retry.drain(..).chain(act.waiting.drain(..)).collect();
                         for entry in failed {
-                            act.release(&entry);
                             entry.fail(|| ApiError::from_store(&e));
                         }
                     }
                 }),
         );
-    }
-
-    fn release(&self, entry: &InFlight) {
-        if entry.client_id {
-            self.handles.claims.release(&entry.message.id);
-        }
     }
 
     /// A resend of a stored id: answered from the stored row.
@@ -332,8 +333,7 @@ impl ConversationActor {
         let id = entry.message.id;
         async move { store.message(id).await }
             .into_actor(self)
-            .map(move |stored, act, _| {
-                act.release(&entry);
+            .map(move |stored, _, _| {
                 for (waiter, _) in entry.waiters {
                     let answer = match &stored {
                         Ok(Some(stored)) if stored.same_as(&entry.message) => Ok(SendOutcome {
@@ -356,7 +356,6 @@ impl ConversationActor {
 
     /// Answers the waiters and fans the committed message out.
     fn committed(&mut self, entry: InFlight, ctx: &mut Context<Self>) {
-        self.release(&entry);
         let handles = &self.handles;
         handles.metrics.messages_accepted.inc();
         let message = entry.message;
@@ -471,7 +470,6 @@ impl Handler<MessagesCommitted> for ConversationActor {
                     self.needs_resync = true;
                     if entry.attempts >= MAX_ATTEMPTS {
                         tracing::warn!(conversation = %self.conversation.id, ?skipped, "gave up assigning a message");
-                        self.release(&entry);
                         entry.fail(|| ApiError::Unavailable { retry_after: 1 });
                     } else {
                         self.handles.metrics.sequence_retries.inc();
@@ -480,7 +478,6 @@ impl Handler<MessagesCommitted> for ConversationActor {
                 }
                 Err(CommitFailure::Batch(failure)) => {
                     self.needs_resync = true;
-                    self.release(&entry);
                     entry.fail(|| failure.to_api_error());
                 }
             }

@@ -7,6 +7,7 @@
 //! that stops, so the fresh one starts from the truth.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use actix::prelude::*;
@@ -20,12 +21,18 @@ use crate::model::{NewMessage, Pubkey};
 
 /// How often a send is retried when it meets a stopping actor.
 const SEND_ATTEMPTS: usize = 3;
+/// The longest a send may take, whatever happens (a lost answer would
+/// otherwise hang the request): then 503, and the client's retry with the
+/// same id is idempotent.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Actors = Mutex<HashMap<Uuid, Addr<ConversationActor>>>;
 
 pub struct ConversationDirectory {
     /// Live actors by conversation id.
     actors: Arc<Actors>,
+    /// Counts renames, so an actor that read names during one re-reads them.
+    renames: AtomicU64,
     /// Given to every actor it starts.
     handles: ConversationHandles,
 }
@@ -47,11 +54,29 @@ impl ConversationDirectory {
                 }
             }
         });
-        ConversationDirectory { actors, handles }
+        ConversationDirectory {
+            actors,
+            renames: AtomicU64::new(0),
+            handles,
+        }
     }
 
     /// Sends a message through its conversation's actor.
     pub async fn send(&self, sender: Pubkey, message: NewMessage) -> Result<SendOutcome, ApiError> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.send_once(sender, message)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::error!("a send took longer than {SEND_TIMEOUT:?}");
+                Err(ApiError::Unavailable { retry_after: 1 })
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        sender: Pubkey,
+        message: NewMessage,
+    ) -> Result<SendOutcome, ApiError> {
         for _ in 0..SEND_ATTEMPTS {
             let addr = self.get_or_start(&message.conversation_id).await?;
             let request = SendDm {
@@ -76,17 +101,41 @@ impl ConversationDirectory {
         if let Some(addr) = lock(&self.actors).get(id).filter(|a| a.connected()) {
             return Ok(addr.clone());
         }
+        let renames_before = self.renames.load(Ordering::Acquire);
         let loaded = self.handles.store.conversation_with_last_seq(*id).await?;
         let Some((conversation, last_seq)) = loaded else {
             return Err(ApiError::NotFound("no such conversation"));
         };
-        let mut actors = lock(&self.actors);
-        // Another caller may have started it while we read.
-        if let Some(addr) = actors.get(id).filter(|a| a.connected()) {
-            return Ok(addr.clone());
+        let participants = [
+            conversation.participant_a.clone(),
+            conversation.participant_b.clone(),
+        ];
+        let addr = {
+            let mut actors = lock(&self.actors);
+            // Another caller may have started it while we read.
+            if let Some(addr) = actors.get(id).filter(|a| a.connected()) {
+                return Ok(addr.clone());
+            }
+            let addr =
+                ConversationActor::new(conversation, last_seq, self.handles.clone()).start();
+            actors.insert(*id, addr.clone());
+            addr
+        };
+        if self.renames.load(Ordering::Acquire) != renames_before {
+            // A rename happened while the names were read: read them again,
+            // so this actor cannot keep a stale one.
+            if let Ok(Some(fresh)) = self.handles.store.conversation(*id).await {
+                for (user, name) in [
+                    (participants[0].clone(), fresh.participant_a_display_name),
+                    (participants[1].clone(), fresh.participant_b_display_name),
+                ] {
+                    addr.do_send(RenameParticipant {
+                        user,
+                        display_name: name,
+                    });
+                }
+            }
         }
-        let addr = ConversationActor::new(conversation, last_seq, self.handles.clone()).start();
-        actors.insert(*id, addr.clone());
         Ok(addr)
     }
 
@@ -95,9 +144,13 @@ impl ConversationDirectory {
         (self.handles.on_stop)(id, addr);
     }
 
-    /// Tells every live actor about a display-name change.
+    /// Tells every live actor about a display-name change (the new name is
+    /// stored already). The addresses are copied out first: the directory is
+    /// not locked while the actors are messaged.
     pub fn rename(&self, user: &Pubkey, display_name: &str) {
-        for addr in lock(&self.actors).values() {
+        self.renames.fetch_add(1, Ordering::AcqRel);
+        let actors: Vec<Addr<ConversationActor>> = lock(&self.actors).values().cloned().collect();
+        for addr in actors {
             addr.do_send(RenameParticipant {
                 user: user.clone(),
                 display_name: display_name.to_owned(),

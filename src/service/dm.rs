@@ -86,6 +86,7 @@ pub async fn list_conversations(
     state: &AppState,
     caller: &Pubkey,
 ) -> Result<Vec<Conversation>, ApiError> {
+    state.limits.check_read(caller)?;
     Ok(state.store.conversations_of(caller.clone()).await?)
 }
 
@@ -125,6 +126,7 @@ pub async fn history(
     page: HistoryPage,
     limit: u32,
 ) -> Result<History, ApiError> {
+    state.limits.check_read(caller)?;
     member_conversation(state, caller, conversation_id).await?;
     let limit = limit.clamp(1, MAX_HISTORY_LIMIT);
     Ok(state.store.history(conversation_id, page, limit).await?)
@@ -137,6 +139,7 @@ pub async fn take_offline(
     caller: &Pubkey,
     limit: u32,
 ) -> Result<OfflinePage, ApiError> {
+    state.limits.check_read(caller)?;
     let limit = match limit {
         0 => MAX_OFFLINE_LIMIT,
         n => n.min(MAX_OFFLINE_LIMIT),

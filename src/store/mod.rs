@@ -315,6 +315,7 @@ fn open_sqlite(
         writer,
         Duration::from_secs(settings.challenge_ttl),
         checkpointer,
+        metrics.clone(),
     );
     Ok((Store::Sqlite(Arc::new(store)), applied, secret))
 }

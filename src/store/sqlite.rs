@@ -5,8 +5,9 @@
 //! `SyncArbiter` thread. Login challenges live in memory: one process is the
 //! whole hub.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use rusqlite::Connection;
@@ -20,18 +21,43 @@ use crate::actors::db_executor::{
 use crate::auth::{ChallengeStore, IssuedChallenge};
 use crate::db::{reads, CommitTarget, DbError, LoginOutcome, Pool, Purged};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::model::{
     Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
+
+/// Writes (other than group commits) that may wait for the writer at once;
+/// past this, a request gets 503 `unavailable` instead of a place in an
+/// ever longer queue in front of the message commits.
+pub const WRITER_QUEUE_LIMIT: usize = 64;
+/// How long a `/healthz` answer is reused.
+const HEALTH_CACHE: Duration = Duration::from_secs(1);
 
 pub struct SqliteStore {
     /// Read connections.
     pool: Pool,
     /// The one writer.
     writer: Addr<DbExecutor>,
+    /// Writes waiting for the writer (not counting group commits).
+    pending_writes: AtomicUsize,
+    /// The last health check and when it ran.
+    health: Mutex<Option<(Instant, bool)>>,
+    /// A health check is running (the others reuse the last answer).
+    health_checking: AtomicBool,
     challenges: ChallengeStore,
     /// Stopped (taken) at shutdown.
     checkpointer: Mutex<Option<Checkpointer>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Counts one write waiting for the writer while it lives.
+struct PendingWrite<'a>(&'a SqliteStore);
+
+impl Drop for PendingWrite<'_> {
+    fn drop(&mut self) {
+        self.0.pending_writes.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.writer_pending.dec();
+    }
 }
 
 impl SqliteStore {
@@ -40,13 +66,35 @@ impl SqliteStore {
         writer: Addr<DbExecutor>,
         challenge_ttl: Duration,
         checkpointer: Checkpointer,
+        metrics: Arc<Metrics>,
     ) -> Self {
         SqliteStore {
             pool,
             writer,
+            pending_writes: AtomicUsize::new(0),
+            health: Mutex::new(None),
+            health_checking: AtomicBool::new(false),
             challenges: ChallengeStore::new(challenge_ttl),
             checkpointer: Mutex::new(Some(checkpointer)),
+            metrics,
         }
+    }
+
+    /// Sends one write to the writer, unless `WRITER_QUEUE_LIMIT` writes
+    /// already wait (then `DbError::Unavailable`: 503 with Retry-After).
+    async fn write<M, T>(&self, msg: M) -> Result<T, DbError>
+    where
+        M: actix::Message<Result = Result<T, DbError>> + Send + 'static,
+        T: Send + 'static,
+        DbExecutor: actix::Handler<M>,
+    {
+        if self.pending_writes.fetch_add(1, Ordering::AcqRel) >= WRITER_QUEUE_LIMIT {
+            self.pending_writes.fetch_sub(1, Ordering::AcqRel);
+            return Err(DbError::Unavailable("the writer's queue is full".into()));
+        }
+        self.metrics.writer_pending.inc();
+        let _pending = PendingWrite(self);
+        self.writer.send(msg).await?
     }
 
     /// The read pool, for tests that hold its connections.
@@ -87,16 +135,42 @@ impl SqliteStore {
         .map_err(|e| DbError::Other(format!("blocking read failed: {e}")))?
     }
 
+    /// Whether the writer can take the write lock and a reader answers.
+    /// The answer is reused for a second, so `/healthz` (which anyone may
+    /// call) puts at most one write a second in front of the commits.
     pub async fn health(&self) -> Result<(), DbError> {
-        self.writer
-            .send(Ping)
-            .timeout(Duration::from_secs(2))
-            .await??;
-        self.read(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
+        let cached = *self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, ok)) = cached {
+            // Fresh, or another caller is checking already: reuse it.
+            if at.elapsed() < HEALTH_CACHE || self.health_checking.swap(true, Ordering::AcqRel) {
+                return if ok {
+                    Ok(())
+                } else {
+                    Err(DbError::Unavailable("unhealthy a moment ago".into()))
+                };
+            }
+        } else {
+            self.health_checking.store(true, Ordering::Release);
+        }
+        struct Checking<'a>(&'a AtomicBool);
+        impl Drop for Checking<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _checking = Checking(&self.health_checking);
+        let result = async {
+            self.write(Ping).await?;
+            self.read(|conn| {
+                conn.query_row("SELECT 1", [], |_| Ok(()))?;
+                Ok(())
+            })
+            .await
+        }
+        .await;
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), result.is_ok()));
+        result
     }
 
     pub fn issue_challenge(
@@ -124,12 +198,11 @@ impl SqliteStore {
         pubkey: Pubkey,
         display_name: Option<String>,
     ) -> Result<LoginOutcome, DbError> {
-        self.writer
-            .send(LoginUser {
-                pubkey,
-                display_name,
-            })
-            .await?
+        self.write(LoginUser {
+            pubkey,
+            display_name,
+        })
+        .await
     }
 
     pub async fn store_refresh_token(
@@ -138,13 +211,12 @@ impl SqliteStore {
         user: Pubkey,
         expires_at: u64,
     ) -> Result<(), DbError> {
-        self.writer
-            .send(StoreRefreshToken {
-                hash,
-                user,
-                expires_at,
-            })
-            .await?
+        self.write(StoreRefreshToken {
+            hash,
+            user,
+            expires_at,
+        })
+        .await
     }
 
     pub async fn rotate_refresh_token(
@@ -153,13 +225,12 @@ impl SqliteStore {
         new_hash: [u8; 32],
         expires_at: u64,
     ) -> Result<Option<User>, DbError> {
-        self.writer
-            .send(RotateRefreshToken {
-                old_hash,
-                new_hash,
-                expires_at,
-            })
-            .await?
+        self.write(RotateRefreshToken {
+            old_hash,
+            new_hash,
+            expires_at,
+        })
+        .await
     }
 
     pub async fn user(&self, pubkey: Pubkey) -> Result<Option<User>, DbError> {
@@ -171,7 +242,7 @@ impl SqliteStore {
         user: Pubkey,
         key: [u8; 32],
     ) -> Result<(DmKey, bool), DbError> {
-        self.writer.send(UpsertDmKey { user, key }).await?
+        self.write(UpsertDmKey { user, key }).await
     }
 
     pub async fn dm_key(&self, user: Pubkey) -> Result<Option<DmKey>, DbError> {
@@ -183,12 +254,11 @@ impl SqliteStore {
         a: Pubkey,
         b: Pubkey,
     ) -> Result<(Conversation, bool), DbError> {
-        self.writer
-            .send(CreateConversation {
-                participant_a: a,
-                participant_b: b,
-            })
-            .await?
+        self.write(CreateConversation {
+            participant_a: a,
+            participant_b: b,
+        })
+        .await
     }
 
     pub async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, DbError> {
@@ -242,12 +312,11 @@ impl SqliteStore {
         recipient: Pubkey,
         message_id: Uuid,
     ) -> Result<bool, DbError> {
-        self.writer
-            .send(QueueOffline {
-                recipient,
-                message_id,
-            })
-            .await?
+        self.write(QueueOffline {
+            recipient,
+            message_id,
+        })
+        .await
     }
 
     /// Reads the page on a reader (the payloads never pass through the
@@ -269,12 +338,11 @@ impl SqliteStore {
         }
         let queue_ids = entries.iter().map(|(id, _)| *id).collect();
         let marked: std::collections::HashSet<i64> = self
-            .writer
-            .send(MarkDelivered {
+            .write(MarkDelivered {
                 recipient,
                 queue_ids,
             })
-            .await??
+            .await?
             .into_iter()
             .collect();
         let messages = entries
@@ -286,12 +354,11 @@ impl SqliteStore {
     }
 
     pub async fn ack_offline(&self, recipient: Pubkey, ids: Vec<Uuid>) -> Result<u32, DbError> {
-        self.writer
-            .send(AckOffline {
-                recipient,
-                message_ids: ids,
-            })
-            .await?
+        self.write(AckOffline {
+            recipient,
+            message_ids: ids,
+        })
+        .await
     }
 
     /// One process is the whole hub: every call purges.
@@ -300,8 +367,6 @@ impl SqliteStore {
         offline_cutoff: u64,
         _interval: Duration,
     ) -> Result<Option<Purged>, DbError> {
-        Ok(Some(
-            self.writer.send(PurgeExpired { offline_cutoff }).await??,
-        ))
+        Ok(Some(self.write(PurgeExpired { offline_cutoff }).await?))
     }
 }

@@ -435,3 +435,67 @@ async fn the_offline_queue_comes_in_pages_with_has_more() {
     assert_eq!(page(0).await, (1, false));
     assert_eq!(page(0).await, (0, false));
 }
+
+/// Issue 9: one client id sent into two conversations. Claimed before it is
+/// assigned and checked again at commit, it is stored once; the other send
+/// is 409 `conflict` (never a failed batch for anyone else), whether the two
+/// race (20 rounds) or the second comes after the first committed.
+#[actix_web::test]
+async fn one_id_sent_into_two_conversations_is_stored_once() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let carol = app.user("Carol").await;
+    let with_bob = alice.open_conversation(&bob).await;
+    let with_carol = alice.open_conversation(&carol).await;
+    for round in 0..20 {
+        let id = uuid::Uuid::new_v4().to_string();
+        let to_bob = send_body(
+            Some(id.clone()),
+            &with_bob,
+            &alice.seal(&bob, &with_bob, "b"),
+            now_ms(),
+        );
+        let to_carol = send_body(
+            Some(id.clone()),
+            &with_carol,
+            &alice.seal(&carol, &with_carol, "c"),
+            now_ms(),
+        );
+        let (a, b) = tokio::join!(alice.client.send(&to_bob), alice.client.send(&to_carol));
+        let conflicts = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Err(e) if e.code() == Some("conflict")))
+            .count();
+        let stored = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Ok((_, true))))
+            .count();
+        assert_eq!((stored, conflicts), (1, 1), "round {round}: {a:?} / {b:?}");
+        // Sequential: the stored one answers 200 again, the other 409.
+        let (winner, loser) = if a.is_ok() {
+            (&to_bob, &to_carol)
+        } else {
+            (&to_carol, &to_bob)
+        };
+        assert!(!alice.client.send(winner).await.unwrap().1);
+        assert_eq!(
+            alice.client.send(loser).await.unwrap_err().code(),
+            Some("conflict")
+        );
+    }
+    // Neither conversation has a gap; 20 rows in all.
+    let mut total = 0;
+    for conversation in [&with_bob, &with_carol] {
+        let seqs = app
+            .sql_i64(
+                "SELECT server_sequence FROM dm_messages \
+                 WHERE CAST(conversation_id AS TEXT) = $1 ORDER BY server_sequence",
+                Some(conversation),
+            )
+            .await;
+        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+        total += seqs.len();
+    }
+    assert_eq!(total, 20);
+}

@@ -15,8 +15,12 @@ async fn healthz_answers_ok_and_503_when_the_database_is_stuck() {
     // Another process holds the write lock: the writer cannot answer.
     let blocker = app.db();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let res = app.http().get(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(res.status().as_u16(), 503);
+    // (An answer is reused for a second.)
+    eventually("healthz says 503", || async {
+        let res = app.http().get(app.url("/healthz")).send().await.unwrap();
+        res.status().as_u16() == 503 && res.headers().contains_key("retry-after")
+    })
+    .await;
     blocker.execute_batch("ROLLBACK").unwrap();
     eventually("healthz recovers", || async {
         let res = app.http().get(app.url("/healthz")).send().await.unwrap();
@@ -161,4 +165,81 @@ async fn metrics_count_what_happens_and_name_nobody() {
     ] {
         assert!(!text.contains(secret), "metrics mention {secret}");
     }
+}
+
+/// Issue 9: `/healthz` needs no login, so it must be cheap. Hammered from 8
+/// connections while two users exchange messages, it puts at most one check
+/// a second on the writer (its answer is reused), the writer's queue stays
+/// at one or two (`united_writer_pending`), and every send commits.
+#[actix_web::test]
+async fn a_hammered_healthz_neither_queues_on_the_writer_nor_slows_sends() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let app = spawn_app_with(|s| s.send_rate = 0).await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let done = Rc::new(Cell::new(false));
+    let checks = Rc::new(Cell::new(0u64));
+    let most_pending = Rc::new(Cell::new(0.0f64));
+
+    let hammer = (0..8).map(|_| {
+        let (done, checks, app) = (done.clone(), checks.clone(), &app);
+        async move {
+            let http = awc::Client::default();
+            while !done.get() {
+                let res = http.get(app.url("/healthz")).send().await.unwrap();
+                assert_eq!(res.status().as_u16(), 200);
+                checks.set(checks.get() + 1);
+            }
+        }
+    });
+    let sampler = {
+        let (done, most_pending, app) = (done.clone(), most_pending.clone(), &app);
+        async move {
+            while !done.get() {
+                let text = app.metrics().await;
+                let pending: f64 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("united_writer_pending "))
+                    .and_then(|v| v.parse().ok())
+                    .expect("the writer_pending gauge");
+                most_pending.set(most_pending.get().max(pending));
+                actix_web::rt::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let traffic = {
+        let done = done.clone();
+        let (alice, bob, conversation) = (&alice, &bob, &conversation);
+        async move {
+            for i in 0..100 {
+                let (ta, tb) = (format!("a{i}"), format!("b{i}"));
+                let (a, b) = tokio::join!(
+                    alice.send_http(bob, conversation, &ta),
+                    bob.send_http(alice, conversation, &tb)
+                );
+                assert!(a.server_sequence > 0 && b.server_sequence > 0);
+            }
+            done.set(true);
+        }
+    };
+    tokio::join!(futures_util::future::join_all(hammer), sampler, traffic);
+    assert!(
+        checks.get() > 100,
+        "the hammer ran ({} checks)",
+        checks.get()
+    );
+    assert!(
+        most_pending.get() <= 2.0,
+        "the writer's queue reached {}",
+        most_pending.get()
+    );
+    let stored = app
+        .sql_i64(
+            "SELECT COUNT(*) FROM dm_messages WHERE CAST(conversation_id AS TEXT) = $1",
+            Some(&conversation),
+        )
+        .await;
+    assert_eq!(stored, vec![200]);
 }
