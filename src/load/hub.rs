@@ -1,28 +1,83 @@
-//! The hub under load: a child process of this binary on a temporary data
-//! directory (the default), or one already running (`--url`). Either way the
-//! generator can read the hub's resident memory from `/proc`.
+//! The hubs under load, in one of three modes:
+//!
+//! - **embedded** (the default): one `united-hub serve` child process of this
+//!   binary on a temporary data directory (SQLite);
+//! - **urls** (`--url`, once or more): hubs that are already running;
+//! - **cluster** (`--cluster N`): a throw-away PostgreSQL and nats-server and
+//!   N child nodes sharing them.
+//!
+//! The generator reads each hub's resident memory from `/proc` when it knows
+//! its process; with several nodes the figure is their sum.
 
-use std::net::TcpListener;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use futures_util::future::try_join_all;
 
-pub struct TargetHub {
+use crate::localcluster::{free_port, LocalNats, LocalPostgres};
+
+/// How the generator got its hubs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Embedded,
+    Urls,
+    Cluster,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded",
+            Mode::Urls => "urls",
+            Mode::Cluster => "cluster",
+        }
+    }
+}
+
+/// How long a hub may take to answer `/healthz` with 200.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
+/// Fresh ports a node start tries when its child exits at once (port taken).
+const PORT_ATTEMPTS: usize = 3;
+
+/// One hub node.
+pub struct Node {
     pub url: String,
-    /// The hub's process, when it runs on this machine and could be found.
+    /// The node's process, when it runs on this machine and could be found.
     pub pid: Option<u32>,
     child: Option<Child>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
-impl TargetHub {
+impl Node {
     /// Starts `united-hub serve` as a child on a free port and a temporary
-    /// data directory, and waits until it answers `/healthz`.
-    pub async fn spawn() -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = tempfile::tempdir()?;
+    /// data directory, rate limits off, with `extra` flags, and waits until
+    /// it answers `/healthz`. A child that exits at once (its port was taken
+    /// meanwhile) is started again on another port.
+    async fn start(extra: &[String]) -> anyhow::Result<Node> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut node = Node::spawn(extra)?;
+            match node.wait_healthy().await {
+                Ok(()) => return Ok(node),
+                Err(e) if attempt < PORT_ATTEMPTS && e.root_cause().is::<Exited>() => {
+                    tracing::debug!(error = %e, "hub node exited at start, trying another port");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn spawn(extra: &[String]) -> anyhow::Result<Node> {
+        let port = free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("united-load-")
+            .tempdir()
+            .context("creating a data directory for the hub")?;
         let exe = std::env::current_exe().context("locating this binary")?;
         let child = Command::new(exe)
             .args([
@@ -32,8 +87,21 @@ impl TargetHub {
                 "--data-dir",
             ])
             .arg(dir.path())
-            // The run measures the hub's capacity, not its abuse limits.
-            .args(["--auth-rate", "0", "--send-rate", "0"])
+            // The run measures the hub's capacity, not its abuse limits
+            // (thousands of sessions come from this one address).
+            .args([
+                "--auth-rate",
+                "0",
+                "--send-rate",
+                "0",
+                "--read-rate",
+                "0",
+                "--max-sessions-per-user",
+                "0",
+                "--max-connections-per-ip",
+                "0",
+            ])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("UNITED_LOAD_HUB_LOG").unwrap_or_else(|_| "warn".into()),
@@ -42,51 +110,60 @@ impl TargetHub {
             .stdout(Stdio::null())
             .spawn()
             .context("starting the hub")?;
-        let hub = TargetHub {
+        Ok(Node {
             url: format!("http://127.0.0.1:{port}"),
             pid: Some(child.id()),
             child: Some(child),
             _data_dir: Some(dir),
-        };
-        hub.wait_healthy().await?;
-        Ok(hub)
+        })
     }
 
     /// A hub that is already running. Its pid is `pid`, or found from the
     /// listening port when the hub is on this machine.
-    pub async fn attach(url: &str, pid: Option<u32>) -> anyhow::Result<Self> {
+    async fn attach(url: &str, pid: Option<u32>) -> anyhow::Result<Node> {
         let url = url.trim_end_matches('/').to_owned();
         let pid = pid.or_else(|| local_port(&url).and_then(pid_listening_on));
-        let hub = TargetHub {
+        let mut node = Node {
             url,
             pid,
             child: None,
             _data_dir: None,
         };
-        hub.wait_healthy().await?;
-        Ok(hub)
+        node.wait_healthy().await?;
+        Ok(node)
     }
 
-    async fn wait_healthy(&self) -> anyhow::Result<()> {
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let client = awc::Client::builder()
             .timeout(Duration::from_secs(2))
             .finish();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + HEALTHY_WITHIN;
         loop {
+            if let Some(child) = &mut self.child {
+                if let Some(status) = child.try_wait().context("waiting for the hub")? {
+                    self.child = None;
+                    return Err(anyhow::Error::new(Exited)
+                        .context(format!("the hub for {} exited ({status})", self.url)));
+                }
+            }
             if let Ok(res) = client.get(format!("{}/healthz", self.url)).send().await {
                 if res.status().is_success() {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                bail!("the hub at {} did not become healthy within 30 s", self.url);
+                bail!(
+                    "the hub at {} did not become healthy within {} s",
+                    self.url,
+                    HEALTHY_WITHIN.as_secs()
+                );
             }
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// The hub's resident set size in KiB, if it can be read.
-    pub fn rss_kib(&self) -> Option<u64> {
+    /// The node's resident set size in KiB, if it can be read.
+    fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
         status
             .lines()
@@ -95,13 +172,174 @@ impl TargetHub {
     }
 }
 
-impl Drop for TargetHub {
+impl Drop for Node {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the hub process exited")]
+struct Exited;
+
+/// Every hub of a run, and what it started for them.
+pub struct Target {
+    pub mode: Mode,
+    /// Declared first: nodes stop before the database and the bus they use.
+    pub nodes: Vec<Node>,
+    _nats: Option<LocalNats>,
+    _pg: Option<LocalPostgres>,
+}
+
+impl Target {
+    /// One hub, a child of this binary, on SQLite.
+    pub async fn embedded() -> anyhow::Result<Target> {
+        Ok(Target {
+            mode: Mode::Embedded,
+            nodes: vec![Node::start(&[]).await?],
+            _nats: None,
+            _pg: None,
+        })
+    }
+
+    /// Hubs that are already running; `pids` is empty or one per URL.
+    pub async fn attach(urls: &[String], pids: &[u32]) -> anyhow::Result<Target> {
+        anyhow::ensure!(
+            pids.is_empty() || pids.len() == urls.len(),
+            "--hub-pid: give one per --url ({} URLs, {} pids)",
+            urls.len(),
+            pids.len()
+        );
+        let nodes = try_join_all(
+            urls.iter()
+                .enumerate()
+                .map(|(i, url)| Node::attach(url, pids.get(i).copied())),
+        )
+        .await?;
+        Ok(Target {
+            mode: Mode::Urls,
+            nodes,
+            _nats: None,
+            _pg: None,
+        })
+    }
+
+    /// A local cluster: PostgreSQL, nats-server and `n` nodes, all children
+    /// of this process, stopped when the target is dropped.
+    pub async fn cluster(n: usize) -> anyhow::Result<Target> {
+        anyhow::ensure!(n > 0, "--cluster needs at least one node");
+        let started = Instant::now();
+        eprintln!("load: starting PostgreSQL");
+        let pg = blocking(LocalPostgres::start)
+            .await
+            .context("starting PostgreSQL for --cluster")?;
+        eprintln!(
+            "load: PostgreSQL at {} ({:.1} s)",
+            pg.url(),
+            started.elapsed().as_secs_f64()
+        );
+        let t = Instant::now();
+        eprintln!("load: starting nats-server");
+        let nats = blocking(LocalNats::start)
+            .await
+            .context("starting nats-server for --cluster")?;
+        eprintln!(
+            "load: nats-server at {} ({:.1} s)",
+            nats.url(),
+            t.elapsed().as_secs_f64()
+        );
+        let t = Instant::now();
+        eprintln!("load: starting {n} hub nodes");
+        let extra = [
+            "--database-url".to_owned(),
+            pg.url(),
+            "--nats-url".to_owned(),
+            nats.url(),
+        ];
+        // Dropping the half-started target on error stops what did start.
+        let mut target = Target {
+            mode: Mode::Cluster,
+            nodes: Vec::new(),
+            _nats: Some(nats),
+            _pg: Some(pg),
+        };
+        target.nodes = try_join_all((0..n).map(|_| Node::start(&extra)))
+            .await
+            .context("starting the hub nodes")?;
+        eprintln!(
+            "load: {n} nodes healthy ({:.1} s; {:.1} s in all)",
+            t.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(target)
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+
+    /// The summed RSS of every node in KiB; `None` unless all can be read.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.nodes.iter().map(Node::rss_kib).sum()
+    }
+
+    /// Whether every node's process is known (memory figures are possible).
+    pub fn knows_every_pid(&self) -> bool {
+        self.nodes.iter().all(|n| n.pid.is_some())
+    }
+
+    /// The cluster counters of every node's `/metrics`, summed; `None` if a
+    /// node's metrics cannot be read.
+    pub async fn bus_counters(&self) -> Option<BTreeMap<String, u64>> {
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .finish();
+        let mut sum = BTreeMap::new();
+        for node in &self.nodes {
+            let mut res = client
+                .get(format!("{}/metrics", node.url))
+                .send()
+                .await
+                .ok()?;
+            let body = res.body().limit(8 << 20).await.ok()?;
+            for line in String::from_utf8_lossy(&body).lines() {
+                let Some((name, value)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Some(name) = name.strip_prefix("united_") else {
+                    continue;
+                };
+                if BUS_COUNTERS.contains(&name) {
+                    *sum.entry(name.to_owned()).or_insert(0) +=
+                        value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+                }
+            }
+        }
+        Some(sum)
+    }
+}
+
+/// The counters of `/metrics` that tell how the bus between nodes fared.
+pub const BUS_COUNTERS: [&str; 6] = [
+    "cluster_events_published_total",
+    "cluster_events_received_total",
+    "cluster_events_repaired_total",
+    "cluster_publish_dropped_total",
+    "cluster_slow_consumer_total",
+    "sequence_retries_total",
+];
+
+/// Runs blocking start-up work (initdb, waiting for a port) off the
+/// generator's one thread, so ctrl-c is still heard meanwhile.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    actix_web::rt::task::spawn_blocking(f)
+        .await
+        .context("a start-up task panicked")?
 }
 
 /// The port of an `http://127.0.0.1:PORT` or `http://localhost:PORT` URL.

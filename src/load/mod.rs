@@ -4,6 +4,10 @@
 //! up, measure, drain, verify. The run fails (exit code 1) on any lost,
 //! duplicated or reordered message, any push to the wrong session, and any
 //! send error other than the hub asking to slow down (429/503).
+//!
+//! The hubs: one embedded child hub (the default), running hubs (`--url`,
+//! once per node), or a local cluster it starts (`--cluster N`); see
+//! `hub.rs`. With several nodes, each pair's two users are on different ones.
 
 mod hub;
 mod report;
@@ -27,12 +31,19 @@ use traffic::{Pacer, Pair, Sender, SessionCheck, Stats, Template};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LoadArgs {
-    /// A running hub [default: start one as a child process on a temporary directory].
-    #[arg(long)]
-    pub url: Option<String>,
-    /// The hub's process id, for memory figures of a `--url` hub that cannot be found by port.
-    #[arg(long)]
-    pub hub_pid: Option<u32>,
+    /// A running hub; give it more than once (or comma-separated) for the
+    /// nodes of a cluster, which then share the users and their devices
+    /// [default: start one hub as a child process on a temporary directory].
+    #[arg(long, value_delimiter = ',')]
+    pub url: Vec<String>,
+    /// The hub's process id, for memory figures of a `--url` hub that cannot
+    /// be found by port; one per `--url`, in the same order.
+    #[arg(long, value_delimiter = ',', requires = "url")]
+    pub hub_pid: Vec<u32>,
+    /// Start a local cluster of N nodes (children of this binary) on a
+    /// throw-away PostgreSQL and nats-server, and load all of them.
+    #[arg(long, value_name = "N", conflicts_with = "url", value_parser = clap::value_parser!(u16).range(1..))]
+    pub cluster: Option<u16>,
     /// Active conversations; each has one sender.
     #[arg(long, default_value_t = 100)]
     pub pairs: usize,
@@ -111,13 +122,44 @@ fn shared_http(args: &LoadArgs) -> awc::Client {
         .finish()
 }
 
-async fn register(args: &LoadArgs, url: &str, count: usize) -> anyhow::Result<Vec<User>> {
+/// Which node each user and device uses. Pair i's sender logs in and
+/// connects at node i mod N, its recipient at node (i + 1) mod N, so with
+/// two nodes or more every conversation crosses nodes; each further device
+/// of a user goes to the next node. Idle and extra users go round-robin.
+#[derive(Clone, Copy)]
+struct Placement {
+    nodes: usize,
+    pair_users: usize,
+}
+
+impl Placement {
+    /// The node a user logs in at (and their first device connects to).
+    fn home(&self, user: usize) -> usize {
+        if user < self.pair_users {
+            (user / 2 + user % 2) % self.nodes
+        } else {
+            (user - self.pair_users) % self.nodes
+        }
+    }
+
+    fn device(&self, user: usize, device: usize) -> usize {
+        (self.home(user) + device) % self.nodes
+    }
+}
+
+async fn register(
+    args: &LoadArgs,
+    urls: &[String],
+    placement: Placement,
+    count: usize,
+) -> anyhow::Result<Vec<User>> {
     let progress = bar(args, count as u64, "register");
     let http = shared_http(args);
     let users: Vec<anyhow::Result<User>> = stream::iter(0..count)
         .map(|i| {
             let progress = progress.clone();
             let http = http.clone();
+            let url = &urls[placement.home(i)];
             async move {
                 let identity = Identity::generate();
                 let mut client = HubClient::with_http(url, http);
@@ -170,22 +212,34 @@ struct Session {
     check: Rc<SessionCheck>,
 }
 
+/// One session to open: whose, on which node, for which pair.
+struct Planned {
+    user: usize,
+    node: usize,
+    pair: Option<Rc<Pair>>,
+    recipient: bool,
+}
+
 async fn connect(
     args: &LoadArgs,
     users: &[User],
-    plan: Vec<(usize, Option<Rc<Pair>>, bool)>,
+    ws_urls: &[String],
+    plan: Vec<Planned>,
     stats: &Rc<Stats>,
     done: &Rc<Cell<bool>>,
 ) -> anyhow::Result<Vec<Session>> {
     let progress = bar(args, plan.len() as u64, "connect");
     let sessions: Vec<anyhow::Result<Session>> = stream::iter(plan)
-        .map(|(user, pair, recipient)| {
+        .map(|planned| {
             let progress = progress.clone();
-            let client = &users[user].client;
+            let client = &users[planned.user].client;
+            let ws_url = &ws_urls[planned.node];
+            let Planned {
+                pair, recipient, ..
+            } = planned;
             async move {
                 let mut ws =
-                    WsClient::connect(&client.ws_url(), client.access_token().unwrap_or_default())
-                        .await?;
+                    WsClient::connect(ws_url, client.access_token().unwrap_or_default()).await?;
                 // One answer: the session is registered and gets every later push.
                 ws.call(Payload::DmConversationListRequest(
                     dm::DmConversationListRequest {},
@@ -218,24 +272,50 @@ async fn connect(
     sessions.into_iter().collect()
 }
 
-/// Runs the whole load test and returns its report.
+/// Runs the whole load test and returns its report. On ctrl-c it stops
+/// what it started (hub nodes, PostgreSQL, nats-server) and fails.
 pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
+    tokio::select! {
+        report = run_load(args) => report,
+        Ok(()) = tokio::signal::ctrl_c() => {
+            anyhow::bail!("interrupted: stopped the hubs this run started")
+        }
+    }
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(
         args.pairs > 0 || args.idle > 0,
         "nothing to do: give --pairs or --idle"
     );
-    let hub = match &args.url {
-        Some(url) => hub::TargetHub::attach(url, args.hub_pid).await?,
-        None => hub::TargetHub::spawn().await?,
+    let hub = match (args.cluster, args.url.is_empty()) {
+        (Some(n), _) => hub::Target::cluster(n.into()).await?,
+        (None, false) => hub::Target::attach(&args.url, &args.hub_pid).await?,
+        (None, true) => hub::Target::embedded().await?,
     };
-    let mut report = Report::new(&args, &hub.url);
+    let urls = hub.urls();
+    let mut report = Report::new(&args, &hub);
     report.rss.before = hub.rss_kib();
-    eprintln!("load: hub at {} (pid {:?})", hub.url, hub.pid);
+    for (i, node) in hub.nodes.iter().enumerate() {
+        match hub.nodes.len() {
+            1 => eprintln!("load: hub at {} (pid {:?})", node.url, node.pid),
+            n => eprintln!(
+                "load: node {} of {n} at {} (pid {:?})",
+                i + 1,
+                node.url,
+                node.pid
+            ),
+        }
+    }
 
     let pair_users = 2 * args.pairs;
     let total_users = args.users.unwrap_or(0).max(pair_users + args.idle);
+    let placement = Placement {
+        nodes: urls.len(),
+        pair_users,
+    };
     let t = Instant::now();
-    let users = register(&args, &hub.url, total_users).await?;
+    let users = register(&args, &urls, placement, total_users).await?;
     report.setup.register_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let pairs = open_pairs(&args, &users).await?;
@@ -244,21 +324,43 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
 
     let stats = Rc::new(Stats::new());
     let done = Rc::new(Cell::new(false));
+    // Per pair: the sender's devices, then the recipient's.
     let mut plan = Vec::new();
     for pair in &pairs {
-        for device in 0..args.sessions_per_user {
-            plan.push((2 * pair.index, Some(pair.clone()), false));
-            let _ = device;
+        for (user, recipient) in [(2 * pair.index, false), (2 * pair.index + 1, true)] {
+            for device in 0..args.sessions_per_user {
+                plan.push(Planned {
+                    user,
+                    node: placement.device(user, device),
+                    pair: Some(pair.clone()),
+                    recipient,
+                });
+            }
         }
-        for _ in 0..args.sessions_per_user {
-            plan.push((2 * pair.index + 1, Some(pair.clone()), true));
+        if placement.home(2 * pair.index) != placement.home(2 * pair.index + 1) {
+            report.cross_node_pairs += 1;
         }
     }
     for i in 0..args.idle {
-        plan.push((pair_users + i, None, false));
+        let user = pair_users + i;
+        plan.push(Planned {
+            user,
+            node: placement.home(user),
+            pair: None,
+            recipient: false,
+        });
     }
+    report.sessions_per_node = vec![0; urls.len()];
+    for planned in &plan {
+        report.sessions_per_node[planned.node] += 1;
+    }
+    let http = shared_http(&args);
+    let ws_urls: Vec<String> = urls
+        .iter()
+        .map(|url| HubClient::with_http(url, http.clone()).ws_url())
+        .collect();
     let t = Instant::now();
-    let sessions = connect(&args, &users, plan, &stats, &done).await?;
+    let sessions = connect(&args, &users, &ws_urls, plan, &stats, &done).await?;
     report.setup.connect_seconds = t.elapsed().as_secs_f64();
     report.sessions = sessions.len();
     report.rss.idle_connected = hub.rss_kib();
@@ -351,6 +453,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         measured,
     );
     progress.finish();
+    if hub.nodes.len() > 1 || hub.mode == hub::Mode::Cluster {
+        report.bus = hub.bus_counters().await;
+    }
     drop(sessions);
     drop(hub);
     Ok(report)

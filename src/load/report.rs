@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::hub::{Mode, Target};
 use super::traffic::{Pair, SessionCheck, Stats, Via};
 use super::LoadArgs;
 
@@ -16,7 +17,12 @@ pub struct Setup {
 
 #[derive(Serialize, Debug, Default)]
 pub struct Memory {
-    /// The hub's RSS in KiB at each point (absent when it cannot be read).
+    /// What the figures cover: one hub process, the sum of several, or
+    /// nothing (a hub's process is unknown, so memory is omitted).
+    pub scope: String,
+    /// Hub processes summed in each figure (0: no figures).
+    pub processes: usize,
+    /// The hubs' RSS in KiB at each point (absent when it cannot be read).
     pub before: Option<u64>,
     pub after_register: Option<u64>,
     pub idle_connected: Option<u64>,
@@ -37,7 +43,19 @@ pub struct Latency {
 
 #[derive(Serialize, Debug)]
 pub struct Report {
+    /// How the hubs were found: "embedded" (one child hub on SQLite),
+    /// "urls" (`--url`), "cluster" (`--cluster N`: children on PostgreSQL + NATS).
+    pub mode: Mode,
+    /// Hub nodes loaded.
+    pub nodes: usize,
+    /// The first node's URL.
     pub url: String,
+    /// Every node's URL.
+    pub urls: Vec<String>,
+    /// Sessions connected to each node, in the order of `urls`.
+    pub sessions_per_node: Vec<usize>,
+    /// Pairs whose two users are on different nodes.
+    pub cross_node_pairs: usize,
     pub pairs: usize,
     pub sessions: usize,
     pub idle: usize,
@@ -60,13 +78,34 @@ pub struct Report {
     pub anomalies: u64,
     pub samples: Vec<String>,
     pub rss: Memory,
+    /// The nodes' cluster counters from `/metrics`, summed (several nodes only).
+    pub bus: Option<std::collections::BTreeMap<String, u64>>,
     pub ok: bool,
 }
 
 impl Report {
-    pub fn new(args: &LoadArgs, url: &str) -> Self {
+    pub fn new(args: &LoadArgs, hub: &Target) -> Self {
+        let urls = hub.urls();
+        let nodes = urls.len();
+        let (scope, processes) = match (hub.knows_every_pid(), nodes, hub.mode) {
+            (false, _, _) => (
+                "omitted: the process of a hub is unknown (--hub-pid)".to_owned(),
+                0,
+            ),
+            (true, 1, _) => ("the hub process".to_owned(), 1),
+            (true, n, Mode::Cluster) => (
+                format!("sum of the {n} node processes (PostgreSQL and nats-server not included)"),
+                n,
+            ),
+            (true, n, _) => (format!("sum of the {n} hub processes"), n),
+        };
         Report {
-            url: url.to_owned(),
+            mode: hub.mode,
+            nodes,
+            url: urls.first().cloned().unwrap_or_default(),
+            urls,
+            sessions_per_node: Vec::new(),
+            cross_node_pairs: 0,
             pairs: args.pairs,
             sessions: 0,
             idle: args.idle,
@@ -88,7 +127,12 @@ impl Report {
             duplicated: 0,
             anomalies: 0,
             samples: Vec::new(),
-            rss: Memory::default(),
+            rss: Memory {
+                scope,
+                processes,
+                ..Memory::default()
+            },
+            bus: None,
             ok: false,
         }
     }
@@ -155,7 +199,32 @@ impl fmt::Display for Report {
             Via::Ws => "ws",
             Via::Http => "http",
         };
-        writeln!(f, "united-hub load report ({})", self.url)?;
+        match self.mode {
+            Mode::Embedded => writeln!(f, "united-hub load report (embedded hub at {})", self.url)?,
+            mode => writeln!(
+                f,
+                "united-hub load report ({}: {} node{} at {})",
+                mode.name(),
+                self.nodes,
+                if self.nodes == 1 { "" } else { "s" },
+                self.urls.join(", ")
+            )?,
+        }
+        if self.nodes > 1 {
+            let spread: Vec<String> = self
+                .sessions_per_node
+                .iter()
+                .map(usize::to_string)
+                .collect();
+            writeln!(
+                f,
+                "  nodes        {} nodes; sessions per node {}; {} of {} pairs across nodes",
+                self.nodes,
+                spread.join(" / "),
+                self.cross_node_pairs,
+                self.pairs
+            )?;
+        }
         writeln!(f, "  scenario     {} pairs × {} sessions/user + {} idle = {} sessions; via {via}; window {}; rate {}; {} B payload",
             self.pairs, self.sessions_per_user, self.idle, self.sessions, self.window,
             if self.rate == 0 { "max".into() } else { format!("{}/s", self.rate) }, self.payload_bytes)?;
@@ -176,15 +245,29 @@ impl fmt::Display for Report {
             self.latency.p50_ms, self.latency.p90_ms, self.latency.p99_ms, self.latency.p999_ms, self.latency.max_ms, self.latency.samples)?;
         writeln!(
             f,
-            "  hub memory   before {}, registered {}, connected {}, under load {}, per session {}",
+            "  hub memory   before {}, registered {}, connected {}, under load {}, per session {} ({})",
             kib(self.rss.before),
             kib(self.rss.after_register),
             kib(self.rss.idle_connected),
             kib(self.rss.under_load),
             self.rss
                 .per_session_kib
-                .map_or("n/a".into(), |k| format!("{k:.1} KiB"))
+                .map_or("n/a".into(), |k| format!("{k:.1} KiB")),
+            self.rss.scope
         )?;
+        if let Some(bus) = &self.bus {
+            let get = |name: &str| bus.get(name).copied().unwrap_or(0);
+            writeln!(
+                f,
+                "  bus          published {}, received {}, repaired from the database {}, publish dropped {}, slow consumer {}, sequence retries {}",
+                get("cluster_events_published_total"),
+                get("cluster_events_received_total"),
+                get("cluster_events_repaired_total"),
+                get("cluster_publish_dropped_total"),
+                get("cluster_slow_consumer_total"),
+                get("sequence_retries_total")
+            )?;
+        }
         writeln!(
             f,
             "  checks       lost {}, duplicated {}, anomalies {}, errors {}, refused (429/503) {}",

@@ -181,6 +181,63 @@ async fn load_runs_against_a_running_hub_over_http() {
     assert!(stdout.contains("per session"), "{stdout}");
 }
 
+/// Needs PostgreSQL and nats-server: without them the run fails, and so does this test.
+#[actix_web::test]
+async fn load_starts_a_two_node_cluster_and_delivers_across_it_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("load.json");
+    let out = run(args(&[
+        "load",
+        "--cluster",
+        "2",
+        "--pairs",
+        "10",
+        "--sessions-per-user",
+        "2",
+        "--duration",
+        "2",
+        "--warmup",
+        "1",
+        "--window",
+        "4",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("lost 0, duplicated 0, anomalies 0, errors 0"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["mode"], "cluster", "{report}");
+    assert_eq!(report["nodes"], 2, "{report}");
+    assert_eq!(report["sessions"], 40, "{report}");
+    // Every pair's two users are on different nodes, and so are a user's two devices.
+    assert_eq!(report["cross_node_pairs"], 10, "{report}");
+    assert_eq!(report["sessions_per_node"], serde_json::json!([20, 20]));
+    assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
+    for zero in ["lost", "duplicated", "anomalies", "errors"] {
+        assert_eq!(report[zero], 0, "{zero}: {report}");
+    }
+    // Every accepted message reached all four sessions of its pair.
+    assert_eq!(
+        report["delivered"].as_u64().unwrap(),
+        4 * report["accepted"].as_u64().unwrap()
+    );
+    // Memory is the two nodes' sum.
+    assert_eq!(report["rss"]["processes"], 2, "{report}");
+    assert!(report["rss"]["idle_connected"].as_u64().unwrap() > 0);
+}
+
 #[actix_web::test]
 async fn listen_prints_what_arrives_decrypted() {
     use std::io::{BufRead, BufReader};
