@@ -116,8 +116,7 @@ impl ConversationDirectory {
             if let Some(addr) = actors.get(id).filter(|a| a.connected()) {
                 return Ok(addr.clone());
             }
-            let addr =
-                ConversationActor::new(conversation, last_seq, self.handles.clone()).start();
+            let addr = ConversationActor::new(conversation, last_seq, self.handles.clone()).start();
             actors.insert(*id, addr.clone());
             addr
         };
