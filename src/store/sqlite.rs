@@ -5,7 +5,7 @@
 //! `SyncArbiter` thread. Login challenges live in memory: one process is the
 //! whole hub.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,10 +40,8 @@ pub struct SqliteStore {
     writer: Addr<DbExecutor>,
     /// Writes waiting for the writer (not counting group commits).
     pending_writes: AtomicUsize,
-    /// The last health check and when it ran.
-    health: Mutex<Option<(Instant, bool)>>,
-    /// A health check is running (the others reuse the last answer).
-    health_checking: AtomicBool,
+    /// The last health check and when it ran; held while one runs.
+    health: tokio::sync::Mutex<Option<(Instant, bool)>>,
     challenges: ChallengeStore,
     /// Stopped (taken) at shutdown.
     checkpointer: Mutex<Option<Checkpointer>>,
@@ -72,8 +70,7 @@ impl SqliteStore {
             pool,
             writer,
             pending_writes: AtomicUsize::new(0),
-            health: Mutex::new(None),
-            health_checking: AtomicBool::new(false),
+            health: tokio::sync::Mutex::new(None),
             challenges: ChallengeStore::new(challenge_ttl),
             checkpointer: Mutex::new(Some(checkpointer)),
             metrics,
@@ -139,26 +136,18 @@ impl SqliteStore {
     /// The answer is reused for a second, so `/healthz` (which anyone may
     /// call) puts at most one write a second in front of the commits.
     pub async fn health(&self) -> Result<(), DbError> {
-        let cached = *self.health.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, ok)) = cached {
-            // Fresh, or another caller is checking already: reuse it.
-            if at.elapsed() < HEALTH_CACHE || self.health_checking.swap(true, Ordering::AcqRel) {
+        // One check at a time: callers that arrive meanwhile wait for it and
+        // take its answer (single flight).
+        let mut last = self.health.lock().await;
+        if let Some((at, ok)) = *last {
+            if at.elapsed() < HEALTH_CACHE {
                 return if ok {
                     Ok(())
                 } else {
                     Err(DbError::Unavailable("unhealthy a moment ago".into()))
                 };
             }
-        } else {
-            self.health_checking.store(true, Ordering::Release);
         }
-        struct Checking<'a>(&'a AtomicBool);
-        impl Drop for Checking<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        let _checking = Checking(&self.health_checking);
         let result = async {
             self.write(Ping).await?;
             self.read(|conn| {
@@ -168,8 +157,7 @@ impl SqliteStore {
             .await
         }
         .await;
-        *self.health.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), result.is_ok()));
+        *last = Some((Instant::now(), result.is_ok()));
         result
     }
 

@@ -10,12 +10,12 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use united_hub::client::crypto::Identity;
 use united_hub::client::{send_body, HubClient};
 
-use crate::helpers::{now_ms, ProcessHub};
+use crate::helpers::{now_ms, wait_healthy, ProcessHub};
 
 const CLIENTS: usize = 50;
 const PER_CLIENT: usize = 200;
@@ -37,22 +37,6 @@ async fn fresh_hub() -> (tempfile::TempDir, u16, String, Child) {
     let hub = start_hub(dir.path(), port);
     wait_healthy(&url).await;
     (dir, port, url, hub)
-}
-
-async fn wait_healthy(url: &str) {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .finish();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(res) = client.get(format!("{url}/healthz")).send().await {
-            if res.status().is_success() {
-                return;
-            }
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the hub did not come back");
 }
 
 /// Answered sends: message id → (conversation, sequence).

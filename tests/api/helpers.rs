@@ -301,6 +301,23 @@ pub async fn user_at(address: &str, name: &str) -> TestUser {
     }
 }
 
+/// Waits (at most 30 s) until the hub at `address` answers `/healthz` 200.
+pub async fn wait_healthy(address: &str) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .finish();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(res) = client.get(format!("{address}/healthz")).send().await {
+            if res.status().is_success() {
+                return;
+            }
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the hub at {address} did not become healthy");
+}
+
 /// The hub as its own process (the binary), for tests that measure its
 /// memory or kill it: the test process's own RSS would count every test
 /// running beside it.
@@ -350,19 +367,7 @@ impl ProcessHub {
     }
 
     pub async fn wait_healthy(&self) {
-        let client = awc::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .finish();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(res) = client.get(format!("{}/healthz", self.address)).send().await {
-                if res.status().is_success() {
-                    return;
-                }
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the hub did not become healthy");
+        wait_healthy(&self.address).await;
     }
 
     /// The hub process's resident memory, KiB.

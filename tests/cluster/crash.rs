@@ -16,7 +16,7 @@ use united_hub::client::{send_body, HubClient, Incoming, WsClient};
 use united_hub::localcluster::{free_port, LocalNats, LocalPostgres};
 use united_hub::proto::{dm, Payload};
 
-use crate::helpers::{now_ms, ProcessHub};
+use crate::helpers::{now_ms, wait_healthy, ProcessHub};
 
 const PAIRS: usize = 20;
 /// Sends per user: 2 × 20 × 250 = 10,000.
@@ -46,22 +46,6 @@ fn spawn_node(port: u16, dir: &std::path::Path, pg: &LocalPostgres, nats: &Local
         port,
         &["--database-url", &pg.url(), "--nats-url", &nats.url()],
     )
-}
-
-async fn wait_healthy(url: &str) {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .finish();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(res) = client.get(format!("{url}/healthz")).send().await {
-            if res.status().is_success() {
-                return;
-            }
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("node {url} did not become healthy");
 }
 
 /// Answered sends: message id → (conversation, sequence).

@@ -162,7 +162,17 @@ async fn a_nats_restart_during_traffic_leaves_no_live_session_missing_a_message(
     let restart = async {
         actix_web::rt::time::sleep(Duration::from_millis(150)).await;
         c.nats.stop();
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        // Without NATS a node says so on /healthz (while it goes on
+        // committing sends).
+        eventually("healthz is 503 without NATS", || async {
+            c.nodes[1]
+                .http()
+                .get(c.nodes[1].url("/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 503)
+        })
+        .await;
         c.nats.start_again().expect("NATS starts again");
     };
     let (seqs, ()) = tokio::join!(sends, restart);
