@@ -300,8 +300,11 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
             Ok(ws::Message::Ping(data)) => ctx.pong(&data),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
-                ctx.stop();
+                // Leave the registry first, so new pushes go elsewhere (or
+                // offline); what already waits in the mailbox is written
+                // before the close, since `CloseAfterDrain` queues behind it.
+                self.state.registry.unregister(&self.user, self.id);
+                ctx.address().do_send(CloseAfterDrain(reason));
             }
             Err(ProtocolError::Overflow) => self.close(ctx, close_code::TOO_BIG, "message too big"),
             Err(err) => {
@@ -323,6 +326,19 @@ impl Handler<Deliver> for WsSession {
         self.pending_bytes
             .fetch_sub(msg.0.len(), std::sync::atomic::Ordering::AcqRel);
         ctx.binary(msg.0);
+    }
+}
+
+/// Closes the session once everything queued before it was written.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CloseAfterDrain(Option<CloseReason>);
+
+impl Handler<CloseAfterDrain> for WsSession {
+    type Result = ();
+    fn handle(&mut self, msg: CloseAfterDrain, ctx: &mut Self::Context) {
+        ctx.close(msg.0);
+        ctx.stop();
     }
 }
 
