@@ -289,8 +289,20 @@ async fn refresh_tokens_rotate_once(store: &Store) {
             .rotate_refresh_token([2; 32], [4; 32], later)
             .await
             .unwrap(),
+        None,
+        "replaying the spent token revoked its family, the successor included"
+    );
+    store
+        .store_refresh_token([7; 32], alice.clone(), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh_token([7; 32], [8; 32], later)
+            .await
+            .unwrap(),
         expected,
-        "the successor is live"
+        "another login's family is untouched"
     );
     assert_eq!(
         store
