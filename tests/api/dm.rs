@@ -393,3 +393,35 @@ async fn an_upgrade_with_an_expired_token_is_token_expired() {
         .unwrap();
     assert_eq!(refused.status(), Some(401));
 }
+
+/// A rename reaches the live conversation actor: the next message carries
+/// the new name (issue 9: renames reach actors without the directory lock).
+#[actix_web::test]
+async fn a_rename_reaches_a_conversation_that_is_already_active() {
+    let app = spawn_app().await;
+    let mut alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let first = alice.send_http(&bob, &conversation, "before").await;
+    assert_eq!(first.sender_display_name, "Alice");
+    let identity = alice.identity.clone();
+    alice
+        .client
+        .login(&identity, Some("Alice Two"))
+        .await
+        .unwrap();
+    let second = alice.send_http(&bob, &conversation, "after").await;
+    assert_eq!(second.sender_display_name, "Alice Two");
+    // History keeps each message's name as it was sent.
+    let page = bob
+        .client
+        .history(&conversation, "after=0&limit=10")
+        .await
+        .unwrap();
+    let names: Vec<&str> = page
+        .messages
+        .iter()
+        .map(|m| m.sender_display_name.as_str())
+        .collect();
+    assert_eq!(names, vec!["Alice", "Alice Two"]);
+}
