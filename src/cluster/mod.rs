@@ -185,11 +185,6 @@ impl ClusterNode {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// This node's id (for logs and tests).
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Whether NATS is connected (for `/healthz`).
     pub fn bus_connected(&self) -> bool {
         self.nats.connection_state() == async_nats::connection::State::Connected
@@ -370,12 +365,11 @@ impl ClusterNode {
             let recipient = event.recipient().clone();
             let pushed = self.registry.push(&recipient, &event.envelope);
             self.registry.push(&event.sender, &event.envelope);
-            let ours =
-                event.local || feeds.is_watched(&recipient) || self.recently_gone(&recipient);
-            if !event.offline_queued
+            // Cheap checks first: this runs for every event delivered here.
+            if pushed.delivered == 0
+                && !event.offline_queued
                 && !event.repaired
-                && ours
-                && pushed.delivered == 0
+                && (event.local || feeds.is_watched(&recipient) || self.recently_gone(&recipient))
                 && !self.registry.is_online(&recipient)
                 && !self.presence.is_online(&recipient)
             {

@@ -105,14 +105,6 @@ impl RemotePresence {
         }
         dead
     }
-
-    /// Forgets every node (after the bus reconnects, snapshots rebuild it).
-    pub fn clear(&self) {
-        self.nodes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
 }
 
 #[cfg(test)]
