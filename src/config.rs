@@ -16,6 +16,7 @@ pub mod defaults {
     pub const JANITOR_INTERVAL: u64 = 3600;
     pub const PING_INTERVAL: u64 = 10;
     pub const IDLE_TIMEOUT: u64 = 30;
+    pub const SEND_TIMEOUT: u64 = 30;
     pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
     pub const MAX_FRAME_BYTES: usize = 256 * 1024;
     pub const SESSION_BUFFER: usize = 1024;
@@ -72,6 +73,12 @@ pub struct Settings {
     /// A session that sends nothing (not even a pong) for this many seconds is closed.
     #[arg(long, env = "UNITED_IDLE_TIMEOUT", default_value_t = defaults::IDLE_TIMEOUT)]
     pub idle_timeout: u64,
+
+    /// The longest a send may wait for its commit, seconds: then 503
+    /// `unavailable`, and the client's resend with the same id is answered
+    /// from whatever was stored.
+    #[arg(long, env = "UNITED_SEND_TIMEOUT", default_value_t = defaults::SEND_TIMEOUT)]
+    pub send_timeout: u64,
 
     /// Ciphertext bytes allowed in one message.
     #[arg(long, env = "UNITED_MAX_PAYLOAD_BYTES", default_value_t = defaults::MAX_PAYLOAD_BYTES)]
@@ -160,6 +167,7 @@ impl Default for Settings {
             janitor_interval: defaults::JANITOR_INTERVAL,
             ping_interval: defaults::PING_INTERVAL,
             idle_timeout: defaults::IDLE_TIMEOUT,
+            send_timeout: defaults::SEND_TIMEOUT,
             max_payload_bytes: defaults::MAX_PAYLOAD_BYTES,
             max_frame_bytes: defaults::MAX_FRAME_BYTES,
             session_buffer: defaults::SESSION_BUFFER,
@@ -246,6 +254,7 @@ impl Settings {
             ("--janitor-interval", self.janitor_interval),
             ("--ping-interval", self.ping_interval),
             ("--idle-timeout", self.idle_timeout),
+            ("--send-timeout", self.send_timeout),
         ] {
             if secs > MAX_DURATION_SECS {
                 problems.push(format!(
@@ -273,6 +282,9 @@ impl Settings {
                 self.max_payload_bytes,
                 self.min_frame_bytes()
             ));
+        }
+        if self.send_timeout == 0 {
+            problems.push("--send-timeout 0 would refuse every send; it must be at least 1".into());
         }
         if self.session_buffer == 0 {
             problems.push(

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub offline_purged: IntCounter,
     /// Writes waiting for the SQLite writer, besides group commits.
     pub writer_pending: IntGauge,
+    /// Group commits waiting for the SQLite writer.
+    pub writer_commits_pending: IntGauge,
+    /// How long a read waited for a pooled SQLite connection.
+    pub pool_wait_seconds: Histogram,
     /// Purges this node ran (in a cluster, one node's per interval).
     pub janitor_runs: IntCounter,
     pub write_batch_size: Histogram,
@@ -76,6 +80,17 @@ impl Metrics {
             writer_pending: register!(IntGauge::new(
                 "writer_pending",
                 "Writes waiting for the SQLite writer, besides group commits"
+            )),
+            writer_commits_pending: register!(IntGauge::new(
+                "writer_commits_pending",
+                "Group commits waiting for the SQLite writer"
+            )),
+            pool_wait_seconds: register!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "db_pool_wait_seconds",
+                    "Time a read waited for a pooled SQLite connection"
+                )
+                .buckets(vec![0.0001, 0.001, 0.01, 0.1, 1.0])
             )),
             janitor_runs: register!(IntCounter::new(
                 "janitor_runs_total",

@@ -127,7 +127,8 @@ impl Application {
             metrics: metrics.clone(),
             cluster: cluster.clone(),
             on_stop: Arc::new(|_, _| {}),
-        });
+        })
+        .with_send_timeout(Duration::from_secs(settings.send_timeout));
         let limits = Arc::new(RateLimits::new(&settings));
         let janitor = JanitorActor::new(
             store.clone(),

@@ -4,13 +4,22 @@
 //! serialised and every transaction is `BEGIN IMMEDIATE`. Messages commit
 //! in groups: `WriteBatcher` collects them and sends one [`CommitMessages`].
 //!
+//! Work reaches it through a [`Writer`], in two lanes: message commits, and
+//! everything else (logins, key publishes, acks, the janitor's purge). An
+//! actix mailbox is first in, first out, so the lanes live beside it: every
+//! job pushed to a lane sends one [`RunNext`], and each `RunNext` runs the
+//! oldest commit if one waits, else the oldest other job. A commit thus
+//! waits for at most the one write already running, however many
+//! housekeeping writes are queued.
+//!
 //! # Architecture Invariant
 //! This is the only place that writes to the database.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use actix::{Actor, Handler, Message, SyncContext};
+use actix::{Actor, Addr, Handler, Message, SyncContext};
 use rusqlite::Connection;
 use uuid::Uuid;
 
@@ -22,17 +31,121 @@ use crate::model::{now_ms, Conversation, DmKey, Pubkey, User};
 pub struct DbExecutor {
     /// The write connection; lives as long as the executor thread.
     conn: Connection,
+    lanes: Arc<Lanes>,
     metrics: Arc<Metrics>,
 }
 
 impl DbExecutor {
-    pub fn new(conn: Connection, metrics: Arc<Metrics>) -> Self {
-        DbExecutor { conn, metrics }
+    pub fn new(conn: Connection, lanes: Arc<Lanes>, metrics: Arc<Metrics>) -> Self {
+        DbExecutor {
+            conn,
+            lanes,
+            metrics,
+        }
     }
 }
 
 impl Actor for DbExecutor {
     type Context = SyncContext<Self>;
+}
+
+/// One queued write: runs the handler and answers its caller.
+type Job = Box<dyn FnOnce(&mut DbExecutor, &mut SyncContext<DbExecutor>) + Send>;
+
+/// Which lane a write waits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Group commits of messages: always run first.
+    Commit,
+    /// Every other write.
+    Housekeeping,
+}
+
+/// The writes waiting for the writer, by lane.
+#[derive(Default)]
+pub struct Lanes(Mutex<(VecDeque<Job>, VecDeque<Job>)>);
+
+impl Lanes {
+    fn push(&self, lane: Lane, job: Job) {
+        let mut lanes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match lane {
+            Lane::Commit => lanes.0.push_back(job),
+            Lane::Housekeeping => lanes.1.push_back(job),
+        }
+    }
+
+    fn pop(&self) -> Option<Job> {
+        let mut lanes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lanes.0.pop_front().or_else(|| lanes.1.pop_front())
+    }
+}
+
+/// Runs the next waiting write (see the module comment).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RunNext;
+
+impl Handler<RunNext> for DbExecutor {
+    type Result = ();
+    fn handle(&mut self, _: RunNext, ctx: &mut SyncContext<Self>) {
+        if let Some(job) = self.lanes.pop() {
+            job(self, ctx);
+        }
+    }
+}
+
+/// The way to the writer: its address and its lanes.
+#[derive(Clone)]
+pub struct Writer {
+    addr: Addr<DbExecutor>,
+    lanes: Arc<Lanes>,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    pub fn new(addr: Addr<DbExecutor>, lanes: Arc<Lanes>, metrics: Arc<Metrics>) -> Self {
+        Writer {
+            addr,
+            lanes,
+            metrics,
+        }
+    }
+
+    /// The executor itself, for messages that need no lane (tests asking
+    /// about the connection).
+    pub fn addr(&self) -> &Addr<DbExecutor> {
+        &self.addr
+    }
+
+    /// Queues `msg` in `lane` and waits for the writer's answer.
+    pub async fn call<M, T>(&self, lane: Lane, msg: M) -> Result<T, DbError>
+    where
+        M: Message<Result = Result<T, DbError>> + Send + 'static,
+        T: Send + 'static,
+        DbExecutor: Handler<M, Result = Result<T, DbError>>,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let waiting = (lane == Lane::Commit).then(|| self.metrics.writer_commits_pending.clone());
+        if let Some(gauge) = &waiting {
+            gauge.inc();
+        }
+        self.lanes.push(
+            lane,
+            Box::new(move |executor, ctx| {
+                if let Some(gauge) = waiting {
+                    gauge.dec();
+                }
+                // The caller may have given up waiting; the write stands.
+                let _ = answer.send(Handler::<M>::handle(executor, msg, ctx));
+            }),
+        );
+        // `do_send` ignores the mailbox capacity: the lanes are the queue,
+        // and their callers bound them.
+        self.addr.do_send::<RunNext>(RunNext);
+        answered
+            .await
+            .map_err(|_| DbError::WriterGone(actix::MailboxError::Closed))?
+    }
 }
 
 /// Registers a user on first login, or updates the display name.

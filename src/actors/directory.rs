@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use actix::prelude::*;
 use uuid::Uuid;
@@ -21,10 +22,10 @@ use crate::model::{NewMessage, Pubkey};
 
 /// How often a send is retried when it meets a stopping actor.
 const SEND_ATTEMPTS: usize = 3;
-/// The longest a send may take, whatever happens (a lost answer would
-/// otherwise hang the request): then 503, and the client's retry with the
-/// same id is idempotent.
-const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest a send may take by default, whatever happens (a stalled
+/// commit or a lost answer would otherwise hang the request): then 503, and
+/// the client's retry with the same id is idempotent. `--send-timeout`.
+const SEND_TIMEOUT: Duration = Duration::from_secs(crate::config::defaults::SEND_TIMEOUT);
 
 type Actors = Mutex<HashMap<Uuid, Addr<ConversationActor>>>;
 
@@ -35,6 +36,7 @@ pub struct ConversationDirectory {
     renames: AtomicU64,
     /// Given to every actor it starts.
     handles: ConversationHandles,
+    send_timeout: Duration,
 }
 
 fn lock(actors: &Actors) -> std::sync::MutexGuard<'_, HashMap<Uuid, Addr<ConversationActor>>> {
@@ -58,15 +60,22 @@ impl ConversationDirectory {
             actors,
             renames: AtomicU64::new(0),
             handles,
+            send_timeout: SEND_TIMEOUT,
         }
+    }
+
+    /// Sets the longest a send may take.
+    pub fn with_send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
+        self
     }
 
     /// Sends a message through its conversation's actor.
     pub async fn send(&self, sender: Pubkey, message: NewMessage) -> Result<SendOutcome, ApiError> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.send_once(sender, message)).await {
+        match tokio::time::timeout(self.send_timeout, self.send_once(sender, message)).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                tracing::error!("a send took longer than {SEND_TIMEOUT:?}");
+                tracing::error!("a send took longer than {:?}", self.send_timeout);
                 Err(ApiError::Unavailable { retry_after: 1 })
             }
         }

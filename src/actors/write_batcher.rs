@@ -18,12 +18,33 @@ use uuid::Uuid;
 
 use std::sync::Arc;
 
+use crate::actors::db_executor::{Lane, Writer};
 use crate::cluster::ClusterNode;
-use crate::db::{CommitMessages, CommitTarget, DbError, MessageWrite, Skipped};
+use crate::db::{CommitMessages, DbError, MessageWrite, Skipped};
 
 /// Most messages in one transaction. Measured here: 128 rows per transaction
 /// reach ~70,000 rows/s; larger batches add latency for little gain.
 pub const MAX_BATCH: usize = 512;
+
+/// Where group commits go.
+#[derive(Clone)]
+pub enum CommitTarget {
+    /// SQLite: the writer's commit lane, ahead of every other write.
+    Writer(Writer),
+    /// An actor that commits: `store::postgres::PgCommitter`, or a test's
+    /// stand-in.
+    Actor(Recipient<CommitMessages>),
+}
+
+impl CommitTarget {
+    /// Commits one batch; each result says whether that message was written.
+    pub async fn commit(self, msg: CommitMessages) -> Result<Vec<Result<(), Skipped>>, DbError> {
+        match self {
+            CommitTarget::Writer(writer) => writer.call(Lane::Commit, msg).await,
+            CommitTarget::Actor(actor) => actor.send(msg).await?,
+        }
+    }
+}
 
 /// Why a message was not committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,13 +132,10 @@ impl WriteBatcher {
         // Only one commit is ever in flight, so this spawned future cannot
         // overtake another one.
         self.target
-            .send(CommitMessages(writes))
+            .clone()
+            .commit(CommitMessages(writes))
             .into_actor(self)
             .then(move |result, act, ctx| {
-                let result = match result {
-                    Ok(r) => r,
-                    Err(mailbox) => Err(DbError::WriterGone(mailbox)),
-                };
                 if let (Some(cluster), Ok(results)) = (&act.cluster, &result) {
                     let committed: Vec<&MessageWrite> = batch
                         .iter()
@@ -294,7 +312,7 @@ mod tests {
             delay,
         }
         .start();
-        let batcher = WriteBatcher::with_target(db.recipient()).start();
+        let batcher = WriteBatcher::with_target(CommitTarget::Actor(db.recipient())).start();
         let collector = || {
             let got = Arc::new(Mutex::new(Vec::new()));
             let addr = Collector(got.clone()).start();

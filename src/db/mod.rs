@@ -15,7 +15,7 @@ pub mod writes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actix::{Message, Recipient};
+use actix::Message;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
@@ -73,9 +73,6 @@ impl DbError {
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Result<(), Skipped>>, DbError>")]
 pub struct CommitMessages(pub Vec<MessageWrite>);
-
-/// Where group commits go: `DbExecutor` (SQLite) or `store::postgres::PgCommitter`.
-pub type CommitTarget = Recipient<CommitMessages>;
 
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)

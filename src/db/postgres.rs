@@ -116,6 +116,12 @@ const MIGRATIONS: &[&str] = &[
     UPDATE refresh_tokens SET family = encode(token_hash, 'hex') WHERE family IS NULL;
     CREATE INDEX idx_refresh_tokens_family ON refresh_tokens(family);
     "#,
+    // 3: per-client challenge caps. `client` is a keyed hash of the client's
+    // IPv4 address or IPv6 /64 (never the address itself).
+    r#"
+    ALTER TABLE auth_challenges ADD COLUMN client BYTEA;
+    CREATE INDEX idx_auth_challenges_client ON auth_challenges(client, expires_at);
+    "#,
 ];
 
 /// The schema version this build expects.
@@ -198,16 +204,25 @@ async fn migrate_locked(client: &mut Client) -> Result<u32, DbError> {
 }
 
 /// The cluster's shared HS256 key: the first node to ask generates it.
-pub async fn jwt_secret(client: &Client, generated: &[u8]) -> Result<Vec<u8>, DbError> {
+/// The cluster's secret called `name`: the stored one, or `generated` if
+/// this node is the first to ask.
+pub async fn shared_secret(
+    client: &Client,
+    name: &str,
+    generated: &[u8],
+) -> Result<Vec<u8>, DbError> {
     client
         .execute(
-            "INSERT INTO cluster_secrets (name, value) VALUES ('jwt', $1) \
+            "INSERT INTO cluster_secrets (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO NOTHING",
-            &[&generated],
+            &[&name, &generated],
         )
         .await?;
     let row = client
-        .query_one("SELECT value FROM cluster_secrets WHERE name = 'jwt'", &[])
+        .query_one(
+            "SELECT value FROM cluster_secrets WHERE name = $1",
+            &[&name],
+        )
         .await?;
     Ok(row.get(0))
 }
@@ -263,21 +278,60 @@ fn conversation_from_row(row: &Row) -> Result<Conversation, DbError> {
 // ---------------------------------------------------------------------------
 // Identity
 
+/// Why a challenge was not stored.
+pub enum ChallengeRefused {
+    /// The client already holds `cap` live challenges; the oldest expires
+    /// at this time (ms).
+    OverCap { oldest_expires_at: u64 },
+}
+
+/// Stores a challenge, unless `owner` (a client key's hash) already holds
+/// `cap` live ones. Concurrent requests of one client may overshoot the cap
+/// by how many run at once: the count and the insert are one statement but
+/// not serialised per client.
 pub async fn insert_challenge(
     client: &Client,
     id: Uuid,
     challenge: &[u8; 32],
     expires_at: u64,
-) -> Result<(), DbError> {
+    owner: Option<&[u8]>,
+    cap: i64,
+    now: u64,
+) -> Result<Result<(), ChallengeRefused>, DbError> {
     let stmt = client
         .prepare_cached(
-            "INSERT INTO auth_challenges (id, challenge, expires_at) VALUES ($1, $2, $3)",
+            "INSERT INTO auth_challenges (id, challenge, expires_at, client) \
+             SELECT $1, $2, $3, $4 \
+             WHERE $4::bytea IS NULL OR (SELECT COUNT(*) FROM auth_challenges \
+                 WHERE client = $4 AND expires_at > $5) < $6",
         )
         .await?;
-    client
-        .execute(&stmt, &[&id, &&challenge[..], &(expires_at as i64)])
+    let inserted = client
+        .execute(
+            &stmt,
+            &[
+                &id,
+                &&challenge[..],
+                &(expires_at as i64),
+                &owner,
+                &(now as i64),
+                &cap,
+            ],
+        )
         .await?;
-    Ok(())
+    if inserted == 1 {
+        return Ok(Ok(()));
+    }
+    let oldest: Option<i64> = client
+        .query_one(
+            "SELECT MIN(expires_at) FROM auth_challenges WHERE client = $1 AND expires_at > $2",
+            &[&owner, &(now as i64)],
+        )
+        .await?
+        .get(0);
+    Ok(Err(ChallengeRefused::OverCap {
+        oldest_expires_at: oldest.map_or(now, |t| t as u64),
+    }))
 }
 
 /// Removes a challenge and returns its bytes and expiry, if it existed.

@@ -28,14 +28,15 @@ use uuid::Uuid;
 use self::postgres::PgStore;
 use self::sqlite::SqliteStore;
 use crate::actors::checkpointer::Checkpointer;
-use crate::actors::db_executor::DbExecutor;
+use crate::actors::db_executor::{DbExecutor, Lanes, Writer};
+use crate::actors::write_batcher::CommitTarget;
 use crate::auth::load_or_create_secret;
 use crate::config::{DatabaseUrl, Settings};
 use crate::db::{self, migrations};
 use crate::metrics::Metrics;
 
 use crate::auth::IssuedChallenge;
-use crate::db::{CommitTarget, DbError, LoginOutcome, Purged};
+use crate::db::{DbError, LoginOutcome, Purged};
 use crate::error::ApiError;
 use crate::model::{
     Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
@@ -296,9 +297,10 @@ fn open_sqlite(
     let applied = migrations::migrate(&mut writer_conn).context("migrating")?;
     let pool = db::open_pool(&path).context("opening the read pool")?;
     let checkpointer = Checkpointer::start(path.clone()).context("starting the checkpointer")?;
+    let lanes = Arc::new(Lanes::default());
     let writer = {
         let slot = Mutex::new(Some(writer_conn));
-        let metrics = metrics.clone();
+        let (lanes, metrics) = (lanes.clone(), metrics.clone());
         SyncArbiter::start(1, move || {
             let conn = slot
                 .lock()
@@ -307,9 +309,10 @@ fn open_sqlite(
                 // The factory runs again only if the writer thread is
                 // restarted; the first connection was checked above.
                 .unwrap_or_else(|| db::open_writer(&path).expect("reopening the writer"));
-            DbExecutor::new(conn, metrics.clone())
+            DbExecutor::new(conn, lanes.clone(), metrics.clone())
         })
     };
+    let writer = Writer::new(writer, lanes, metrics.clone());
     let store = SqliteStore::new(
         pool,
         writer,

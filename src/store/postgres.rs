@@ -22,9 +22,10 @@ use rand_core::{OsRng, RngCore};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
+use crate::actors::write_batcher::CommitTarget;
 use crate::auth::IssuedChallenge;
 use crate::db::postgres as sql;
-use crate::db::{CommitMessages, CommitTarget, DbError, LoginOutcome, Purged, Skipped};
+use crate::db::{CommitMessages, DbError, LoginOutcome, Purged, Skipped};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -73,6 +74,9 @@ pub struct PgStore {
     pool: Pool,
     committer: Addr<PgCommitter>,
     challenge_ttl: Duration,
+    /// Keys the hash that stands for a client in `auth_challenges`; shared
+    /// by the cluster, so that the per-client cap counts on every node.
+    client_salt: Vec<u8>,
 }
 
 /// Checks a connection out of the pool; failing to is `Unavailable`.
@@ -140,15 +144,24 @@ impl PgStore {
             metrics,
         }
         .start();
-        let store = PgStore {
+        let mut store = PgStore {
             runtime,
             pool,
             committer,
             challenge_ttl,
+            client_salt: Vec::new(),
         };
         let applied = with_client!(store, |c| sql::migrate(&mut c))
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("migrating the PostgreSQL schema")?;
+        let generated = crate::auth::new_secret();
+        store.client_salt = with_client!(store, |c| sql::shared_secret(
+            &c,
+            "client_key_salt",
+            &generated
+        ))
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .context("reading the cluster's client-key salt")?;
         Ok((Arc::new(store), applied))
     }
 
@@ -166,12 +179,12 @@ impl PgStore {
     }
 
     pub fn commit_target(&self) -> CommitTarget {
-        self.committer.clone().recipient()
+        CommitTarget::Actor(self.committer.clone().recipient())
     }
 
     /// The cluster's shared JWT key (`generated` if this node is the first).
     pub async fn jwt_secret(&self, generated: Vec<u8>) -> Result<Vec<u8>, DbError> {
-        with_client!(self, |c| sql::jwt_secret(&c, &generated))
+        with_client!(self, |c| sql::shared_secret(&c, "jwt", &generated))
     }
 
     pub async fn health(&self) -> Result<(), DbError> {
@@ -181,27 +194,49 @@ impl PgStore {
         })
     }
 
-    /// The per-client cap of the in-memory store is not applied here; the
-    /// per-node auth rate limit and the janitor bound the table.
+    /// Stores a new challenge. A client (IPv4 address or IPv6 /64) holds at
+    /// most `MAX_PENDING_PER_CLIENT` live ones across the cluster, as with
+    /// the in-memory store; past that, 429 until its oldest expires.
     pub async fn issue_challenge(
         &self,
-        _client: Option<crate::ratelimit::ClientKey>,
+        client: Option<crate::ratelimit::ClientKey>,
     ) -> Result<IssuedChallenge, ApiError> {
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         let id = Uuid::new_v4();
-        let expires_at_ms = now_ms() + self.challenge_ttl.as_millis() as u64;
-        with_client!(self, |c| sql::insert_challenge(
+        let now = now_ms();
+        let expires_at_ms = now + self.challenge_ttl.as_millis() as u64;
+        let owner = client.map(|key| self.client_hash(key));
+        let cap = crate::auth::MAX_PENDING_PER_CLIENT as i64;
+        let stored = with_client!(self, |c| sql::insert_challenge(
             &c,
             id,
             &bytes,
-            expires_at_ms
+            expires_at_ms,
+            owner.as_ref().map(|h| &h[..]),
+            cap,
+            now
         ))?;
+        if let Err(sql::ChallengeRefused::OverCap { oldest_expires_at }) = stored {
+            return Err(ApiError::RateLimited {
+                retry_after: oldest_expires_at.saturating_sub(now).div_ceil(1000).max(1) as u32,
+            });
+        }
         Ok(IssuedChallenge {
             id,
             bytes,
             expires_at_ms,
         })
+    }
+
+    /// A client key as stored: HKDF-SHA256 (an HMAC) keyed by the
+    /// cluster's salt, so the table never holds an address.
+    fn client_hash(&self, key: crate::ratelimit::ClientKey) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(&self.client_salt), key.to_string().as_bytes())
+            .expand(b"united-hub challenge client", &mut out)
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        out
     }
 
     pub async fn take_challenge(&self, id: Uuid) -> Result<[u8; 32], ApiError> {

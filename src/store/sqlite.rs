@@ -15,11 +15,12 @@ use uuid::Uuid;
 
 use crate::actors::checkpointer::Checkpointer;
 use crate::actors::db_executor::{
-    AckOffline, CreateConversation, DbExecutor, LoginUser, MarkDelivered, Ping, PurgeExpired,
-    QueueOffline, RotateRefreshToken, StoreRefreshToken, UpsertDmKey,
+    AckOffline, CreateConversation, DbExecutor, Lane, LoginUser, MarkDelivered, Ping, PurgeExpired,
+    QueueOffline, RotateRefreshToken, StoreRefreshToken, UpsertDmKey, Writer,
 };
+use crate::actors::write_batcher::CommitTarget;
 use crate::auth::{ChallengeStore, IssuedChallenge};
-use crate::db::{reads, CommitTarget, DbError, LoginOutcome, Pool, Purged};
+use crate::db::{reads, DbError, LoginOutcome, Pool, Purged};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -37,7 +38,7 @@ pub struct SqliteStore {
     /// Read connections.
     pool: Pool,
     /// The one writer.
-    writer: Addr<DbExecutor>,
+    writer: Writer,
     /// Writes waiting for the writer (not counting group commits).
     pending_writes: AtomicUsize,
     /// The last health check and when it ran; held while one runs.
@@ -61,7 +62,7 @@ impl Drop for PendingWrite<'_> {
 impl SqliteStore {
     pub fn new(
         pool: Pool,
-        writer: Addr<DbExecutor>,
+        writer: Writer,
         challenge_ttl: Duration,
         checkpointer: Checkpointer,
         metrics: Arc<Metrics>,
@@ -83,7 +84,7 @@ impl SqliteStore {
     where
         M: actix::Message<Result = Result<T, DbError>> + Send + 'static,
         T: Send + 'static,
-        DbExecutor: actix::Handler<M>,
+        DbExecutor: actix::Handler<M, Result = Result<T, DbError>>,
     {
         if self.pending_writes.fetch_add(1, Ordering::AcqRel) >= WRITER_QUEUE_LIMIT {
             self.pending_writes.fetch_sub(1, Ordering::AcqRel);
@@ -91,7 +92,7 @@ impl SqliteStore {
         }
         self.metrics.writer_pending.inc();
         let _pending = PendingWrite(self);
-        self.writer.send(msg).await?
+        self.writer.call(Lane::Housekeeping, msg).await
     }
 
     /// The read pool, for tests that hold its connections.
@@ -101,11 +102,11 @@ impl SqliteStore {
 
     /// The writer, for tests that ask it about its connection.
     pub fn writer(&self) -> &Addr<DbExecutor> {
-        &self.writer
+        self.writer.addr()
     }
 
     pub fn commit_target(&self) -> CommitTarget {
-        self.writer.clone().recipient()
+        CommitTarget::Writer(self.writer.clone())
     }
 
     pub fn close(&self) {
@@ -124,8 +125,12 @@ impl SqliteStore {
         T: Send + 'static,
     {
         let pool = self.pool.clone();
+        let waited = self.metrics.pool_wait_seconds.clone();
         actix_web::web::block(move || {
-            let conn = pool.get()?;
+            let started = Instant::now();
+            let conn = pool.get();
+            waited.observe(started.elapsed().as_secs_f64());
+            let conn = conn?;
             f(&conn)
         })
         .await

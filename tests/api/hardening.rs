@@ -869,4 +869,20 @@ async fn a_read_flood_does_not_slow_other_users_sends() {
         busy <= idle * 3,
         "Bob's p99 rose from {idle:?} to {busy:?} (more than 3×)"
     );
+    // No read waited a second or more for a pooled connection.
+    let metrics = app.metrics().await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    };
+    let reads = value("united_db_pool_wait_seconds_count");
+    let within_a_second = value("united_db_pool_wait_seconds_bucket{le=\"1\"}");
+    assert!(reads > 0.0, "the flood's reads were not measured");
+    assert_eq!(
+        within_a_second, reads,
+        "some reads waited a second or more for the pool"
+    );
 }

@@ -20,4 +20,5 @@ mod openapi;
 mod ops;
 mod validation;
 mod websocket;
+mod writer;
 mod ws_first;

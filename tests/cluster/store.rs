@@ -200,9 +200,8 @@ fn write(message: &StoredMessage, recipient: &Pubkey, offline_queued: bool) -> M
 async fn commit(store: &Store, batch: Vec<MessageWrite>) -> Vec<Result<(), Skipped>> {
     store
         .commit_target()
-        .send(CommitMessages(batch))
+        .commit(CommitMessages(batch))
         .await
-        .expect("the commit target answers")
         .expect("the batch commits")
 }
 
