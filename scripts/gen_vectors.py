@@ -16,8 +16,10 @@ The Rust tests also hand freshly sealed messages (random ephemeral keys and
 nonces) to `--check FILE`, when PyNaCl is installed, so libsodium opens what
 Rust sealed.
 
-The Rust tests (tests/crypto_vectors.rs) check that the reference client
-derives the same keys, seals to the same bytes and opens every vector.
+The Rust tests (tests/api/crypto.rs) check that the reference client
+derives the same keys, seals to the same bytes and opens every vector. Clients
+only read v1 now; scripts/gen_vectors_v2.py makes the vectors of v2, the
+scheme they send.
 """
 import hashlib
 import hmac

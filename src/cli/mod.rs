@@ -69,7 +69,7 @@ impl IdentityFile {
     }
 }
 
-/// Opens a message addressed to `me`, from its JSON form.
+/// Opens a message to or from `me`, from its JSON form.
 pub fn open_message(me: &Identity, m: &MessageJson) -> anyhow::Result<String> {
     let sealed = Sealed {
         ciphertext: B64.decode(&m.encrypted_payload)?,
@@ -84,11 +84,11 @@ pub fn open_message(me: &Identity, m: &MessageJson) -> anyhow::Result<String> {
     };
     let mut sender = [0u8; 32];
     hex::decode_to_slice(&m.sender_pubkey, &mut sender)?;
-    let plain = crypto::open(&sealed, &me.x25519_secret(), &m.conversation_id, &sender)?;
-    Ok(String::from_utf8_lossy(&plain).into_owned())
+    let opened = crypto::open(me, &sealed, &m.conversation_id, &sender)?;
+    Ok(String::from_utf8_lossy(&opened.plaintext).into_owned())
 }
 
-/// Opens a message addressed to `me`, from its protobuf form.
+/// Opens a message to or from `me`, from its protobuf form.
 pub fn open_proto(
     me: &Identity,
     m: &crate::proto::dm::EncryptedDmMessage,

@@ -271,7 +271,7 @@ impl HubClient {
         Ok((message, status == StatusCode::CREATED))
     }
 
-    /// Seals `plaintext` for `recipient_x25519` (the `united-hub dm v1`
+    /// Seals `plaintext` for `recipient_x25519` (the `united-hub dm v2`
     /// scheme) and sends it under a fresh client id, so a retry of the same
     /// body is idempotent. Returns the stored message and whether it was new.
     pub async fn send_sealed(
@@ -281,12 +281,7 @@ impl HubClient {
         conversation_id: &str,
         plaintext: &[u8],
     ) -> Result<(MessageJson, bool), ClientError> {
-        let sealed = super::crypto::seal(
-            plaintext,
-            recipient_x25519,
-            conversation_id,
-            &sender.public_key(),
-        )?;
+        let sealed = super::crypto::seal(sender, recipient_x25519, conversation_id, plaintext)?;
         let body = send_body(
             Some(uuid::Uuid::new_v4().to_string()),
             conversation_id,

@@ -289,10 +289,10 @@ async fn listen_prints_what_arrives_decrypted() {
     let bob_key = alice.client.recipient_key(&bob_pubkey).await.unwrap();
     let (conversation, _) = alice.client.create_conversation(&bob_pubkey).await.unwrap();
     let sealed = united_hub::client::crypto::seal(
-        b"are you listening?",
+        &alice.identity,
         &bob_key,
         &conversation.id,
-        &alice.identity.public_key(),
+        b"are you listening?",
     )
     .unwrap();
     alice

@@ -457,10 +457,10 @@ impl TestUser {
     /// Seals `text` for `to` in `conversation`.
     pub fn seal(&self, to: &TestUser, conversation: &str, text: &str) -> Sealed {
         crypto::seal(
-            text.as_bytes(),
+            &self.identity,
             &to.identity.x25519_public(),
             conversation,
-            &self.identity.public_key(),
+            text.as_bytes(),
         )
         .unwrap()
     }
@@ -472,7 +472,7 @@ impl TestUser {
         self.client.send(&body).await.expect("send").0
     }
 
-    /// Opens a message addressed to this user.
+    /// Opens a message to or from this user.
     pub fn open_json(&self, m: &MessageJson) -> String {
         let sealed = Sealed {
             ciphertext: B64.decode(&m.encrypted_payload).unwrap(),
@@ -498,14 +498,9 @@ impl TestUser {
     fn open_sealed(&self, sealed: &Sealed, conversation: &str, sender: &str) -> String {
         let mut sender_key = [0u8; 32];
         hex::decode_to_slice(sender, &mut sender_key).unwrap();
-        let plain = crypto::open(
-            sealed,
-            &self.identity.x25519_secret(),
-            conversation,
-            &sender_key,
-        )
-        .expect("decrypts");
-        String::from_utf8(plain).unwrap()
+        let opened =
+            crypto::open(&self.identity, sealed, conversation, &sender_key).expect("decrypts");
+        String::from_utf8(opened.plaintext).unwrap()
     }
 }
 

@@ -67,10 +67,10 @@ async fn a_websocket_only_client_does_the_whole_flow() {
     let bob_x = ed25519_pk_to_x25519(&bob_id.public_key()).unwrap();
     for i in 0..3 {
         let sealed = crypto::seal(
-            format!("ws {i}").as_bytes(),
+            &alice_id,
             &bob_x,
             &conversation,
-            &alice_id.public_key(),
+            format!("ws {i}").as_bytes(),
         )
         .unwrap();
         let answer = raw_request(
@@ -165,13 +165,9 @@ async fn a_websocket_only_client_does_the_whole_flow() {
                 ephemeral_pubkey: m.ephemeral_pubkey[..].try_into().unwrap(),
             };
             String::from_utf8(
-                crypto::open(
-                    &sealed,
-                    &bob_id.x25519_secret(),
-                    &conversation,
-                    &alice_id.public_key(),
-                )
-                .unwrap(),
+                crypto::open(&bob_id, &sealed, &conversation, &alice_id.public_key())
+                    .unwrap()
+                    .plaintext,
             )
             .unwrap()
         })
