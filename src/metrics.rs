@@ -40,6 +40,26 @@ pub struct Metrics {
     /// Messages assigned again because another node committed their
     /// sequence first (or an earlier message of the batch failed).
     pub sequence_retries: IntCounter,
+    /// Where a send spends its time, hop by hop.
+    pub stages: SendStages,
+}
+
+/// The hops of one send, each a histogram of `united_send_stage_seconds`
+/// (label `stage`), so a slow message shows where it waited.
+pub struct SendStages {
+    /// From the request to the conversation actor taking it (directory
+    /// lookup and the actor's mailbox).
+    pub to_actor: Histogram,
+    /// From the actor's append to the batch that carries it leaving the
+    /// batcher (waiting for the commit before it).
+    pub batch_wait: Histogram,
+    /// From a group commit leaving the batcher to the writer starting it
+    /// (SQLite only).
+    pub writer_wait: Histogram,
+    /// From the commit's end to the conversation actor handling its results.
+    pub back_to_actor: Histogram,
+    /// The whole send, request to answer.
+    pub total: Histogram,
 }
 
 impl Metrics {
@@ -140,6 +160,23 @@ impl Metrics {
                 "sequence_retries_total",
                 "Messages assigned a sequence again after losing theirs"
             )),
+            stages: {
+                let vec = register!(HistogramVec::new(
+                    HistogramOpts::new("send_stage_seconds", "Time of one send, hop by hop")
+                        .buckets(vec![
+                            0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0
+                        ]),
+                    &["stage"]
+                ));
+                let stage = |name: &str| vec.with_label_values(&[name]);
+                SendStages {
+                    to_actor: stage("to_actor"),
+                    batch_wait: stage("batch_wait"),
+                    writer_wait: stage("writer_wait"),
+                    back_to_actor: stage("back_to_actor"),
+                    total: stage("total"),
+                }
+            },
             registry,
         }
     }

@@ -118,6 +118,7 @@ impl Application {
         };
         let batcher = WriteBatcher::with_target(store.commit_target())
             .publishing_to(cluster.clone())
+            .measuring(metrics.clone())
             .start();
         let conversations = ConversationDirectory::new(ConversationHandles {
             store: store.clone(),

@@ -83,6 +83,8 @@ impl From<ApiError> for SendError {
 pub struct SendDm {
     pub sender: Pubkey,
     pub message: NewMessage,
+    /// When the send was asked for (for `united_send_stage_seconds`).
+    pub at: Instant,
 }
 
 /// A participant changed their display name.
@@ -211,7 +213,16 @@ impl ConversationActor {
         if self.stopping {
             return Err(SendError::Stopped);
         }
-        let SendDm { sender, message } = msg;
+        let SendDm {
+            sender,
+            message,
+            at,
+        } = msg;
+        self.handles
+            .metrics
+            .stages
+            .to_actor
+            .observe(at.elapsed().as_secs_f64());
         if !self.conversation.has_participant(&sender) {
             return Err(ApiError::NotParticipant.into());
         }
@@ -288,6 +299,7 @@ impl ConversationActor {
                 offline_queued: entry.offline_queued,
             },
             reply: ctx.address().recipient(),
+            at: Instant::now(),
         });
         self.in_flight.push_back(entry);
     }
@@ -444,6 +456,11 @@ impl Handler<MessagesCommitted> for ConversationActor {
     type Result = ();
 
     fn handle(&mut self, msg: MessagesCommitted, ctx: &mut Context<Self>) {
+        self.handles
+            .metrics
+            .stages
+            .back_to_actor
+            .observe(msg.committed_at.elapsed().as_secs_f64());
         for (seq, outcome) in msg.results {
             let Some(front) = self.in_flight.front() else {
                 tracing::error!(seq, "commit result with nothing in flight");

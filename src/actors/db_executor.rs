@@ -125,15 +125,17 @@ impl Writer {
         DbExecutor: Handler<M, Result = Result<T, DbError>>,
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let waiting = (lane == Lane::Commit).then(|| self.metrics.writer_commits_pending.clone());
-        if let Some(gauge) = &waiting {
-            gauge.inc();
-        }
+        // Commits are counted while they wait, and timed.
+        let waiting = (lane == Lane::Commit).then(|| {
+            self.metrics.writer_commits_pending.inc();
+            (self.metrics.clone(), Instant::now())
+        });
         self.lanes.push(
             lane,
             Box::new(move |executor, ctx| {
-                if let Some(gauge) = waiting {
-                    gauge.dec();
+                if let Some((metrics, queued)) = waiting {
+                    metrics.writer_commits_pending.dec();
+                    (metrics.stages.writer_wait).observe(queued.elapsed().as_secs_f64());
                 }
                 // The caller may have given up waiting; the write stands.
                 let _ = answer.send(Handler::<M>::handle(executor, msg, ctx));

@@ -72,8 +72,12 @@ impl ConversationDirectory {
 
     /// Sends a message through its conversation's actor.
     pub async fn send(&self, sender: Pubkey, message: NewMessage) -> Result<SendOutcome, ApiError> {
+        let started = std::time::Instant::now();
         match tokio::time::timeout(self.send_timeout, self.send_once(sender, message)).await {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                (self.handles.metrics.stages.total).observe(started.elapsed().as_secs_f64());
+                outcome
+            }
             Err(_) => {
                 tracing::error!("a send took longer than {:?}", self.send_timeout);
                 Err(ApiError::Unavailable { retry_after: 1 })
@@ -91,6 +95,7 @@ impl ConversationDirectory {
             let request = SendDm {
                 sender: sender.clone(),
                 message: message.clone(),
+                at: std::time::Instant::now(),
             };
             match addr.send(request).await {
                 Ok(Ok(outcome)) => return Ok(outcome),
