@@ -1,7 +1,7 @@
 //! The `united-hub` command. With no subcommand it runs the hub.
 
 use clap::{Parser, Subcommand};
-use united_hub::cli::{chat, demo};
+use united_hub::cli::{chat, demo, history, interactive};
 use united_hub::load;
 use united_hub::{telemetry, Application, Settings};
 
@@ -32,6 +32,10 @@ enum Command {
     Send(chat::SendArgs),
     /// Print your messages as they arrive (and those that came while away).
     Listen(chat::ListenArgs),
+    /// Print a conversation, decrypted, both sides, oldest first.
+    History(history::HistoryArgs),
+    /// Talk with one person in this terminal: messages above, a prompt below.
+    Chat(interactive::ChatArgs),
     /// Drive a hub with many sessions, measure it, and verify every delivery.
     Load(load::LoadArgs),
 }
@@ -52,6 +56,8 @@ fn main() -> anyhow::Result<()> {
         Command::Identity(cmd) => chat::identity(cmd),
         Command::Send(args) => system.block_on(chat::send(args)),
         Command::Listen(args) => system.block_on(chat::listen(args)),
+        Command::History(args) => system.block_on(history::history(args)),
+        Command::Chat(args) => system.block_on(interactive::chat(args)),
         Command::Load(args) => {
             let json = args.json.clone();
             let report = system.block_on(load::run(args))?;

@@ -6,16 +6,26 @@
 //! united-hub listen --identity bob.id                       # terminal 1
 //! united-hub send --identity alice.id --to <bob's pubkey> "hi"   # terminal 2
 //! ```
+//!
+//! `united-hub chat` (in `interactive.rs`) does both in one terminal, for one
+//! conversation; `united-hub history` prints one conversation.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 
-use super::{open_message, open_proto, short, IdentityFile, DEFAULT_URL};
+use super::{
+    key_rotation_note, other_side, parse_peer, render, send_text, short, sign_in, IdentityFile,
+    DEFAULT_URL,
+};
 use crate::client::crypto::Identity;
-use crate::client::{HubClient, Incoming, WsClient};
-use crate::proto::{dm, Payload};
+use crate::client::{read_json, reconnect, ClientError, HubClient, Incoming};
+use crate::json::MessageJson;
+use crate::proto::Payload;
 
 #[derive(clap::Subcommand)]
 pub enum IdentityCommand {
@@ -83,60 +93,53 @@ pub fn identity(cmd: IdentityCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs in (registering on first use) and publishes the identity's X25519 key.
-async fn sign_in(url: &str, id: &Identity, name: &str) -> anyhow::Result<HubClient> {
-    let mut client = HubClient::new(url);
-    client
-        .login(id, Some(name))
-        .await
-        .with_context(|| format!("logging in to {url}"))?;
-    client.publish_key(&id.x25519_public()).await?;
-    Ok(client)
-}
-
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let (id, name) = IdentityFile::load(&args.identity)?;
+    let to = parse_peer(&args.to)?;
     let client = sign_in(&args.url, &id, &name).await?;
-    let to = args.to.to_ascii_lowercase();
-    let recipient_key = client
-        .recipient_key(&to)
-        .await
-        .context("the recipient has not published a key yet (have them run `listen` once)")?;
-    let (conversation, _) = client.create_conversation(&to).await?;
     let text = args.text.join(" ");
-    let (stored, _) = client
-        .send_sealed(&id, &recipient_key, &conversation.id, text.as_bytes())
-        .await?;
+    let stored = send_text(&client, &id, &to, &text).await?;
+    let ciphertext_len = B64
+        .decode(&stored.encrypted_payload)
+        .map_or(0, |bytes| bytes.len());
     println!(
-        "sent #{} to {} ({} bytes of ciphertext)",
+        "sent #{} to {} ({ciphertext_len} bytes of ciphertext)",
         stored.server_sequence,
         short(&to),
-        text.len() + 16
     );
     Ok(())
 }
 
+/// Prints what arrives in every conversation, both sides (our own messages
+/// from other devices too), from the moment it starts: what came while away
+/// (the offline queue) first, then live pushes. After a disconnect it catches
+/// up `after` the last sequence it showed of each conversation.
 pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     let (id, name) = IdentityFile::load(&args.identity)?;
     let mut client = sign_in(&args.url, &id, &name).await?;
+    let mut last_seen = newest_sequences(&client).await?;
+    // From here on, every message is shown: live or caught up.
     println!("listening as {name} ({})", id.public_key_hex());
+    let mut how = "while away";
+    let mut said_unreachable = false;
     loop {
-        client.refresh_if_needed().await?;
-        let token = client.access_token().unwrap_or_default().to_owned();
-        let mut ws = WsClient::connect(&client.ws_url(), &token).await?;
-        ws.call(Payload::DmConversationListRequest(
-            dm::DmConversationListRequest {},
-        ))
-        .await?;
-        for m in client.offline().await? {
-            print_message(
-                &id,
-                "while away",
-                &open_message(&id, &m),
-                &m.sender_display_name,
-                m.server_sequence,
-            );
+        let (mut ws, missed) = match reconnect(&mut client, &mut last_seen).await {
+            Ok(connected) => connected,
+            Err(ClientError::Transport(e)) => {
+                if !std::mem::replace(&mut said_unreachable, true) {
+                    println!("(cannot reach the hub: {e}; retrying)");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e).context("connecting"),
+        };
+        said_unreachable = false;
+        let mut peers = peer_names(&client, &id).await?;
+        for m in &missed {
+            show(&id, how, m, &peers);
         }
+        how = "caught up";
         loop {
             // Near its expiry the token is refreshed and handed to the open
             // session in band, so the hub does not close it (4001).
@@ -149,17 +152,27 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
                     Some(Incoming::Envelope(envelope)) => match envelope.payload {
                         Some(Payload::DmMessageEvent(e)) => {
                             let Some(m) = e.message else { continue };
-                            if m.sender_pubkey == id.public_key_hex() {
-                                continue;
+                            let m = MessageJson::from_proto(&m);
+                            // Catch-up may already have shown it.
+                            let seen = last_seen.entry(m.conversation_id.clone()).or_default();
+                            if m.server_sequence > *seen {
+                                *seen = m.server_sequence;
+                                show(&id, "live", &m, &peers);
                             }
-                            print_message(&id, "live", &open_proto(&id, &m), &m.sender_display_name, m.server_sequence);
                         }
-                        Some(Payload::DmConversationCreatedEvent(_)) => println!("(a new conversation was opened)"),
-                        Some(Payload::DmKeyRotatedEvent(e)) => println!("({} published a new key)", short(&e.user_pubkey)),
+                        Some(Payload::DmConversationCreatedEvent(_)) => {
+                            println!("(a new conversation was opened)");
+                            peers = peer_names(&client, &id).await?;
+                        }
+                        Some(Payload::DmKeyRotatedEvent(e)) => {
+                            let (Ok(line) | Err(line)) = key_rotation_note(&id, &e);
+                            println!("{line}");
+                        }
                         _ => {}
                     },
                     Some(Incoming::Closed(code)) => {
-                        println!("(disconnected: {code:?}; reconnecting)");
+                        let code = code.map(|c| format!(" ({c})")).unwrap_or_default();
+                        println!("(disconnected{code}; reconnecting)");
                         break;
                     }
                     // Quiet for 30 s: the loop checks the token.
@@ -172,9 +185,31 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print_message(_me: &Identity, how: &str, text: &anyhow::Result<String>, from: &str, seq: u64) {
-    match text {
-        Ok(text) => println!("[{how} #{seq}] {from}: {text}"),
-        Err(e) => println!("[{how} #{seq}] {from}: (cannot decrypt: {e})"),
+/// The newest sequence of each conversation: `listen` starts there, leaving
+/// older messages to `history` (the offline queue still brings those that
+/// came while away).
+async fn newest_sequences(client: &HubClient) -> anyhow::Result<HashMap<String, u64>> {
+    let mut newest = HashMap::new();
+    for conversation in client.conversations().await? {
+        let (latest, _) = client.recent(&conversation.id, 1).await?;
+        if let Some(m) = latest.last() {
+            newest.insert(conversation.id, m.server_sequence);
+        }
     }
+    Ok(newest)
+}
+
+/// The other side's display name in each of our conversations.
+async fn peer_names(client: &HubClient, me: &Identity) -> anyhow::Result<HashMap<String, String>> {
+    Ok(client
+        .conversations()
+        .await?
+        .iter()
+        .map(|c| (c.id.clone(), other_side(me, c).0))
+        .collect())
+}
+
+fn show(me: &Identity, how: &str, m: &MessageJson, peers: &HashMap<String, String>) {
+    let peer = peers.get(&m.conversation_id).map(String::as_str);
+    println!("{}", render(how, m, &read_json(me, m), peer));
 }

@@ -7,11 +7,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{bail, Context as _};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 
-use super::{open_message, open_proto, short};
-use crate::client::crypto::Identity;
-use crate::client::{reconnect, HubClient, Incoming, WsClient};
+use super::{send_text, short};
+use crate::client::crypto::{self, Identity, Role};
+use crate::client::{
+    connect_live, read_json, read_proto, reconnect, send_body, ClientError, HubClient, Incoming,
+    Reading, WsClient,
+};
 use crate::proto::{dm, Payload};
 use crate::{Application, Settings};
 
@@ -131,8 +136,8 @@ async fn play(
     ok("both logged in; keys published (derived from the identities, the libsodium way)");
 
     story.say("Bob connects two devices: a phone and a laptop");
-    let mut phone = connect(&bob).await?;
-    let mut laptop = connect(&bob).await?;
+    let mut phone = connect_live(&mut bob).await?;
+    let mut laptop = connect_live(&mut bob).await?;
     ok("two live WebSocket sessions");
 
     story.say("Alice opens a conversation with Bob");
@@ -144,9 +149,14 @@ async fn play(
     });
     ok(format!("conversation {}", conversation.id));
 
-    story.say("Alice encrypts a message for Bob's key and sends it");
+    story.say(
+        "Alice checks Bob's published key against his identity, seals a message to it, sends it",
+    );
     let text = "Hi Bob! Lunch at noon? 🥪";
-    let bob_key = alice.recipient_key(&bob_id.public_key_hex()).await?;
+    let bob_key = alice
+        .checked_recipient_key(&bob_id.public_key_hex())
+        .await?;
+    ok("Bob's published key is the one derived from his identity");
     let (sent, _) = alice
         .send_sealed(&alice_id, &bob_key, &conversation.id, text.as_bytes())
         .await?;
@@ -155,28 +165,22 @@ async fn play(
         sent.server_sequence
     ));
 
-    story.say("Bob's phone receives it live and decrypts it");
+    story.say("Bob's phone receives it live, decrypts it and verifies it is from Alice");
     if let Some(m) = story.check(next_message(&mut phone).await) {
-        match open_proto(&bob_id, &m) {
-            Ok(plain) if plain == text => ok(format!("phone: \"{plain}\"")),
-            Ok(plain) => {
-                story.check::<()>(Err(anyhow::anyhow!(
-                    "decrypted to something else: {plain:?}"
-                )));
-            }
-            Err(e) => {
-                story.check::<()>(Err(e));
-            }
-        }
+        story.check(
+            expect(&read_proto(&bob_id, &m), Role::Recipient, text).map(|()| {
+                ok(format!("phone: \"{text}\" (from Alice, verified)"));
+            }),
+        );
     }
 
     story.say("Bob's laptop sees it too");
     if let Some(m) = story.check(next_message(&mut laptop).await) {
-        story.check(open_proto(&bob_id, &m).and_then(|p| {
-            ensure!(p == text, "decrypted to {p:?}");
-            ok(format!("laptop: \"{p}\""));
-            Ok(())
-        }));
+        story.check(
+            expect(&read_proto(&bob_id, &m), Role::Recipient, text).map(|()| {
+                ok(format!("laptop: \"{text}\""));
+            }),
+        );
     }
     let mut last_seen = HashMap::from([(conversation.id.clone(), sent.server_sequence)]);
 
@@ -196,10 +200,13 @@ async fn play(
     }
 
     story.say("Bob reconnects and catches up, in order");
-    let (_ws, missed) = reconnect(&mut bob, &mut last_seen).await?;
+    let (mut bob_ws, missed) = reconnect(&mut bob, &mut last_seen).await?;
     let texts: Vec<String> = missed
         .iter()
-        .map(|m| open_message(&bob_id, m).unwrap_or_else(|e| format!("<{e}>")))
+        .map(|m| match read_json(&bob_id, m) {
+            Reading::Verified { text, .. } => text,
+            other => format!("<{other:?}>"),
+        })
         .collect();
     for (m, t) in missed.iter().zip(&texts) {
         ok(format!("#{}: \"{t}\"", m.server_sequence));
@@ -210,15 +217,136 @@ async fn play(
         Err(anyhow::anyhow!("caught up {texts:?}"))
     });
 
-    story.say("What the hub actually stored: ciphertext only");
+    story.say(
+        "Alice signs in on a second device and sends from the first: \
+         the second reads her own message, live and from history",
+    );
+    let mut alice_laptop = HubClient::new(url);
+    alice_laptop.login(&alice_id, None).await?;
+    let mut alice_laptop_ws = connect_live(&mut alice_laptop).await?;
+    let own = "On my way, 5 minutes.";
+    alice
+        .send_sealed(&alice_id, &bob_key, &conversation.id, own.as_bytes())
+        .await?;
+    if let Some(m) = story.check(next_message(&mut alice_laptop_ws).await) {
+        story.check(
+            expect(&read_proto(&alice_id, &m), Role::Sender, own).map(|()| {
+                ok(format!(
+                    "Alice's laptop, live: \"{own}\" (her own, verified)"
+                ));
+            }),
+        );
+    }
+    let newest = alice_laptop.history(&conversation.id, "limit=1").await?;
+    story.check(
+        newest
+            .messages
+            .first()
+            .context("an empty history")
+            .and_then(|m| expect(&read_json(&alice_id, m), Role::Sender, own))
+            .map(|()| ok(format!("Alice's laptop, from history: \"{own}\""))),
+    );
+    if let Some(m) = story.check(next_message(&mut bob_ws).await) {
+        story.check(
+            expect(&read_proto(&bob_id, &m), Role::Recipient, own).map(|()| {
+                ok(format!("Bob: \"{own}\" (from Alice, verified)"));
+            }),
+        );
+    }
+
+    story.say(
+        "The hub forges a message \"from Alice\": sealed by Mallory, \
+         sent under Alice's account",
+    );
+    let mallory = Identity::generate();
+    let forged = "Change of plan: leave the key under the mat.";
+    let sealed = crypto::seal(&mallory, &bob_key, &conversation.id, forged.as_bytes())?;
+    let (stored, _) = alice
+        .send(&send_body(
+            None,
+            &conversation.id,
+            &sealed,
+            crate::model::now_ms(),
+        ))
+        .await?;
+    story.check(if stored.sender_pubkey == alice_id.public_key_hex() {
+        ok(format!(
+            "the hub attributes #{} to Alice",
+            stored.server_sequence
+        ));
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "the hub attributed it to {}",
+            stored.sender_pubkey
+        ))
+    });
+    if let Some(m) = story.check(next_message(&mut bob_ws).await) {
+        story.check(match read_proto(&bob_id, &m) {
+            Reading::Unverifiable { reason } => {
+                ok(format!(
+                    "Bob's client refuses it as unverified ({reason}); none of it is shown"
+                ));
+                Ok(())
+            }
+            other => Err(anyhow::anyhow!("Bob's client accepted it: {other:?}")),
+        });
+    }
+
+    story.say(
+        "The hub substitutes a key: what Carol's account publishes is not \
+         derived from her identity",
+    );
+    let carol_id = Identity::generate();
+    let mut carol = HubClient::new(url);
+    carol.login(&carol_id, Some("Carol")).await?;
+    carol
+        .publish_key(&Identity::generate().x25519_public())
+        .await?;
+    let carol_pubkey = carol_id.public_key_hex();
+    match send_text(&alice, &alice_id, &carol_pubkey, "Hi Carol!").await {
+        Ok(m) => {
+            story.check::<()>(Err(anyhow::anyhow!(
+                "Alice's client sent #{} to the substituted key",
+                m.server_sequence
+            )));
+        }
+        Err(e) => {
+            let caught = matches!(
+                e.downcast_ref::<ClientError>(),
+                Some(ClientError::KeySubstituted { .. })
+            );
+            story.check(if caught {
+                ok(format!("Alice's client refuses: {e:#}"));
+                Ok(())
+            } else {
+                Err(e.context("refused, but not by the key check"))
+            });
+        }
+    }
+    let carols = carol.conversations().await?;
+    story.check(if carols.is_empty() {
+        ok("nothing was sent: Carol has no conversation at all");
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "Carol has {} conversation(s)",
+            carols.len()
+        ))
+    });
+
+    story.say("What the hub actually stored: the version, Bob's key, then ciphertext only");
     let history = bob.history(&conversation.id, "after=0").await?;
     for m in &history.messages {
-        let shown: String = m.encrypted_payload.chars().take(32).collect();
+        // A v2 payload is 0x02, the recipient's key, then the ciphertext.
+        let payload = B64.decode(&m.encrypted_payload)?;
+        let (head, ct) = payload.split_at(payload.len().min(33));
         ok(format!(
-            "#{} {}… ({} bytes base64)",
+            "#{} {}… | {}… ({} bytes)",
             m.server_sequence,
-            shown,
-            m.encrypted_payload.len()
+            hex::encode(&head[..head.len().min(7)]),
+            hex::encode(&ct[..ct.len().min(12)]),
+            payload.len()
         ));
     }
     if let Some(dir) = data_dir {
@@ -226,7 +354,7 @@ async fn play(
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             let bytes = std::fs::read(&path).unwrap_or_default();
-            for plain in std::iter::once(text).chain(later) {
+            for plain in [text, own, forged].into_iter().chain(later) {
                 if bytes.windows(plain.len()).any(|w| w == plain.as_bytes()) {
                     leaked.push(path.display().to_string());
                 }
@@ -242,14 +370,15 @@ async fn play(
     Ok(())
 }
 
-async fn connect(client: &HubClient) -> anyhow::Result<WsClient> {
-    let ws = WsClient::connect(&client.ws_url(), client.access_token().unwrap_or_default()).await?;
-    // One answered request: the session is registered and gets every push.
-    ws.call(Payload::DmConversationListRequest(
-        dm::DmConversationListRequest {},
-    ))
-    .await?;
-    Ok(ws)
+/// Checks that a message verified (v2), from the expected side, with `text`.
+fn expect(reading: &Reading, role: Role, text: &str) -> anyhow::Result<()> {
+    match reading {
+        Reading::Verified { text: got, role: r } if *r == role && got == text => Ok(()),
+        Reading::Verified { text: got, role: r } => {
+            bail!("verified, but as {r:?} with {got:?}")
+        }
+        other => bail!("not verified: {other:?}"),
+    }
 }
 
 /// Closes a socket and waits until the hub has let go of the session.

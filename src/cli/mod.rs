@@ -1,18 +1,24 @@
-//! The `united-hub` subcommands other than the server itself: the demo, a
-//! small chat CLI for people, and (later) the load generator.
+//! The `united-hub` subcommands other than the server itself: the demo and
+//! the commands for people (`identity`, `send`, `listen`, `history`, `chat`).
+//! They seal only to keys that pass the key check, and never print the bytes
+//! of a message that does not verify.
 
 pub mod chat;
 pub mod demo;
+pub mod history;
+pub mod interactive;
+mod term;
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::client::crypto::{self, Identity, Sealed};
-use crate::json::MessageJson;
+use crate::client::crypto::{Identity, Role};
+use crate::client::{check_peer_key, ClientError, HubClient, Reading};
+use crate::json::{ConversationJson, MessageJson};
+use crate::model::Pubkey;
+use crate::proto::dm::DmKeyRotatedEvent;
 
 /// The default hub a CLI command talks to.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:1984";
@@ -69,34 +75,206 @@ impl IdentityFile {
     }
 }
 
-/// Opens a message to or from `me`, from its JSON form.
-pub fn open_message(me: &Identity, m: &MessageJson) -> anyhow::Result<String> {
-    let sealed = Sealed {
-        ciphertext: B64.decode(&m.encrypted_payload)?,
-        nonce: B64
-            .decode(&m.nonce)?
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("bad nonce"))?,
-        ephemeral_pubkey: B64
-            .decode(m.ephemeral_pubkey.as_deref().unwrap_or_default())?
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("no ephemeral key"))?,
-    };
-    let mut sender = [0u8; 32];
-    hex::decode_to_slice(&m.sender_pubkey, &mut sender)?;
-    let opened = crypto::open(me, &sealed, &m.conversation_id, &sender)?;
-    Ok(String::from_utf8_lossy(&opened.plaintext).into_owned())
+/// Logs in (registering on first use) and publishes the identity's X25519 key.
+pub async fn sign_in(url: &str, id: &Identity, name: &str) -> anyhow::Result<HubClient> {
+    let mut client = HubClient::new(url);
+    client
+        .login(id, Some(name))
+        .await
+        .with_context(|| format!("logging in to {url}"))?;
+    client
+        .publish_key(&id.x25519_public())
+        .await
+        .context("publishing our key")?;
+    Ok(client)
 }
 
-/// Opens a message to or from `me`, from its protobuf form.
-pub fn open_proto(
-    me: &Identity,
-    m: &crate::proto::dm::EncryptedDmMessage,
-) -> anyhow::Result<String> {
-    open_message(me, &MessageJson::from_proto(m))
+/// A pubkey given on the command line, normalised to lower case.
+pub fn parse_peer(pubkey: &str) -> anyhow::Result<String> {
+    Pubkey::parse(pubkey.trim())
+        .map(|p| p.to_string())
+        .map_err(|_| anyhow::anyhow!("{pubkey:?} is not a pubkey (64 hex characters)"))
+}
+
+/// The peer's X25519 key after the key check, with errors a person can act on.
+pub async fn peer_key(client: &HubClient, peer: &str) -> anyhow::Result<[u8; 32]> {
+    client
+        .checked_recipient_key(peer)
+        .await
+        .map_err(|e| match e {
+            ClientError::KeySubstituted { .. } => anyhow::Error::new(e),
+            e if e.status() == Some(404) => anyhow::anyhow!(
+                "{peer} is not on this hub or has not published a key yet \
+                 (they need to sign in once, e.g. with `united-hub listen`)"
+            ),
+            e => anyhow::Error::new(e).context(format!("fetching the key of {peer}")),
+        })
+}
+
+/// Checks the peer's key, finds or creates the conversation, and sends `text`
+/// sealed to the checked key: nothing reaches the hub if the check fails.
+pub async fn send_text(
+    client: &HubClient,
+    id: &Identity,
+    peer: &str,
+    text: &str,
+) -> anyhow::Result<MessageJson> {
+    let key = peer_key(client, peer).await?;
+    let (conversation, _) = client
+        .create_conversation(peer)
+        .await
+        .with_context(|| format!("opening the conversation with {peer}"))?;
+    let (stored, _) = client
+        .send_sealed(id, &key, &conversation.id, text.as_bytes())
+        .await
+        .context("sending")?;
+    Ok(stored)
+}
+
+/// One message as a line for people: `[how #seq] name: text`. A v1 message
+/// is marked unauthenticated, and one that does not verify is marked and
+/// shown without any of its bytes. `peer` names the other side of our own
+/// messages when the output mixes conversations.
+pub fn render(how: &str, m: &MessageJson, reading: &Reading, peer: Option<&str>) -> String {
+    let tag = match how {
+        "" => format!("#{}", m.server_sequence),
+        how => format!("{how} #{}", m.server_sequence),
+    };
+    let name = printable(&m.sender_display_name);
+    match reading {
+        Reading::Verified {
+            text,
+            role: Role::Sender,
+        } => match peer {
+            Some(peer) => format!("[{tag}] {name} (you) → {}: {}", printable(peer), printable(text)),
+            None => format!("[{tag}] {name} (you): {}", printable(text)),
+        },
+        Reading::Verified {
+            text,
+            role: Role::Recipient,
+        } => format!("[{tag}] {name}: {}", printable(text)),
+        Reading::Unauthenticated { text } => format!(
+            "[{tag}] {name} [unauthenticated: v1, the sender is only the hub's word]: {}",
+            printable(text)
+        ),
+        Reading::Unverifiable { reason } => format!(
+            "[{tag}] {name} [unverified]: this message could not be verified and is not shown ({reason})"
+        ),
+    }
+}
+
+/// Text from others with its control characters escaped, so that a message
+/// cannot move the cursor, clear the screen or fake a line of its own.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// What to tell a person about a `DmKeyRotatedEvent`: a note if the new key
+/// is the one derived from its identity, a warning (`Err`) if it is not.
+pub fn key_rotation_note(me: &Identity, event: &DmKeyRotatedEvent) -> Result<String, String> {
+    let who = short(&event.user_pubkey);
+    let Ok(key) = <[u8; 32]>::try_from(&event.new_x25519_pubkey[..]) else {
+        return Err(format!(
+            "WARNING: the hub announced a malformed key for {who}"
+        ));
+    };
+    if event.user_pubkey == me.public_key_hex() {
+        return if key == me.x25519_public() {
+            Ok("(your key was published)".into())
+        } else {
+            Err(
+                "WARNING: a key that is not yours was published under your identity: \
+                 someone else can sign in as you"
+                    .into(),
+            )
+        };
+    }
+    match check_peer_key(&event.user_pubkey, &key) {
+        Ok(()) => Ok(format!(
+            "({who} published a new key; it matches their identity)"
+        )),
+        Err(e) => Err(format!(
+            "WARNING: {e}; nothing more will be sent to {who} until its key checks out"
+        )),
+    }
+}
+
+/// The other participant of a conversation: display name and pubkey.
+pub fn other_side(me: &Identity, c: &ConversationJson) -> (String, String) {
+    if c.participant_a_pubkey == me.public_key_hex() {
+        (
+            c.participant_b_display_name.clone(),
+            c.participant_b_pubkey.clone(),
+        )
+    } else {
+        (
+            c.participant_a_display_name.clone(),
+            c.participant_a_pubkey.clone(),
+        )
+    }
 }
 
 /// The first characters of a pubkey, for people.
 pub fn short(pubkey: &str) -> &str {
     &pubkey[..pubkey.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(name: &str) -> MessageJson {
+        MessageJson {
+            id: "m".into(),
+            conversation_id: "c".into(),
+            sender_pubkey: "p".into(),
+            encrypted_payload: String::new(),
+            nonce: String::new(),
+            ephemeral_pubkey: None,
+            timestamp: 1,
+            server_sequence: 7,
+            sender_display_name: name.into(),
+        }
+    }
+
+    #[test]
+    fn text_from_others_cannot_drive_the_terminal() {
+        let reading = Reading::Verified {
+            text: "hi\x1b[2J\r\n[#8] Alice: fake".into(),
+            role: Role::Recipient,
+        };
+        let line = render("live", &message("Mallory\x07"), &reading, None);
+        assert_eq!(
+            line,
+            r"[live #7] Mallory\u{7}: hi\u{1b}[2J\r\n[#8] Alice: fake"
+        );
+    }
+
+    #[test]
+    fn what_does_not_verify_is_marked_and_v1_is_flagged() {
+        let unverified = Reading::Unverifiable {
+            reason: "tampered".into(),
+        };
+        assert!(render("", &message("Alice"), &unverified, None)
+            .starts_with("[#7] Alice [unverified]: "));
+        let v1 = Reading::Unauthenticated { text: "old".into() };
+        let line = render("", &message("Alice"), &v1, None);
+        assert!(line.contains("[unauthenticated") && line.ends_with(": old"));
+        let mine = Reading::Verified {
+            text: "sent".into(),
+            role: Role::Sender,
+        };
+        assert_eq!(
+            render("", &message("Bob"), &mine, Some("Alice")),
+            "[#7] Bob (you) → Alice: sent"
+        );
+    }
 }

@@ -9,7 +9,6 @@ use std::collections::{HashMap, HashSet};
 
 use super::{ClientError, HubClient, WsClient};
 use crate::json::MessageJson;
-use crate::model::MAX_HISTORY_LIMIT;
 use crate::proto::{dm, Payload};
 
 /// Everything the client has not seen, once each, ordered by conversation and
@@ -27,39 +26,25 @@ pub async fn catch_up(
     let mut out = Vec::new();
     let mut ids = HashSet::new();
     for conversation in client.conversations().await? {
-        let mut after = last_seen.get(&conversation.id).copied().unwrap_or(0);
-        loop {
-            let page = client
-                .history(
-                    &conversation.id,
-                    &format!("after={after}&limit={MAX_HISTORY_LIMIT}"),
-                )
-                .await?;
-            for m in page.messages {
-                after = after.max(m.server_sequence);
-                ids.insert(m.id.clone());
-                out.push(m);
-            }
-            if !page.has_more {
-                break;
-            }
+        let after = last_seen.get(&conversation.id).copied().unwrap_or(0);
+        let page = client.history_after(&conversation.id, after).await?;
+        if let Some(last) = page.last() {
+            last_seen.insert(conversation.id.clone(), last.server_sequence);
         }
-        if after > 0 {
-            last_seen.insert(conversation.id.clone(), after);
+        for m in page {
+            ids.insert(m.id.clone());
+            out.push(m);
         }
     }
-    // Anything queued that history did not return (it cannot happen while the
-    // queue only holds messages of the caller's conversations) is kept too.
+    // Queued messages that history did not return (at or below a sequence
+    // the caller marked seen without having shown it) come last.
     out.extend(queued.into_iter().filter(|m| !ids.contains(&m.id)));
     Ok(out)
 }
 
-/// Opens a socket, waits until the hub has registered it (one answered
-/// request), then catches up. Returns the live socket and what was missed.
-pub async fn reconnect(
-    client: &mut HubClient,
-    last_seen: &mut HashMap<String, u64>,
-) -> Result<(WsClient, Vec<MessageJson>), ClientError> {
+/// Opens a socket and waits until the hub has registered it (one answered
+/// request), so that it gets every push from then on.
+pub async fn connect_live(client: &mut HubClient) -> Result<WsClient, ClientError> {
     client.refresh_if_needed().await?;
     let token = client
         .access_token()
@@ -70,6 +55,16 @@ pub async fn reconnect(
         dm::DmConversationListRequest {},
     ))
     .await?;
+    Ok(ws)
+}
+
+/// [`connect_live`], then [`catch_up`]. Returns the live socket and what was
+/// missed.
+pub async fn reconnect(
+    client: &mut HubClient,
+    last_seen: &mut HashMap<String, u64>,
+) -> Result<(WsClient, Vec<MessageJson>), ClientError> {
+    let ws = connect_live(client).await?;
     let missed = catch_up(client, last_seen).await?;
     Ok((ws, missed))
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::crypto::Identity;
 use crate::json::*;
+use crate::model::MAX_HISTORY_LIMIT;
 
 /// How long one HTTP call may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +30,13 @@ pub enum ClientError {
     Decode(String),
     #[error("crypto: {0}")]
     Crypto(#[from] super::crypto::CryptoError),
+    /// The hub's key for `peer` is not derived from that identity: whatever
+    /// is sealed to it could be read by whoever made it, not by the peer.
+    #[error(
+        "the key the hub hands out for {peer} is not derived from that identity: \
+         refusing to send to it (possible key substitution)"
+    )]
+    KeySubstituted { peer: String },
 }
 
 impl ClientError {
@@ -237,13 +245,27 @@ impl HubClient {
         self.get(&format!("/api/dm/keys/{pubkey}")).await
     }
 
-    /// The recipient's published X25519 key, as bytes.
+    /// The recipient's published X25519 key, as bytes, unchecked: seal
+    /// only to [`checked_recipient_key`](Self::checked_recipient_key).
     pub async fn recipient_key(&self, pubkey: &str) -> Result<[u8; 32], ClientError> {
         let key = self.get_key(pubkey).await?;
         let mut out = [0u8; 32];
         hex::decode_to_slice(&key.x25519_pubkey, &mut out)
             .map_err(|e| ClientError::Decode(format!("x25519_pubkey: {e}")))?;
         Ok(out)
+    }
+
+    /// The peer's published X25519 key after the key check
+    /// ([`check_peer_key`](super::check_peer_key)): a key that is not derived
+    /// from `peer_pubkey` is [`ClientError::KeySubstituted`]. Call it before
+    /// the first message to a peer, and again after its key rotates.
+    pub async fn checked_recipient_key(&self, peer_pubkey: &str) -> Result<[u8; 32], ClientError> {
+        // Not a pubkey: refused before any request.
+        let peer = crate::model::Pubkey::parse(peer_pubkey)
+            .map_err(|_| super::crypto::CryptoError::BadPublicKey)?;
+        let published = self.recipient_key(peer.as_str()).await?;
+        super::check_peer_key(peer.as_str(), &published)?;
+        Ok(published)
     }
 
     /// Returns the conversation and whether it was created.
@@ -272,8 +294,10 @@ impl HubClient {
     }
 
     /// Seals `plaintext` for `recipient_x25519` (the `united-hub dm v2`
-    /// scheme) and sends it under a fresh client id, so a retry of the same
-    /// body is idempotent. Returns the stored message and whether it was new.
+    /// scheme; take the key from
+    /// [`checked_recipient_key`](Self::checked_recipient_key)) and sends it
+    /// under a fresh client id, so a retry of the same body is idempotent.
+    /// Returns the stored message and whether it was new.
     pub async fn send_sealed(
         &self,
         sender: &Identity,
@@ -299,6 +323,61 @@ impl HubClient {
     ) -> Result<HistoryJson, ClientError> {
         self.get(&format!("/api/dm/messages/{conversation_id}?{query}"))
             .await
+    }
+
+    /// Every message after sequence `after`, oldest first: the catch-up form
+    /// of history, paged to the end.
+    pub async fn history_after(
+        &self,
+        conversation_id: &str,
+        mut after: u64,
+    ) -> Result<Vec<MessageJson>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .history(
+                    conversation_id,
+                    &format!("after={after}&limit={MAX_HISTORY_LIMIT}"),
+                )
+                .await?;
+            if let Some(last) = page.messages.last() {
+                after = last.server_sequence;
+            }
+            all.extend(page.messages);
+            if !page.has_more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// The latest `count` messages of a conversation (0: all of them), oldest
+    /// first, paging back with `before` as far as asked; and whether older
+    /// ones remain.
+    pub async fn recent(
+        &self,
+        conversation_id: &str,
+        count: usize,
+    ) -> Result<(Vec<MessageJson>, bool), ClientError> {
+        let mut newest_first: Vec<MessageJson> = Vec::new();
+        loop {
+            let wanted = match count {
+                0 => usize::MAX,
+                n => n - newest_first.len(),
+            };
+            let limit = wanted.min(MAX_HISTORY_LIMIT as usize);
+            let query = match newest_first.last() {
+                Some(oldest) => format!("before={}&limit={limit}", oldest.server_sequence),
+                None => format!("limit={limit}"),
+            };
+            let page = self.history(conversation_id, &query).await?;
+            let got = page.messages.len();
+            newest_first.extend(page.messages);
+            let enough = count != 0 && newest_first.len() >= count;
+            if !page.has_more || enough || got == 0 {
+                newest_first.reverse();
+                return Ok((newest_first, page.has_more));
+            }
+        }
     }
 
     /// The whole offline queue: pages until `has_more` is false.

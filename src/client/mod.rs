@@ -1,11 +1,14 @@
 //! The reference client: what tests, the demo and the load generator use to
 //! talk to a hub, and an example for other client authors.
 //!
-//! - [`crypto`]: identities, key conversion and the `united-hub dm v1` scheme.
+//! - [`crypto`]: identities, key conversion and the `united-hub dm v2` scheme.
+//! - [`check_peer_key`] / [`read_json`]: the key check before sealing, and
+//!   what to show of a message (verified, unauthenticated v1, or nothing).
 //! - [`HubClient`]: login and every HTTP call, typed.
 //! - [`WsClient`]: one WebSocket; correlates `request_id`s and hands pushed
 //!   events out as a stream.
-//! - [`reconnect`] / [`catch_up`]: come back after being away and miss nothing.
+//! - [`connect_live`] / [`reconnect`] / [`catch_up`]: come back after being
+//!   away and miss nothing.
 //!
 //! It runs on the actix (tokio current-thread) runtime: call it from inside
 //! an actix `System`.
@@ -13,8 +16,10 @@
 mod catch_up;
 pub mod crypto;
 mod http;
+mod verify;
 mod ws;
 
-pub use catch_up::{catch_up, reconnect};
+pub use catch_up::{catch_up, connect_live, reconnect};
 pub use http::{send_body, ClientError, HubClient};
+pub use verify::{check_peer_key, read_json, read_proto, Reading};
 pub use ws::{Events, Incoming, WsClient};

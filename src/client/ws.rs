@@ -43,6 +43,11 @@ pub struct WsClient {
 pub struct Events(mpsc::UnboundedReceiver<Incoming>);
 
 impl Events {
+    /// The next pushed event, or `Closed` once the socket is gone.
+    pub async fn recv(&mut self) -> Incoming {
+        self.0.recv().await.unwrap_or(Incoming::Closed(None))
+    }
+
     /// The next pushed event (or close), waiting at most `wait`.
     pub async fn next(&mut self, wait: Duration) -> Option<Incoming> {
         tokio::time::timeout(wait, self.0.recv())

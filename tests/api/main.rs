@@ -14,6 +14,7 @@ mod crypto;
 mod delivery;
 mod dm;
 mod durability;
+mod e2e;
 mod hardening;
 mod helpers;
 mod openapi;

@@ -1,0 +1,132 @@
+//! What a client may trust: the key check before sealing, and what to show
+//! of a message it received.
+//!
+//! [`crypto::open`](super::crypto::open) says whether a message opened and
+//! how; [`read_json`] and [`read_proto`] turn that into the three things a
+//! client shows differently, so that no caller can print the bytes of a
+//! message that did not verify by accident.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+use super::crypto::{self, CryptoError, Identity, Role, Scheme, Sealed};
+use super::ClientError;
+use crate::json::MessageJson;
+use crate::model::Pubkey;
+use crate::proto::dm::EncryptedDmMessage;
+
+/// The key check: `published_x25519`, the key the hub hands out for
+/// `peer_pubkey`, must be derived from that identity. The identity is what
+/// the sender addresses, so a key the hub substituted is refused here,
+/// before anything is sealed to it ([`ClientError::KeySubstituted`]).
+pub fn check_peer_key(peer_pubkey: &str, published_x25519: &[u8; 32]) -> Result<(), ClientError> {
+    let peer = Pubkey::parse(peer_pubkey).map_err(|_| CryptoError::BadPublicKey)?;
+    match crypto::check_published_key(&peer.to_bytes(), published_x25519) {
+        Ok(()) => Ok(()),
+        Err(CryptoError::KeyMismatch) => Err(ClientError::KeySubstituted {
+            peer: peer.to_string(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a client shows for one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// `united-hub dm v2`: written by its `sender_pubkey` (or by us, its
+    /// recipient, who could have made it too). [`Role::Sender`] means ours,
+    /// from this device or another holding our identity.
+    Verified { text: String, role: Role },
+    /// `united-hub dm v1`: it decrypts, but only the hub says who wrote it.
+    /// Show it marked as unauthenticated.
+    Unauthenticated { text: String },
+    /// It does not open: forged, tampered with, moved to another
+    /// conversation or sender, or malformed. Show that it could not be
+    /// verified, and nothing of its bytes.
+    Unverifiable { reason: String },
+}
+
+impl Reading {
+    /// The text, if the message verified (v2).
+    pub fn verified_text(&self) -> Option<&str> {
+        match self {
+            Reading::Verified { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a message to or from `me`, in its JSON form (HTTP).
+pub fn read_json(me: &Identity, m: &MessageJson) -> Reading {
+    let fields = (|| {
+        let ciphertext = B64.decode(&m.encrypted_payload).ok()?;
+        let nonce = B64.decode(&m.nonce).ok()?;
+        let ephemeral = B64.decode(m.ephemeral_pubkey.as_deref()?).ok()?;
+        Some((ciphertext, nonce, ephemeral))
+    })();
+    match fields {
+        Some((ciphertext, nonce, ephemeral)) => read_parts(
+            me,
+            ciphertext,
+            &nonce,
+            &ephemeral,
+            &m.conversation_id,
+            &m.sender_pubkey,
+        ),
+        None => malformed("bad base64 or no ephemeral key"),
+    }
+}
+
+/// Reads a message to or from `me`, in its protobuf form (WebSocket).
+pub fn read_proto(me: &Identity, m: &EncryptedDmMessage) -> Reading {
+    read_parts(
+        me,
+        m.encrypted_payload.to_vec(),
+        &m.nonce,
+        &m.ephemeral_pubkey,
+        &m.conversation_id,
+        &m.sender_pubkey,
+    )
+}
+
+fn read_parts(
+    me: &Identity,
+    ciphertext: Vec<u8>,
+    nonce: &[u8],
+    ephemeral: &[u8],
+    conversation_id: &str,
+    sender_pubkey: &str,
+) -> Reading {
+    let (Ok(nonce), Ok(ephemeral_pubkey)) = (nonce.try_into(), ephemeral.try_into()) else {
+        return malformed("the nonce or the ephemeral key has the wrong length");
+    };
+    let Ok(sender) = Pubkey::parse(sender_pubkey) else {
+        return malformed("the sender is not a public key");
+    };
+    let sealed = Sealed {
+        ciphertext,
+        nonce,
+        ephemeral_pubkey,
+    };
+    match crypto::open(me, &sealed, conversation_id, &sender.to_bytes()) {
+        Ok(opened) => {
+            let text = String::from_utf8_lossy(&opened.plaintext).into_owned();
+            match opened.scheme {
+                Scheme::V2 => Reading::Verified {
+                    text,
+                    role: opened.role,
+                },
+                Scheme::V1 => Reading::Unauthenticated { text },
+            }
+        }
+        Err(e) => Reading::Unverifiable {
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn malformed(why: &str) -> Reading {
+    Reading::Unverifiable {
+        reason: format!("malformed: {why}"),
+    }
+}
