@@ -6,8 +6,8 @@
 //! - **cluster** (`--cluster N`): a throw-away PostgreSQL and nats-server and
 //!   N child nodes sharing them.
 //!
-//! The generator reads each hub's resident memory from `/proc` when it knows
-//! its process; with several nodes the figure is their sum.
+//! The generator reads each hub's resident memory and CPU time from `/proc`
+//! when it knows its process; with several nodes the figure is their sum.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -172,6 +172,23 @@ impl Node {
     }
 }
 
+/// The CPU time (user + system, all threads) this process has used, in
+/// seconds. Linux only (`/proc`).
+pub fn own_cpu_seconds() -> Option<f64> {
+    cpu_seconds("/proc/self/stat")
+}
+
+/// The CPU time of the process whose `/proc/PID/stat` is `path`.
+fn cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // After the command name (which may hold spaces): state is field 3,
+    // utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Clock ticks of USER_HZ, which is 100 on Linux (`getconf CLK_TCK`).
+    Some(ticks as f64 / 100.0)
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
@@ -284,6 +301,14 @@ impl Target {
     /// The summed RSS of every node in KiB; `None` unless all can be read.
     pub fn rss_kib(&self) -> Option<u64> {
         self.nodes.iter().map(Node::rss_kib).sum()
+    }
+
+    /// The summed CPU seconds of every node; `None` unless all can be read.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.nodes
+            .iter()
+            .map(|n| cpu_seconds(&format!("/proc/{}/stat", n.pid?)))
+            .sum()
     }
 
     /// Whether every node's process is known (memory figures are possible).

@@ -2,8 +2,11 @@
 //!
 //! Phases: register identities, open conversations, connect sessions, warm
 //! up, measure, drain, verify. The run fails (exit code 1) on any lost,
-//! duplicated or reordered message, any push to the wrong session, and any
-//! send error other than the hub asking to slow down (429/503).
+//! duplicated or reordered message, any push to the wrong session, any
+//! message that does not open (`--payload sealed`, the default: every message
+//! is sealed with v2 and opened by every session that gets it, as real
+//! clients would; see `traffic.rs`), and any send error other than the hub
+//! asking to slow down (429/503).
 //!
 //! The hubs: one embedded child hub (the default), running hubs (`--url`,
 //! once per node), or a local cluster it starts (`--cluster N`); see
@@ -26,8 +29,8 @@ use crate::client::crypto::Identity;
 use crate::client::{HubClient, WsClient};
 use crate::proto::{dm, Payload};
 pub use report::Report;
-pub use traffic::Via;
-use traffic::{Pacer, Pair, Sender, SessionCheck, Stats, Template};
+use traffic::{Pacer, Pair, PairKeys, Sender, SessionCheck, Stats, Template};
+pub use traffic::{PayloadMode, Via};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LoadArgs {
@@ -68,9 +71,17 @@ pub struct LoadArgs {
     /// Seconds of warm-up before measuring.
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
-    /// Ciphertext bytes per message.
+    /// Ciphertext bytes per message (sealed: at least 57, the 8-byte send
+    /// time plus the 49 bytes v2 adds; the rest of the plaintext is padding).
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
+    /// What messages carry. `sealed`: each is sealed with v2 by its sender
+    /// and opened by every session that gets it, so the run pays and reports
+    /// the real client cost, and fails if one does not open. `random`: random
+    /// bytes, never sealed or opened; for hub-only benchmarks, where the
+    /// generator's crypto would take CPU from the hub or be the bottleneck.
+    #[arg(long, value_enum, default_value = "sealed")]
+    pub payload: PayloadMode,
     /// How senders send (pushes always arrive over WebSocket).
     #[arg(long, value_enum, default_value = "ws")]
     pub via: Via,
@@ -196,7 +207,8 @@ async fn open_pairs(args: &LoadArgs, users: &[User]) -> anyhow::Result<Vec<Rc<Pa
                     .create_conversation(&b.identity.public_key_hex())
                     .await?;
                 progress.inc(1);
-                Ok(Rc::new(Pair::new(i, conversation.id)))
+                let keys = PairKeys::new(a.identity.clone(), b.identity.clone());
+                Ok(Rc::new(Pair::new(i, conversation.id, keys)))
             }
         })
         .buffered(args.setup_concurrency)
@@ -257,6 +269,7 @@ async fn connect(
                     check.clone(),
                     stats.clone(),
                     done.clone(),
+                    args.payload,
                 ));
                 progress.inc(1);
                 Ok(Session {
@@ -288,6 +301,8 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
         args.pairs > 0 || args.idle > 0,
         "nothing to do: give --pairs or --idle"
     );
+    // Before any hub starts: a payload too small to seal is refused here.
+    let template = Rc::new(Template::new(args.payload, args.payload_bytes)?);
     let hub = match (args.cluster, args.url.is_empty()) {
         (Some(n), _) => hub::Target::cluster(n.into()).await?,
         (None, false) => hub::Target::attach(&args.url, &args.hub_pid).await?,
@@ -366,7 +381,6 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     report.rss.idle_connected = hub.rss_kib();
 
     // Senders: the first session (or the HTTP client) of each pair's first user.
-    let template = Rc::new(Template::new(args.payload_bytes));
     let pacer = (args.rate > 0).then(|| Rc::new(Pacer::new(args.rate)));
     stats.sending.set(true);
     for (pair, session) in pairs
@@ -397,6 +411,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     let progress = bar(&args, args.duration, "measure");
     stats.start_measuring();
     let measure_start = Instant::now();
+    let cpu_start = (hub::own_cpu_seconds(), hub.cpu_seconds());
     let mut peak_rss = hub.rss_kib();
     for _ in 0..args.duration {
         actix_web::rt::time::sleep(Duration::from_secs(1)).await;
@@ -411,6 +426,10 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     }
     stats.stop_measuring();
     let measured = measure_start.elapsed().as_secs_f64();
+    let percent =
+        |before: Option<f64>, after: Option<f64>| Some((after? - before?) / measured * 100.0);
+    report.cpu.generator_percent = percent(cpu_start.0, hub::own_cpu_seconds());
+    report.cpu.hub_percent = percent(cpu_start.1, hub.cpu_seconds());
     progress.finish();
     report.rss.under_load = peak_rss;
     stats.sending.set(false);

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::hub::{Mode, Target};
-use super::traffic::{Pair, SessionCheck, Stats, Via};
+use super::traffic::{Pair, PayloadMode, SessionCheck, Stats, Via};
 use super::LoadArgs;
 
 #[derive(Serialize, Debug, Default)]
@@ -41,6 +41,35 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// What the generator's own crypto cost (sealed payloads only): what real
+/// clients would pay for the same messages. Times are measured around each
+/// call on the generator's one thread, so they are its CPU time unless the
+/// machine is oversubscribed (then they include preemption); they cover the
+/// whole run (warm-up, measurement and drain).
+#[derive(Serialize, Debug, Default)]
+pub struct ClientCrypto {
+    pub scheme: String,
+    pub sealed: u64,
+    pub seal_seconds: f64,
+    pub seal_us_mean: f64,
+    /// Pushes opened and read (every delivered one, when all is well).
+    pub opened: u64,
+    /// Time spent opening, failed attempts included.
+    pub open_seconds: f64,
+    pub open_us_mean: f64,
+    /// Pushes that did not open as v2 from their sender (also anomalies).
+    pub open_failures: u64,
+}
+
+/// CPU use during the measurement, in percent of one core.
+#[derive(Serialize, Debug, Default)]
+pub struct Cpu {
+    /// This process (one thread does the generator's work, so 100 is its limit).
+    pub generator_percent: Option<f64>,
+    /// The hubs' processes, summed (absent when one is unknown).
+    pub hub_percent: Option<f64>,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Report {
     /// How the hubs were found: "embedded" (one child hub on SQLite),
@@ -64,6 +93,8 @@ pub struct Report {
     pub window: usize,
     pub duration_seconds: f64,
     pub payload_bytes: usize,
+    /// "sealed" (v2, opened by every session) or "random" (hub-only).
+    pub payload: PayloadMode,
     pub via: Via,
     pub setup: Setup,
     pub accepted: u64,
@@ -77,6 +108,9 @@ pub struct Report {
     pub duplicated: u64,
     pub anomalies: u64,
     pub samples: Vec<String>,
+    /// Sealed payloads only.
+    pub crypto: Option<ClientCrypto>,
+    pub cpu: Cpu,
     pub rss: Memory,
     /// The nodes' cluster counters from `/metrics`, summed (several nodes only).
     pub bus: Option<std::collections::BTreeMap<String, u64>>,
@@ -114,6 +148,7 @@ impl Report {
             window: args.window,
             duration_seconds: 0.0,
             payload_bytes: args.payload_bytes,
+            payload: args.payload,
             via: args.via,
             setup: Setup::default(),
             accepted: 0,
@@ -127,6 +162,8 @@ impl Report {
             duplicated: 0,
             anomalies: 0,
             samples: Vec::new(),
+            crypto: None,
+            cpu: Cpu::default(),
             rss: Memory {
                 scope,
                 processes,
@@ -184,6 +221,26 @@ impl Report {
                 self.rss.per_session_kib = Some((idle as f64 - base as f64) / self.sessions as f64);
             }
         }
+        if self.payload == PayloadMode::Sealed {
+            let mean_us = |time: std::time::Duration, n: u64| {
+                if n == 0 {
+                    0.0
+                } else {
+                    time.as_secs_f64() * 1e6 / n as f64
+                }
+            };
+            let opens = stats.opened.get() + stats.open_failures.get();
+            self.crypto = Some(ClientCrypto {
+                scheme: "united-hub dm v2".into(),
+                sealed: stats.sealed.get(),
+                seal_seconds: stats.seal_time.get().as_secs_f64(),
+                seal_us_mean: mean_us(stats.seal_time.get(), stats.sealed.get()),
+                opened: stats.opened.get(),
+                open_seconds: stats.open_time.get().as_secs_f64(),
+                open_us_mean: mean_us(stats.open_time.get(), opens),
+                open_failures: stats.open_failures.get(),
+            });
+        }
         self.samples = stats.samples.borrow().clone();
         self.ok = self.lost == 0 && self.duplicated == 0 && self.anomalies == 0 && self.errors == 0;
     }
@@ -228,6 +285,7 @@ impl fmt::Display for Report {
         writeln!(f, "  scenario     {} pairs × {} sessions/user + {} idle = {} sessions; via {via}; window {}; rate {}; {} B payload",
             self.pairs, self.sessions_per_user, self.idle, self.sessions, self.window,
             if self.rate == 0 { "max".into() } else { format!("{}/s", self.rate) }, self.payload_bytes)?;
+        writeln!(f, "  payload      {}", self.payload.describe())?;
         writeln!(
             f,
             "  setup        register {:.1} s, open {:.1} s, connect {:.1} s",
@@ -243,6 +301,26 @@ impl fmt::Display for Report {
         )?;
         writeln!(f, "  latency      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} samples, send → recipient)",
             self.latency.p50_ms, self.latency.p90_ms, self.latency.p99_ms, self.latency.p999_ms, self.latency.max_ms, self.latency.samples)?;
+        if let Some(c) = &self.crypto {
+            writeln!(
+                f,
+                "  crypto       sealed {} ({:.1} µs each, {:.2} s), opened {} ({:.1} µs each, {:.2} s), failed to open {}",
+                c.sealed,
+                c.seal_us_mean,
+                c.seal_seconds,
+                c.opened,
+                c.open_us_mean,
+                c.open_seconds,
+                c.open_failures
+            )?;
+        }
+        let pct = |p: Option<f64>| p.map_or("n/a".into(), |p| format!("{p:.0}%"));
+        writeln!(
+            f,
+            "  cpu          generator {}, hub {} of one core while measuring",
+            pct(self.cpu.generator_percent),
+            pct(self.cpu.hub_percent)
+        )?;
         writeln!(
             f,
             "  hub memory   before {}, registered {}, connected {}, under load {}, per session {} ({})",
@@ -279,10 +357,10 @@ impl fmt::Display for Report {
         write!(
             f,
             "  verdict      {}",
-            if self.ok {
-                "OK: every accepted message reached every session of both sides once, in order"
-            } else {
-                "FAILED"
+            match (self.ok, self.payload) {
+                (true, PayloadMode::Sealed) => "OK: every accepted message reached every session of both sides once, in order, and opened there",
+                (true, PayloadMode::Random) => "OK: every accepted message reached every session of both sides once, in order",
+                (false, _) => "FAILED",
             }
         )
     }

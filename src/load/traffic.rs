@@ -2,11 +2,28 @@
 //! (optionally paced to a total rate), and one receiver per session that
 //! checks every push as it arrives.
 //!
-//! Every payload starts with the send time (µs since the run began, little
-//! endian), so a receiver measures end-to-end latency without any lookup.
-//! The rest of the payload is random bytes: the hub cannot tell them from
-//! ciphertext, and sealing each message would make the generator, not the
-//! hub, the bottleneck.
+//! Every message carries its send time (µs since the run began, little
+//! endian, taken when the generator builds the message, after the pacer's
+//! slot), so a receiver measures end-to-end latency without any lookup. How
+//! it is carried is `--payload`:
+//!
+//! - **sealed** (the default): the plaintext is the send time and random
+//!   padding, sealed with `united-hub dm v2` from the pair's sender to the
+//!   recipient's X25519 key (derived here from the recipient's identity: the
+//!   generator made both). Every session of both sides opens every message it
+//!   gets (the recipient's as recipient, the sender's own devices as sender)
+//!   and reads the time from the plaintext; a message that does not open as
+//!   v2, in the expected role, from the pair's sender, is an anomaly that
+//!   fails the run. The run thus pays, and reports, what real clients pay:
+//!   one seal per message and one open per push. The ciphertext is still
+//!   `--payload-bytes` long (v2 adds [`V2_OVERHEAD`] bytes to the plaintext).
+//! - **random**: the payload is the send time followed by the same random
+//!   bytes every time, with random nonce and ephemeral key fields; nothing is
+//!   sealed or opened. The hub cannot tell them from ciphertext, so this is
+//!   for hub-only benchmarks: on a small machine the generator's crypto (about
+//!   three X25519 operations per seal and per open) takes CPU from the hub,
+//!   or becomes the bottleneck, and `random` removes it. It is also the only
+//!   mode for payloads below [`MIN_SEALED_BYTES`].
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -17,6 +34,7 @@ use hdrhistogram::Histogram;
 use rand_core::{OsRng, RngCore};
 use tokio::sync::Semaphore;
 
+use crate::client::crypto::{self, CryptoError, Identity, Role, Scheme, Sealed};
 use crate::client::{send_body, ClientError, Events, HubClient, Incoming, WsClient};
 use crate::proto::{dm, Payload};
 
@@ -27,6 +45,33 @@ pub enum Via {
     Ws,
     Http,
 }
+
+/// What a message's payload is (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadMode {
+    /// Sealed with v2 by the sender, opened by every receiving session.
+    Sealed,
+    /// Random bytes, never sealed or opened: for hub-only benchmarks.
+    Random,
+}
+
+impl PayloadMode {
+    pub fn describe(self) -> &'static str {
+        match self {
+            PayloadMode::Sealed => "sealed with united-hub dm v2, opened by every session",
+            PayloadMode::Random => "random bytes, not sealed (hub-only benchmark)",
+        }
+    }
+}
+
+/// The send time at the start of every plaintext (sealed) or payload (random).
+const STAMP: usize = 8;
+/// Bytes `united-hub dm v2` adds to a plaintext: the version byte, the
+/// recipient's X25519 key and the Poly1305 tag.
+pub const V2_OVERHEAD: usize = 1 + 32 + 16;
+/// The smallest `--payload-bytes` a sealed message fits in.
+pub const MIN_SEALED_BYTES: usize = STAMP + V2_OVERHEAD;
 
 /// Most anomaly or error descriptions kept for the report.
 const SAMPLES: usize = 10;
@@ -45,6 +90,14 @@ pub struct Stats {
     pub delivered: Cell<u64>,
     pub delivered_measured: Cell<u64>,
     pub anomalies: Cell<u64>,
+    /// Client crypto (sealed mode): messages sealed and the time it took.
+    pub sealed: Cell<u64>,
+    pub seal_time: Cell<Duration>,
+    /// Pushes opened (and read) and the time every open took, failed ones too.
+    pub opened: Cell<u64>,
+    pub open_time: Cell<Duration>,
+    /// Pushes that did not open as v2 from their sender (each one an anomaly too).
+    pub open_failures: Cell<u64>,
     pub latency_us: RefCell<Histogram<u64>>,
     pub samples: RefCell<Vec<String>>,
 }
@@ -64,6 +117,11 @@ impl Stats {
             delivered: Cell::new(0),
             delivered_measured: Cell::new(0),
             anomalies: Cell::new(0),
+            sealed: Cell::new(0),
+            seal_time: Cell::new(Duration::ZERO),
+            opened: Cell::new(0),
+            open_time: Cell::new(Duration::ZERO),
+            open_failures: Cell::new(0),
             // 1 µs to 60 s, 3 significant digits.
             latency_us: RefCell::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
@@ -115,10 +173,32 @@ impl Default for Stats {
     }
 }
 
+/// A pair's two identities, as the generator made them.
+pub struct PairKeys {
+    pub sender: Identity,
+    pub recipient: Identity,
+    /// Derived here from the recipient's identity: the key the hub publishes
+    /// for it is the same derivation, so there is nothing to fetch or check.
+    recipient_x25519: [u8; 32],
+    sender_pubkey: [u8; 32],
+}
+
+impl PairKeys {
+    pub fn new(sender: Identity, recipient: Identity) -> Self {
+        PairKeys {
+            recipient_x25519: recipient.x25519_public(),
+            sender_pubkey: sender.public_key(),
+            sender,
+            recipient,
+        }
+    }
+}
+
 /// One active conversation and what its sender had accepted.
 pub struct Pair {
     pub index: usize,
     pub conversation: String,
+    pub keys: PairKeys,
     /// `accepted[seq]` is set once the hub answered that sequence.
     accepted: RefCell<Vec<bool>>,
     pub accepted_count: Cell<u64>,
@@ -126,10 +206,11 @@ pub struct Pair {
 }
 
 impl Pair {
-    pub fn new(index: usize, conversation: String) -> Self {
+    pub fn new(index: usize, conversation: String, keys: PairKeys) -> Self {
         Pair {
             index,
             conversation,
+            keys,
             accepted: RefCell::new(Vec::new()),
             accepted_count: Cell::new(0),
             duplicate_answers: Cell::new(0),
@@ -166,12 +247,14 @@ pub struct SessionCheck {
     pub received: Cell<u64>,
 }
 
-/// Reads one session's events until the socket closes or the run ends.
+/// Reads one session's events until the socket closes or the run ends;
+/// with sealed payloads it opens every message to read its send time.
 pub async fn receive(
     mut events: Events,
     check: Rc<SessionCheck>,
     stats: Rc<Stats>,
     done: Rc<Cell<bool>>,
+    payload: PayloadMode,
 ) {
     // No short per-wait timer: with 10,000 idle sessions one of 250 ms was
     // 40,000 timers a second in the generator. The loop ends on the close the
@@ -220,21 +303,97 @@ pub async fn receive(
         check.last_seq.set(last.max(m.server_sequence));
         check.received.set(check.received.get() + 1);
         stats.delivered.set(stats.delivered.get() + 1);
-        let sent_us = m
-            .encrypted_payload
-            .get(..8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .unwrap_or(0);
         if stats.measuring() {
             stats
                 .delivered_measured
                 .set(stats.delivered_measured.get() + 1);
         }
+        let sent_us = match payload {
+            PayloadMode::Random => stamp(&m.encrypted_payload),
+            PayloadMode::Sealed => match open_stamp(&pair.keys, check.recipient, &m, &stats) {
+                Ok(sent_us) => sent_us,
+                Err(why) => {
+                    stats.open_failures.set(stats.open_failures.get() + 1);
+                    stats.anomaly(format!(
+                        "pair {}: #{} did not open on a {} session: {why}",
+                        pair.index,
+                        m.server_sequence,
+                        if check.recipient {
+                            "recipient"
+                        } else {
+                            "sender"
+                        }
+                    ));
+                    continue;
+                }
+            },
+        };
         if check.recipient && stats.sent_in_window(sent_us) {
             let latency = stats.micros(now).saturating_sub(sent_us).max(1);
             let _ = stats.latency_us.borrow_mut().record(latency);
         }
     }
+}
+
+/// The send time at the start of `bytes` (0 if it is too short).
+fn stamp(bytes: &[u8]) -> u64 {
+    bytes
+        .get(..STAMP)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// Opens a pushed message as the session's user would (the recipient's
+/// sessions as recipient, the sender's own as sender) and returns its send
+/// time, or why it is not the message the pair's sender sealed.
+fn open_stamp(
+    keys: &PairKeys,
+    recipient: bool,
+    m: &dm::EncryptedDmMessage,
+    stats: &Stats,
+) -> Result<u64, String> {
+    let mut sender_pubkey = [0u8; 32];
+    hex::decode_to_slice(&m.sender_pubkey, &mut sender_pubkey)
+        .map_err(|_| format!("sender_pubkey {:?} is not a key", m.sender_pubkey))?;
+    if sender_pubkey != keys.sender_pubkey {
+        return Err(format!(
+            "attributed to {} instead of the pair's sender",
+            m.sender_pubkey
+        ));
+    }
+    let sealed = Sealed {
+        ciphertext: m.encrypted_payload.to_vec(),
+        nonce: m.nonce[..]
+            .try_into()
+            .map_err(|_| format!("a {}-byte nonce", m.nonce.len()))?,
+        ephemeral_pubkey: m.ephemeral_pubkey[..]
+            .try_into()
+            .map_err(|_| format!("a {}-byte ephemeral key", m.ephemeral_pubkey.len()))?,
+    };
+    let (me, role) = if recipient {
+        (&keys.recipient, Role::Recipient)
+    } else {
+        (&keys.sender, Role::Sender)
+    };
+    let started = Instant::now();
+    let opened = crypto::open(me, &sealed, &m.conversation_id, &sender_pubkey);
+    stats
+        .open_time
+        .set(stats.open_time.get() + started.elapsed());
+    let opened = opened.map_err(|e| e.to_string())?;
+    if opened.scheme != Scheme::V2 {
+        return Err("it opened only as v1 (unauthenticated)".into());
+    }
+    if opened.role != role {
+        return Err(format!("it opened as {:?}, not {role:?}", opened.role));
+    }
+    if opened.plaintext.len() < STAMP {
+        return Err(format!(
+            "its plaintext has {} bytes, no send time",
+            opened.plaintext.len()
+        ));
+    }
+    stats.opened.set(stats.opened.get() + 1);
+    Ok(stamp(&opened.plaintext))
 }
 
 /// Spaces sends evenly to reach a total rate.
@@ -261,40 +420,96 @@ impl Pacer {
     }
 }
 
-/// The bytes every message shares (only the time prefix changes).
+/// What every message of a run is made from (only the send time changes).
 #[derive(Clone)]
-pub struct Template {
-    payload: Vec<u8>,
-    nonce: Bytes,
-    ephemeral: Bytes,
+pub enum Template {
+    /// The plaintext: a slot for the send time, then random padding, so the
+    /// sealed ciphertext is `--payload-bytes` long.
+    Sealed { plaintext: Vec<u8> },
+    /// The whole payload (a slot for the send time, then random bytes) and
+    /// random nonce and ephemeral key fields.
+    Random {
+        payload: Vec<u8>,
+        nonce: Bytes,
+        ephemeral: Bytes,
+    },
 }
 
 impl Template {
-    pub fn new(payload_bytes: usize) -> Self {
-        let mut payload = vec![0u8; payload_bytes.max(16)];
-        OsRng.fill_bytes(&mut payload);
-        let mut nonce = [0u8; 24];
-        OsRng.fill_bytes(&mut nonce);
-        let mut ephemeral = [0u8; 32];
-        OsRng.fill_bytes(&mut ephemeral);
-        Template {
-            payload,
-            nonce: Bytes::copy_from_slice(&nonce),
-            ephemeral: Bytes::copy_from_slice(&ephemeral),
-        }
+    /// A template whose messages carry `payload_bytes` of ciphertext (random
+    /// mode: at least 16, as it always was).
+    pub fn new(mode: PayloadMode, payload_bytes: usize) -> anyhow::Result<Self> {
+        Ok(match mode {
+            PayloadMode::Sealed => {
+                anyhow::ensure!(
+                    payload_bytes >= MIN_SEALED_BYTES,
+                    "--payload-bytes {payload_bytes} is too small for a sealed message: it needs \
+                     at least {MIN_SEALED_BYTES} ({STAMP} bytes of send time + {V2_OVERHEAD} \
+                     bytes that v2 adds); give more, or --payload random"
+                );
+                let mut plaintext = vec![0u8; payload_bytes - V2_OVERHEAD];
+                OsRng.fill_bytes(&mut plaintext);
+                Template::Sealed { plaintext }
+            }
+            PayloadMode::Random => {
+                let mut payload = vec![0u8; payload_bytes.max(16)];
+                OsRng.fill_bytes(&mut payload);
+                let mut nonce = [0u8; 24];
+                OsRng.fill_bytes(&mut nonce);
+                let mut ephemeral = [0u8; 32];
+                OsRng.fill_bytes(&mut ephemeral);
+                Template::Random {
+                    payload,
+                    nonce: Bytes::copy_from_slice(&nonce),
+                    ephemeral: Bytes::copy_from_slice(&ephemeral),
+                }
+            }
+        })
     }
 
-    fn request(&self, stats: &Stats, conversation: &str) -> dm::DmSendRequest {
-        let mut payload = self.payload.clone();
-        payload[..8].copy_from_slice(&stats.micros(Instant::now()).to_le_bytes());
-        dm::DmSendRequest {
+    /// The next message of `pair`, stamped with the time now (sealed mode:
+    /// before sealing, so latency includes it).
+    fn request(&self, stats: &Stats, pair: &Pair) -> Result<dm::DmSendRequest, CryptoError> {
+        let now = Instant::now();
+        let sent_us = stats.micros(now).to_le_bytes();
+        let (encrypted_payload, nonce, ephemeral_pubkey) = match self {
+            Template::Sealed { plaintext } => {
+                let mut plaintext = plaintext.clone();
+                plaintext[..STAMP].copy_from_slice(&sent_us);
+                let keys = &pair.keys;
+                let sealed = crypto::seal(
+                    &keys.sender,
+                    &keys.recipient_x25519,
+                    &pair.conversation,
+                    &plaintext,
+                );
+                stats.seal_time.set(stats.seal_time.get() + now.elapsed());
+                let sealed = sealed?;
+                stats.sealed.set(stats.sealed.get() + 1);
+                (
+                    sealed.ciphertext.into(),
+                    Bytes::copy_from_slice(&sealed.nonce),
+                    Bytes::copy_from_slice(&sealed.ephemeral_pubkey),
+                )
+            }
+            Template::Random {
+                payload,
+                nonce,
+                ephemeral,
+            } => {
+                let mut payload = payload.clone();
+                payload[..STAMP].copy_from_slice(&sent_us);
+                (payload.into(), nonce.clone(), ephemeral.clone())
+            }
+        };
+        Ok(dm::DmSendRequest {
             id: uuid::Uuid::new_v4().to_string(),
-            conversation_id: conversation.to_owned(),
-            encrypted_payload: payload.into(),
-            nonce: self.nonce.clone(),
-            ephemeral_pubkey: self.ephemeral.clone(),
+            conversation_id: pair.conversation.clone(),
+            encrypted_payload,
+            nonce,
+            ephemeral_pubkey,
             timestamp: crate::model::now_ms(),
-        }
+        })
     }
 }
 
@@ -351,7 +566,16 @@ pub async fn send_loop(
         if !stats.sending.get() {
             return;
         }
-        let request = template.request(&stats, &pair.conversation);
+        let request = match template.request(&stats, &pair) {
+            Ok(request) => request,
+            Err(e) => {
+                // Only a key of small order fails here, and it would fail
+                // every time: count it once and stop this sender.
+                stats.errors.set(stats.errors.get() + 1);
+                stats.note(format!("pair {}: sealing failed: {e}", pair.index));
+                return;
+            }
+        };
         let (pair, sender, stats) = (pair.clone(), sender.clone(), stats.clone());
         stats.in_flight.set(stats.in_flight.get() + 1);
         actix_web::rt::spawn(async move {
@@ -377,5 +601,145 @@ pub async fn send_loop(
             stats.in_flight.set(stats.in_flight.get() - 1);
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONVERSATION: &str = "7d0f8d0e-5b4a-4c1e-9a43-0f6f1a2b3c4d";
+
+    fn pair() -> Pair {
+        Pair::new(
+            0,
+            CONVERSATION.to_owned(),
+            PairKeys::new(Identity::generate(), Identity::generate()),
+        )
+    }
+
+    /// The push the hub would make of `request` from the pair's sender.
+    fn pushed(pair: &Pair, request: &dm::DmSendRequest) -> dm::EncryptedDmMessage {
+        dm::EncryptedDmMessage {
+            id: request.id.clone(),
+            conversation_id: request.conversation_id.clone(),
+            sender_pubkey: pair.keys.sender.public_key_hex(),
+            encrypted_payload: request.encrypted_payload.clone(),
+            nonce: request.nonce.clone(),
+            ephemeral_pubkey: request.ephemeral_pubkey.clone(),
+            timestamp: request.timestamp,
+            server_sequence: 1,
+            sender_display_name: "load-0".into(),
+        }
+    }
+
+    #[test]
+    fn v2_adds_the_overhead_the_generator_counts_on() {
+        let keys = PairKeys::new(Identity::generate(), Identity::generate());
+        let sealed = crypto::seal(
+            &keys.sender,
+            &keys.recipient_x25519,
+            CONVERSATION,
+            &[7; 100],
+        )
+        .unwrap();
+        assert_eq!(sealed.ciphertext.len(), 100 + V2_OVERHEAD);
+    }
+
+    #[test]
+    fn a_sealed_message_has_the_requested_size_and_opens_on_both_sides_with_its_send_time() {
+        let stats = Stats::new();
+        let pair = pair();
+        for bytes in [MIN_SEALED_BYTES, 256, 4096] {
+            let template = Template::new(PayloadMode::Sealed, bytes).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+            let before = stats.micros(Instant::now());
+            let request = template.request(&stats, &pair).unwrap();
+            assert_eq!(request.encrypted_payload.len(), bytes);
+            assert_eq!(request.nonce.len(), 24);
+            assert_eq!(request.ephemeral_pubkey.len(), 32);
+            let m = pushed(&pair, &request);
+            for recipient in [true, false] {
+                let sent_us = open_stamp(&pair.keys, recipient, &m, &stats).unwrap();
+                assert!(sent_us >= before && sent_us <= stats.micros(Instant::now()));
+            }
+        }
+        assert_eq!(stats.sealed.get(), 3);
+        assert_eq!(stats.opened.get(), 6);
+        assert!(stats.seal_time.get() > Duration::ZERO);
+        assert!(stats.open_time.get() > Duration::ZERO);
+    }
+
+    #[test]
+    fn a_payload_too_small_to_seal_is_refused_naming_the_minimum() {
+        let e = Template::new(PayloadMode::Sealed, MIN_SEALED_BYTES - 1)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--payload-bytes 56") && e.contains("57"), "{e}");
+        assert!(e.contains("--payload random"), "{e}");
+        // Random payloads keep their old floor.
+        assert!(Template::new(PayloadMode::Random, 1).is_ok());
+    }
+
+    #[test]
+    fn what_was_not_sealed_by_the_pairs_sender_for_this_conversation_does_not_open() {
+        let stats = Stats::new();
+        let pair = pair();
+        let template = Template::new(PayloadMode::Sealed, 256).unwrap();
+        let good = pushed(&pair, &template.request(&stats, &pair).unwrap());
+
+        let mut flipped = good.clone();
+        let mut bytes = flipped.encrypted_payload.to_vec();
+        bytes[100] ^= 1;
+        flipped.encrypted_payload = bytes.into();
+
+        let mut moved = good.clone();
+        moved.conversation_id = "00000000-0000-4000-8000-000000000000".into();
+
+        let mut misattributed = good.clone();
+        misattributed.sender_pubkey = pair.keys.recipient.public_key_hex();
+
+        // Sealed by a third identity but attributed to the sender: a forgery.
+        let forger = Identity::generate();
+        let forged =
+            crypto::seal(&forger, &pair.keys.recipient_x25519, CONVERSATION, &[0; 64]).unwrap();
+        let mut forgery = good.clone();
+        forgery.encrypted_payload = forged.ciphertext.into();
+        forgery.nonce = Bytes::copy_from_slice(&forged.nonce);
+        forgery.ephemeral_pubkey = Bytes::copy_from_slice(&forged.ephemeral_pubkey);
+
+        let random = Template::new(PayloadMode::Random, 256).unwrap();
+        let noise = pushed(&pair, &random.request(&stats, &pair).unwrap());
+
+        for (what, m) in [
+            ("a flipped bit", &flipped),
+            ("another conversation", &moved),
+            ("another sender", &misattributed),
+            ("a forgery", &forgery),
+            ("random bytes", &noise),
+        ] {
+            for recipient in [true, false] {
+                assert!(
+                    open_stamp(&pair.keys, recipient, m, &stats).is_err(),
+                    "{what} opened (recipient: {recipient})"
+                );
+            }
+        }
+        assert_eq!(stats.opened.get(), 0);
+    }
+
+    #[test]
+    fn a_random_payload_is_the_requested_size_and_starts_with_the_send_time() {
+        let stats = Stats::new();
+        let pair = pair();
+        std::thread::sleep(Duration::from_millis(2));
+        let template = Template::new(PayloadMode::Random, 300).unwrap();
+        let before = stats.micros(Instant::now());
+        let request = template.request(&stats, &pair).unwrap();
+        assert_eq!(request.encrypted_payload.len(), 300);
+        let sent_us = stamp(&request.encrypted_payload);
+        assert!(sent_us >= before && sent_us <= stats.micros(Instant::now()));
+        assert_eq!(stats.sealed.get(), 0);
     }
 }
