@@ -8,6 +8,7 @@ mod dm;
 pub mod extract;
 pub mod openapi;
 mod ops;
+mod webapp;
 mod ws;
 
 use std::time::Instant;
@@ -50,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
         .service(resource("/api/dm/offline", "GET").route(web::get().to(dm::offline)))
         .service(resource("/api/dm/offline/ack", "POST").route(web::post().to(dm::ack)))
         .service(resource("/ws", "GET").route(web::get().to(ws::upgrade)))
+        .configure(webapp::routes)
         .default_service(web::to(not_found));
 }
 
