@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use rand_core::{OsRng, RngCore as _};
 use united_hub::client::crypto::{self, Identity, Role, Scheme, Sealed};
 use united_hub::client::{send_body, HubClient, Incoming, WsClient};
 use united_hub::json::MessageJson;
@@ -354,10 +355,15 @@ fn key32(hex_key: &str) -> [u8; 32] {
 /// Messages Rusty sends before its answer (more than one history page).
 const FILLERS: u64 = 60;
 
-/// Alice and Bob in two browser contexts, then the browser (Alice) with the
-/// Rust reference client: interop both ways, Alice's second device opening
-/// as the sender, a forged message shown as a warning, and a substituted key
-/// refused.
+/// The plaintext of the old-scheme (v1) message Rusty sends: the page must
+/// show a warning for it, and this text nowhere.
+const V1_PLAINTEXT: &str = "V1-PLAINTEXT-MARKER sent with the old scheme";
+
+/// Alice and Bob in two browser contexts, Alice's seed imported into a third
+/// (her second browser device, which reads her history), then the browser
+/// (Alice) with the Rust reference client: interop both ways, Alice's second
+/// (Rust) device opening as the sender, a forged message and a v1 message
+/// shown as warnings, and a substituted key refused.
 #[actix_web::test]
 async fn two_people_chat_in_real_browsers_and_with_the_rust_client() {
     require_tools(true);
@@ -377,6 +383,7 @@ async fn two_people_chat_in_real_browsers_and_with_the_rust_client() {
             ("UNITED_HUB_URL", app.address.clone()),
             ("UNITED_RUST_PUBKEY", rusty.pubkey.clone()),
             ("UNITED_FILLERS", FILLERS.to_string()),
+            ("UNITED_V1_PLAINTEXT", V1_PLAINTEXT.to_owned()),
         ],
     );
     let timeout = Duration::from_secs(180);
@@ -495,6 +502,35 @@ async fn two_people_chat_in_real_browsers_and_with_the_rust_client() {
             None,
             &conversation,
             &forged,
+            united_hub::model::now_ms(),
+        ))
+        .await
+        .unwrap();
+    // A message sealed with the old v1 scheme (unauthenticated: the hub could
+    // have written it). It opens for Alice, so only the page's rule keeps
+    // its text off the screen.
+    let mut ephemeral_secret = [0u8; 32];
+    let mut nonce = [0u8; 24];
+    OsRng.fill_bytes(&mut ephemeral_secret);
+    OsRng.fill_bytes(&mut nonce);
+    let v1 = crypto::seal_v1_with(
+        V1_PLAINTEXT.as_bytes(),
+        &alice_x,
+        &conversation,
+        &key32(&rusty.pubkey),
+        ephemeral_secret,
+        nonce,
+    )
+    .unwrap();
+    let opened = crypto::open(&alice_device2, &v1, &conversation, &key32(&rusty.pubkey))
+        .expect("Alice's identity opens the v1 message");
+    assert_eq!((opened.scheme, opened.role), (Scheme::V1, Role::Recipient));
+    rusty
+        .client
+        .send(&send_body(
+            Some(uuid::Uuid::new_v4().to_string()),
+            &conversation,
+            &v1,
             united_hub::model::now_ms(),
         ))
         .await
