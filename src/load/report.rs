@@ -41,6 +41,28 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+impl Latency {
+    fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            samples: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// The second of the measurement whose sends had the highest push p99.
+#[derive(Serialize, Debug, Default)]
+pub struct WorstSecond {
+    /// Seconds from the start of the measurement.
+    pub second: usize,
+    pub latency: Latency,
+}
+
 /// What the generator's own crypto cost (sealed payloads only): what real
 /// clients would pay for the same messages. Times are measured around each
 /// call on the generator's one thread, so they are its CPU time unless the
@@ -101,7 +123,13 @@ pub struct Report {
     pub accepted_per_second: f64,
     pub delivered: u64,
     pub delivered_per_second: f64,
+    /// Send → the recipient's push, from each send's scheduled time.
     pub latency: Latency,
+    /// Send → the hub's answer to the sender, from the same time.
+    pub answer_latency: Latency,
+    /// How late sends left against their schedule: the generator's own lag.
+    pub send_lag: Latency,
+    pub worst_second: Option<WorstSecond>,
     pub refused: u64,
     pub errors: u64,
     pub lost: u64,
@@ -156,6 +184,9 @@ impl Report {
             delivered: 0,
             delivered_per_second: 0.0,
             latency: Latency::default(),
+            answer_latency: Latency::default(),
+            send_lag: Latency::default(),
+            worst_second: None,
             refused: 0,
             errors: 0,
             lost: 0,
@@ -206,16 +237,20 @@ impl Report {
             self.lost += expected.saturating_sub(got);
             self.duplicated += got.saturating_sub(expected);
         }
-        let h = stats.latency_us.borrow();
-        let ms = |us: u64| us as f64 / 1000.0;
-        self.latency = Latency {
-            samples: h.len(),
-            p50_ms: ms(h.value_at_quantile(0.50)),
-            p90_ms: ms(h.value_at_quantile(0.90)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            p999_ms: ms(h.value_at_quantile(0.999)),
-            max_ms: ms(h.max()),
-        };
+        self.latency = Latency::of(&stats.latency_us.borrow());
+        self.answer_latency = Latency::of(&stats.answer_us.borrow());
+        self.send_lag = Latency::of(&stats.send_lag_us.borrow());
+        self.worst_second = stats
+            .per_second_us
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| !h.is_empty())
+            .max_by_key(|(_, h)| h.value_at_quantile(0.99))
+            .map(|(second, h)| WorstSecond {
+                second,
+                latency: Latency::of(h),
+            });
         if let (Some(idle), Some(base)) = (self.rss.idle_connected, self.rss.after_register) {
             if self.sessions > 0 {
                 self.rss.per_session_kib = Some((idle as f64 - base as f64) / self.sessions as f64);
@@ -299,8 +334,25 @@ impl fmt::Display for Report {
             self.duration_seconds,
             self.accepted
         )?;
-        writeln!(f, "  latency      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} samples, send → recipient)",
-            self.latency.p50_ms, self.latency.p90_ms, self.latency.p99_ms, self.latency.p999_ms, self.latency.max_ms, self.latency.samples)?;
+        let line = |f: &mut fmt::Formatter<'_>, label: &str, l: &Latency, what: &str| {
+            writeln!(f, "  {label:<12} p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} samples, {what})",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.samples)
+        };
+        line(f, "latency", &self.latency, "send → recipient's push")?;
+        line(f, "answer", &self.answer_latency, "send → the hub's answer")?;
+        line(
+            f,
+            "send lag",
+            &self.send_lag,
+            "sends late against their schedule",
+        )?;
+        if let Some(w) = &self.worst_second {
+            writeln!(
+                f,
+                "  worst second {} s into the run: push p99 {:.2} ms, max {:.2} ms ({} samples)",
+                w.second, w.latency.p99_ms, w.latency.max_ms, w.latency.samples
+            )?;
+        }
         if let Some(c) = &self.crypto {
             writeln!(
                 f,

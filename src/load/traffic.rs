@@ -98,8 +98,21 @@ pub struct Stats {
     pub open_time: Cell<Duration>,
     /// Pushes that did not open as v2 from their sender (each one an anomaly too).
     pub open_failures: Cell<u64>,
+    /// Send → recipient's push, from each send's scheduled time.
     pub latency_us: RefCell<Histogram<u64>>,
+    /// Send → the hub's answer to the sender, from the same time.
+    pub answer_us: RefCell<Histogram<u64>>,
+    /// How late each send left against its schedule (the generator's own
+    /// lag: large values mean the figures measure the generator).
+    pub send_lag_us: RefCell<Histogram<u64>>,
+    /// Send → push latency per second of the measurement (by send time).
+    pub per_second_us: RefCell<Vec<Histogram<u64>>>,
     pub samples: RefCell<Vec<String>>,
+}
+
+/// 1 µs to 60 s, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 impl Stats {
@@ -122,10 +135,10 @@ impl Stats {
             opened: Cell::new(0),
             open_time: Cell::new(Duration::ZERO),
             open_failures: Cell::new(0),
-            // 1 µs to 60 s, 3 significant digits.
-            latency_us: RefCell::new(
-                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-            ),
+            latency_us: RefCell::new(latency_histogram()),
+            answer_us: RefCell::new(latency_histogram()),
+            send_lag_us: RefCell::new(latency_histogram()),
+            per_second_us: RefCell::new(Vec::new()),
             samples: RefCell::new(Vec::new()),
         }
     }
@@ -152,6 +165,18 @@ impl Stats {
         let from = self.measure_from.get().map(|t| self.micros(t));
         let until = self.measure_until.get().map(|t| self.micros(t));
         from.is_some_and(|f| sent_us >= f) && until.is_none_or(|u| sent_us < u)
+    }
+
+    /// Records a push's latency, overall and in its second of the run.
+    fn record_push(&self, sent_us: u64, latency_us: u64) {
+        let _ = self.latency_us.borrow_mut().record(latency_us);
+        let from = self.measure_from.get().map_or(0, |t| self.micros(t));
+        let second = (sent_us.saturating_sub(from) / 1_000_000) as usize;
+        let mut seconds = self.per_second_us.borrow_mut();
+        while seconds.len() <= second {
+            seconds.push(latency_histogram());
+        }
+        let _ = seconds[second].record(latency_us);
     }
 
     pub fn note(&self, what: String) {
@@ -330,7 +355,7 @@ pub async fn receive(
         };
         if check.recipient && stats.sent_in_window(sent_us) {
             let latency = stats.micros(now).saturating_sub(sent_us).max(1);
-            let _ = stats.latency_us.borrow_mut().record(latency);
+            stats.record_push(sent_us, latency);
         }
     }
 }
@@ -396,27 +421,31 @@ fn open_stamp(
     Ok(stamp(&opened.plaintext))
 }
 
-/// Spaces sends evenly to reach a total rate.
+/// Spaces sends evenly to reach a total rate, on a fixed schedule: a send
+/// that leaves late keeps its scheduled time, so its wait counts in the
+/// latency (no coordinated omission) and the sends after it catch up.
 pub struct Pacer {
     interval: Duration,
-    next: Cell<Instant>,
+    /// The next slot; the schedule starts at the first send.
+    next: Cell<Option<Instant>>,
 }
 
 impl Pacer {
     pub fn new(rate_per_sec: u64) -> Self {
         Pacer {
             interval: Duration::from_secs_f64(1.0 / rate_per_sec as f64),
-            next: Cell::new(Instant::now()),
+            next: Cell::new(None),
         }
     }
 
-    async fn slot(&self) {
-        let now = Instant::now();
-        let at = self.next.get().max(now);
-        self.next.set(at + self.interval);
-        if at > now {
+    /// Waits for the next slot; returns its scheduled time.
+    async fn slot(&self) -> Instant {
+        let at = self.next.get().unwrap_or_else(Instant::now);
+        self.next.set(Some(at + self.interval));
+        if at > Instant::now() {
             actix_web::rt::time::sleep_until(at.into()).await;
         }
+        at
     }
 }
 
@@ -467,23 +496,31 @@ impl Template {
         })
     }
 
-    /// The next message of `pair`, stamped with the time now (sealed mode:
-    /// before sealing, so latency includes it).
-    fn request(&self, stats: &Stats, pair: &Pair) -> Result<dm::DmSendRequest, CryptoError> {
-        let now = Instant::now();
-        let sent_us = stats.micros(now).to_le_bytes();
+    /// The next message of `pair`, stamped with `at`: its scheduled time at a
+    /// fixed rate, else the time it is built (sealed mode: before sealing, so
+    /// latency includes it).
+    fn request(
+        &self,
+        stats: &Stats,
+        pair: &Pair,
+        at: Instant,
+    ) -> Result<dm::DmSendRequest, CryptoError> {
+        let sent_us = stats.micros(at).to_le_bytes();
         let (encrypted_payload, nonce, ephemeral_pubkey) = match self {
             Template::Sealed { plaintext } => {
                 let mut plaintext = plaintext.clone();
                 plaintext[..STAMP].copy_from_slice(&sent_us);
                 let keys = &pair.keys;
+                let sealing = Instant::now();
                 let sealed = crypto::seal(
                     &keys.sender,
                     &keys.recipient_x25519,
                     &pair.conversation,
                     &plaintext,
                 );
-                stats.seal_time.set(stats.seal_time.get() + now.elapsed());
+                stats
+                    .seal_time
+                    .set(stats.seal_time.get() + sealing.elapsed());
                 let sealed = sealed?;
                 stats.sealed.set(stats.sealed.get() + 1);
                 (
@@ -560,13 +597,18 @@ pub async fn send_loop(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        if let Some(pacer) = &pacer {
-            pacer.slot().await;
-        }
+        let scheduled = match &pacer {
+            Some(pacer) => pacer.slot().await,
+            None => Instant::now(),
+        };
         if !stats.sending.get() {
             return;
         }
-        let request = match template.request(&stats, &pair) {
+        if stats.measuring() {
+            let lag = scheduled.elapsed().as_micros() as u64;
+            let _ = stats.send_lag_us.borrow_mut().record(lag.max(1));
+        }
+        let request = match template.request(&stats, &pair, scheduled) {
             Ok(request) => request,
             Err(e) => {
                 // Only a key of small order fails here, and it would fail
@@ -580,8 +622,13 @@ pub async fn send_loop(
         stats.in_flight.set(stats.in_flight.get() + 1);
         actix_web::rt::spawn(async move {
             let measuring = stats.measuring();
+            let sent_us = stats.micros(scheduled);
             match sender.send(request).await {
                 Ok(seq) => {
+                    if stats.sent_in_window(sent_us) {
+                        let latency = stats.micros(Instant::now()).saturating_sub(sent_us);
+                        let _ = stats.answer_us.borrow_mut().record(latency.max(1));
+                    }
                     pair.record_accepted(seq);
                     stats.accepted.set(stats.accepted.get() + 1);
                     if measuring {
@@ -633,6 +680,20 @@ mod tests {
         }
     }
 
+    #[actix_web::test]
+    async fn the_pacer_keeps_its_schedule_when_a_send_is_late() {
+        let pacer = Pacer::new(1000);
+        let first = pacer.slot().await;
+        // The sender falls 5 ms behind: the next slots keep their times, so
+        // the lag counts in the latency and the sends catch up at once.
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        let second = pacer.slot().await;
+        let third = pacer.slot().await;
+        assert_eq!(second - first, Duration::from_millis(1));
+        assert_eq!(third - second, Duration::from_millis(1));
+        assert!(third < Instant::now());
+    }
+
     #[test]
     fn v2_adds_the_overhead_the_generator_counts_on() {
         let keys = PairKeys::new(Identity::generate(), Identity::generate());
@@ -654,7 +715,7 @@ mod tests {
             let template = Template::new(PayloadMode::Sealed, bytes).unwrap();
             std::thread::sleep(Duration::from_millis(2));
             let before = stats.micros(Instant::now());
-            let request = template.request(&stats, &pair).unwrap();
+            let request = template.request(&stats, &pair, Instant::now()).unwrap();
             assert_eq!(request.encrypted_payload.len(), bytes);
             assert_eq!(request.nonce.len(), 24);
             assert_eq!(request.ephemeral_pubkey.len(), 32);
@@ -687,7 +748,10 @@ mod tests {
         let stats = Stats::new();
         let pair = pair();
         let template = Template::new(PayloadMode::Sealed, 256).unwrap();
-        let good = pushed(&pair, &template.request(&stats, &pair).unwrap());
+        let good = pushed(
+            &pair,
+            &template.request(&stats, &pair, Instant::now()).unwrap(),
+        );
 
         let mut flipped = good.clone();
         let mut bytes = flipped.encrypted_payload.to_vec();
@@ -710,7 +774,10 @@ mod tests {
         forgery.ephemeral_pubkey = Bytes::copy_from_slice(&forged.ephemeral_pubkey);
 
         let random = Template::new(PayloadMode::Random, 256).unwrap();
-        let noise = pushed(&pair, &random.request(&stats, &pair).unwrap());
+        let noise = pushed(
+            &pair,
+            &random.request(&stats, &pair, Instant::now()).unwrap(),
+        );
 
         for (what, m) in [
             ("a flipped bit", &flipped),
@@ -736,7 +803,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         let template = Template::new(PayloadMode::Random, 300).unwrap();
         let before = stats.micros(Instant::now());
-        let request = template.request(&stats, &pair).unwrap();
+        let request = template.request(&stats, &pair, Instant::now()).unwrap();
         assert_eq!(request.encrypted_payload.len(), 300);
         let sent_us = stamp(&request.encrypted_payload);
         assert!(sent_us >= before && sent_us <= stats.micros(Instant::now()));

@@ -184,10 +184,21 @@ async fn a_short_load_run_delivers_everything_exactly_once() {
         crypto["sealed"].as_u64().unwrap() >= report["accepted"].as_u64().unwrap(),
         "{report}"
     );
-    // Latency comes from the send times inside the plaintexts.
+    // Latency comes from the send times inside the plaintexts; the answers
+    // are timed from the same send times, and the worst second is named.
     assert!(
         report["latency"]["samples"].as_u64().unwrap() > 0,
         "{report}"
+    );
+    assert!(
+        report["answer_latency"]["samples"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["worst_second"]["latency"]["samples"]
+            .as_u64()
+            .unwrap()
+            > 0
     );
     assert!(
         stdout.contains("sealed with united-hub dm v2") && stdout.contains("failed to open 0"),
