@@ -33,26 +33,6 @@ async fn behind_proxy(auth_rate: u32, auth_burst: u32) -> TestApp {
     .await
 }
 
-/// The answer to `POST /api/auth/challenge` from `client`: status,
-/// `Retry-After`, body.
-async fn challenge_as(
-    http: &awc::Client,
-    app: &TestApp,
-    client: &str,
-) -> (u16, Option<u32>, Value) {
-    let mut res = http
-        .post(app.url("/api/auth/challenge"))
-        .insert_header(("X-Forwarded-For", client))
-        .send()
-        .await
-        .unwrap();
-    let retry = res
-        .headers()
-        .get("Retry-After")
-        .map(|v| v.to_str().unwrap().parse().unwrap());
-    (res.status().as_u16(), retry, res.json().await.unwrap())
-}
-
 /// Answers `challenge` as `id`, from `client`: the status.
 async fn verify_as(app: &TestApp, client: &str, id: &Identity, challenge: &Value) -> u16 {
     let challenge: ChallengeResponse = serde_json::from_value(challenge.clone()).unwrap();

@@ -474,16 +474,7 @@ impl TestUser {
 
     /// Opens a message to or from this user.
     pub fn open_json(&self, m: &MessageJson) -> String {
-        let sealed = Sealed {
-            ciphertext: B64.decode(&m.encrypted_payload).unwrap(),
-            nonce: B64.decode(&m.nonce).unwrap().try_into().unwrap(),
-            ephemeral_pubkey: B64
-                .decode(m.ephemeral_pubkey.as_ref().unwrap())
-                .unwrap()
-                .try_into()
-                .unwrap(),
-        };
-        self.open_sealed(&sealed, &m.conversation_id, &m.sender_pubkey)
+        self.open_sealed(&sealed_of(m), &m.conversation_id, &m.sender_pubkey)
     }
 
     pub fn open_proto(&self, m: &dm::EncryptedDmMessage) -> String {
@@ -502,6 +493,39 @@ impl TestUser {
             crypto::open(&self.identity, sealed, conversation, &sender_key).expect("decrypts");
         String::from_utf8(opened.plaintext).unwrap()
     }
+}
+
+/// The three sealed fields of a message in its JSON form.
+pub fn sealed_of(m: &MessageJson) -> Sealed {
+    Sealed {
+        ciphertext: B64.decode(&m.encrypted_payload).unwrap(),
+        nonce: B64.decode(&m.nonce).unwrap().try_into().unwrap(),
+        ephemeral_pubkey: B64
+            .decode(m.ephemeral_pubkey.as_ref().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    }
+}
+
+/// `POST /api/auth/challenge` at `app` over `http` as `client` (through a
+/// trusted proxy's `X-Forwarded-For`): the status, `Retry-After` and the body.
+pub async fn challenge_as(
+    http: &awc::Client,
+    app: &TestApp,
+    client: &str,
+) -> (u16, Option<u32>, serde_json::Value) {
+    let mut res = http
+        .post(app.url("/api/auth/challenge"))
+        .insert_header(("X-Forwarded-For", client))
+        .send()
+        .await
+        .unwrap();
+    let retry = res
+        .headers()
+        .get("Retry-After")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (res.status().as_u16(), retry, res.json().await.unwrap())
 }
 
 /// A WebSocket send request for a sealed message.

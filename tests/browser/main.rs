@@ -26,15 +26,12 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use rand_core::{OsRng, RngCore as _};
 use united_hub::client::crypto::{self, Identity, Role, Scheme, Sealed};
 use united_hub::client::{send_body, HubClient, Incoming, WsClient};
-use united_hub::json::MessageJson;
 use united_hub::proto::Payload;
 
-use helpers::{spawn_app, spawn_app_with, user_at};
+use helpers::{sealed_of, spawn_app, spawn_app_with, user_at};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -332,18 +329,6 @@ async fn the_hub_serves_the_page_and_its_files_with_strict_headers() {
     assert_eq!(res.headers().get("Allow").unwrap(), "GET, HEAD");
     let (status, _, _) = get(&app.url("/healthz"), &[]).await;
     assert_eq!(status, 200);
-}
-
-fn sealed_of(m: &MessageJson) -> Sealed {
-    Sealed {
-        ciphertext: B64.decode(&m.encrypted_payload).unwrap(),
-        nonce: B64.decode(&m.nonce).unwrap().try_into().unwrap(),
-        ephemeral_pubkey: B64
-            .decode(m.ephemeral_pubkey.as_ref().unwrap())
-            .unwrap()
-            .try_into()
-            .unwrap(),
-    }
 }
 
 fn key32(hex_key: &str) -> [u8; 32] {

@@ -39,23 +39,6 @@ async fn identity_works_on_every_node() {
     assert_eq!(again.unwrap_err().code(), Some("unknown_challenge"));
 }
 
-/// `POST /api/auth/challenge` at `node` as `client` (behind the trusted
-/// proxy): the status and `Retry-After`.
-async fn challenge_as(node: &TestApp, client: &str) -> (u16, Option<u64>) {
-    let res = node
-        .http()
-        .post(node.url("/api/auth/challenge"))
-        .insert_header(("X-Forwarded-For", client))
-        .send()
-        .await
-        .unwrap();
-    let retry = res
-        .headers()
-        .get("Retry-After")
-        .map(|v| v.to_str().unwrap().parse().unwrap());
-    (res.status().as_u16(), retry)
-}
-
 #[actix_web::test]
 async fn the_per_client_challenge_cap_counts_on_every_node() {
     use united_hub::auth::MAX_PENDING_PER_CLIENT;
@@ -79,21 +62,36 @@ async fn the_per_client_challenge_cap_counts_on_every_node() {
     // The greedy client spreads its challenges over both nodes.
     let greedy = "2001:db8:6:6::1";
     for i in 0..MAX_PENDING_PER_CLIENT {
-        let (status, _) = challenge_as(&c.nodes[i % 2], greedy).await;
+        let (status, _, _) = challenge_as(&c.nodes[i % 2].http(), &c.nodes[i % 2], greedy).await;
         assert_eq!(status, 200, "challenge {i} is under the cap");
     }
     for node in &c.nodes {
-        let (status, retry) = challenge_as(node, greedy).await;
+        let (status, retry, _) = challenge_as(&node.http(), node, greedy).await;
         assert_eq!(status, 429, "over the cap, on either node");
         // Until its oldest challenge expires (the TTL is 60 s).
         let retry = retry.expect("Retry-After");
         assert!((55..=60).contains(&retry), "Retry-After: {retry}");
     }
     // Another address of the same /64 counts as the same client.
-    assert_eq!(challenge_as(&c.nodes[1], "2001:db8:6:6::beef").await.0, 429);
+    assert_eq!(
+        challenge_as(&c.nodes[1].http(), &c.nodes[1], "2001:db8:6:6::beef")
+            .await
+            .0,
+        429
+    );
     // Other clients are not affected.
-    assert_eq!(challenge_as(&c.nodes[0], "203.0.113.5").await.0, 200);
-    assert_eq!(challenge_as(&c.nodes[1], "2001:db8:6:7::1").await.0, 200);
+    assert_eq!(
+        challenge_as(&c.nodes[0].http(), &c.nodes[0], "203.0.113.5")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        challenge_as(&c.nodes[1].http(), &c.nodes[1], "2001:db8:6:7::1")
+            .await
+            .0,
+        200
+    );
     // The table keys clients by a 32-byte keyed hash, never the address.
     let rows = c
         .db()
