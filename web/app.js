@@ -561,7 +561,7 @@ async function send() {
   }
   if (!key.ok) return;
   const sealed = dm.seal(state.me, key.x, open.id, utf8.encode(body));
-  const id = crypto.randomUUID();
+  const id = dm.uuidv7();
   const p = {
     conversation_id: open.id,
     payload: dm.toB64(sealed.payload),

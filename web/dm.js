@@ -56,6 +56,17 @@ export function randomBytes(n) {
   return crypto.getRandomValues(new Uint8Array(n));
 }
 
+/// A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits.
+/// Message ids that grow with time keep the hub's unique index append-only.
+export function uuidv7(now = Date.now()) {
+  const b = randomBytes(16);
+  for (let i = 0; i < 6; i++) b[i] = Math.floor(now / 2 ** (8 * (5 - i))) & 0xff;
+  b[6] = 0x70 | (b[6] & 0x0f);
+  b[8] = 0x80 | (b[8] & 0x3f);
+  const h = toHex(b);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 /// X25519 with the all-zero (small-order) output refused.
 function dh(secret, pub) {
   const out = x25519.getSharedSecret(secret, pub);

@@ -257,7 +257,7 @@ impl ConversationActor {
         let recipient = self.other(&sender).clone();
         let entry = InFlight {
             message: Arc::new(StoredMessage {
-                id: message.id.unwrap_or_else(Uuid::new_v4),
+                id: message.id.unwrap_or_else(Uuid::now_v7),
                 conversation_id: self.conversation.id,
                 sender_display_name: self.display_name(&sender).to_owned(),
                 sender,

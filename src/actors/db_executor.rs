@@ -23,7 +23,7 @@ use actix::{Actor, Addr, Handler, Message, SyncContext};
 use rusqlite::Connection;
 use uuid::Uuid;
 
-use crate::db::writes::{self, LoginOutcome, Purged, Skipped};
+use crate::db::writes::{self, LastSequences, LoginOutcome, Purged, Skipped};
 use crate::db::{CommitMessages, DbError};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Conversation, DmKey, Pubkey, User};
@@ -33,6 +33,8 @@ pub struct DbExecutor {
     conn: Connection,
     lanes: Arc<Lanes>,
     metrics: Arc<Metrics>,
+    /// Each conversation's last committed sequence.
+    last_sequences: LastSequences,
 }
 
 impl DbExecutor {
@@ -41,6 +43,7 @@ impl DbExecutor {
             conn,
             lanes,
             metrics,
+            last_sequences: LastSequences::default(),
         }
     }
 }
@@ -253,7 +256,8 @@ impl Handler<CommitMessages> for DbExecutor {
     type Result = Result<Vec<Result<(), Skipped>>, DbError>;
     fn handle(&mut self, msg: CommitMessages, _: &mut SyncContext<Self>) -> Self::Result {
         let started = Instant::now();
-        let result = writes::commit_messages(&mut self.conn, &msg.0, now_ms());
+        let result =
+            writes::commit_messages(&mut self.conn, &mut self.last_sequences, &msg.0, now_ms());
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -326,7 +326,7 @@ impl Chat {
             }
         };
         let request = dm::DmSendRequest {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: uuid::Uuid::now_v7().to_string(),
             conversation_id: self.conversation.clone(),
             encrypted_payload: sealed.ciphertext.into(),
             nonce: sealed.nonce.to_vec().into(),

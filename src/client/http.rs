@@ -307,7 +307,7 @@ impl HubClient {
     ) -> Result<(MessageJson, bool), ClientError> {
         let sealed = super::crypto::seal(sender, recipient_x25519, conversation_id, plaintext)?;
         let body = send_body(
-            Some(uuid::Uuid::new_v4().to_string()),
+            Some(uuid::Uuid::now_v7().to_string()),
             conversation_id,
             &sealed,
             crate::model::now_ms(),

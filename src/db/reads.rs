@@ -13,9 +13,16 @@ use crate::model::{Conversation, DmKey, History, HistoryPage, Pubkey, StoredMess
 pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.sender_pubkey, m.encrypted_payload, \
      m.nonce, m.ephemeral_pubkey, m.timestamp, m.server_sequence, m.sender_display_name, m.created_at";
 
+/// `last_message_at` is read from the conversation's last message (one
+/// seek in the `(conversation_id, server_sequence)` index) rather than kept
+/// in `dm_conversations`: updating that row in every group commit cost
+/// about a third of the WAL's frames (BENCHMARKS.md, issue 13). The column
+/// stays in the schema, unused by this engine.
 const CONVERSATION_SELECT: &str =
     "SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \
-     ub.display_name, c.created_at, COALESCE(c.last_message_at, 0) \
+     ub.display_name, c.created_at, \
+     COALESCE((SELECT m.created_at FROM dm_messages m WHERE m.conversation_id = c.id \
+               ORDER BY m.server_sequence DESC LIMIT 1), 0) AS last_at \
      FROM dm_conversations c \
      JOIN users ua ON ua.public_key = c.participant_a \
      JOIN users ub ON ub.public_key = c.participant_b";
@@ -118,7 +125,7 @@ pub fn conversation(conn: &Connection, id: &Uuid) -> Result<Option<Conversation>
 pub fn conversations_of(conn: &Connection, user: &Pubkey) -> Result<Vec<Conversation>, DbError> {
     let mut stmt = conn.prepare_cached(&format!(
         "{CONVERSATION_SELECT} WHERE c.participant_a = ?1 OR c.participant_b = ?1 \
-         ORDER BY c.last_message_at IS NULL, c.last_message_at DESC, c.created_at DESC, c.id"
+         ORDER BY last_at = 0, last_at DESC, c.created_at DESC, c.id"
     ))?;
     let rows = stmt.query_map([user.as_str()], conversation_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)

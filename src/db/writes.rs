@@ -223,6 +223,31 @@ pub enum Skipped {
     Stale,
 }
 
+/// Each conversation's last committed sequence, as the writer committed it,
+/// so that a group commit does not read `MAX(server_sequence)` once per
+/// conversation. Only the writer commits messages (and nothing deletes
+/// them), so an entry stays true until the writer changes it.
+#[derive(Debug, Default)]
+pub struct LastSequences(HashMap<Uuid, u64>);
+
+impl LastSequences {
+    /// Entries kept at most; past that the map starts again empty and fills
+    /// from the database as conversations come back.
+    const CAPACITY: usize = 65_536;
+
+    fn get(&self, conversation: &Uuid) -> Option<u64> {
+        self.0.get(conversation).copied()
+    }
+
+    /// Records what a committed transaction wrote.
+    fn committed(&mut self, last: HashMap<Uuid, u64>) {
+        if self.0.len() + last.len() > Self::CAPACITY {
+            self.0.clear();
+        }
+        self.0.extend(last);
+    }
+}
+
 /// Commits a batch of messages from any number of conversations in one
 /// transaction: one fsync for all of them.
 ///
@@ -233,14 +258,15 @@ pub enum Skipped {
 /// client's resend never fails the other messages of the batch.
 pub fn commit_messages(
     conn: &mut Connection,
+    known: &mut LastSequences,
     batch: &[MessageWrite],
     now: u64,
 ) -> Result<Vec<Result<(), Skipped>>, DbError> {
     let tx = begin(conn)?;
     let mut results = Vec::with_capacity(batch.len());
+    // What this transaction writes; `known` learns it once it commits.
+    let mut last_seq: HashMap<Uuid, u64> = HashMap::new();
     {
-        let mut last_seq: HashMap<Uuid, u64> = HashMap::new();
-        let mut last_at: HashMap<Uuid, u64> = HashMap::new();
         let mut insert_message = tx.prepare_cached(
             "INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, \
              ephemeral_pubkey, timestamp, server_sequence, sender_display_name, created_at) \
@@ -263,7 +289,10 @@ pub fn commit_messages(
             }
             let last = match last_seq.get(&m.conversation_id) {
                 Some(seq) => *seq,
-                None => reads::max_sequence(&tx, &m.conversation_id)?,
+                None => match known.get(&m.conversation_id) {
+                    Some(seq) => seq,
+                    None => reads::max_sequence(&tx, &m.conversation_id)?,
+                },
             };
             if broken.contains(&m.conversation_id) || m.server_sequence != last + 1 {
                 broken.insert(m.conversation_id);
@@ -286,18 +315,11 @@ pub fn commit_messages(
                 insert_offline.execute(params![write.recipient.as_str(), id, now as i64])?;
             }
             last_seq.insert(m.conversation_id, m.server_sequence);
-            last_at.insert(m.conversation_id, m.created_at);
             results.push(Ok(()));
-        }
-        let mut touch = tx.prepare_cached(
-            "UPDATE dm_conversations SET last_message_at = MAX(COALESCE(last_message_at, 0), ?2) \
-             WHERE id = ?1",
-        )?;
-        for (conversation, at) in last_at {
-            touch.execute(params![conversation.to_string(), at as i64])?;
         }
     }
     tx.commit()?;
+    known.committed(last_seq);
     Ok(results)
 }
 
@@ -444,10 +466,39 @@ mod tests {
     }
 
     #[test]
+    fn the_sequence_cache_learns_only_what_committed() {
+        let (mut conn, c, a, _) = db_with_conversation();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        let known = &mut LastSequences::default();
+        let unknown = Uuid::new_v4();
+        let failed = commit_messages(
+            &mut conn,
+            known,
+            &[write(c, &a, 1, None), write(unknown, &a, 1, None)],
+            20,
+        );
+        assert!(
+            failed.is_err(),
+            "a message of an unknown conversation fails the batch"
+        );
+        // Nothing was written, so 1 is still next: a cache that had learned
+        // 1 from the failed batch would call it a gap.
+        let first = commit_messages(&mut conn, known, &[write(c, &a, 1, None)], 21).unwrap();
+        assert_eq!(first, vec![Ok(())]);
+        let gap = commit_messages(&mut conn, known, &[write(c, &a, 3, None)], 22).unwrap();
+        assert_eq!(gap, vec![Err(Skipped::SequenceGap)]);
+        let next = commit_messages(&mut conn, known, &[write(c, &a, 2, None)], 23).unwrap();
+        assert_eq!(next, vec![Ok(())]);
+        assert_eq!(reads::max_sequence(&conn, &c).unwrap(), 2);
+    }
+
+    #[test]
     fn a_batch_never_leaves_a_gap() {
         let (mut conn, c, a, b) = db_with_conversation();
+        let known = &mut LastSequences::default();
         let ok = commit_messages(
             &mut conn,
+            known,
             &[write(c, &a, 1, Some(&b)), write(c, &a, 2, None)],
             20,
         )
@@ -457,6 +508,7 @@ mod tests {
         // batch (another conversation would be) is unaffected.
         let skipped = commit_messages(
             &mut conn,
+            known,
             &[write(c, &a, 4, None), write(c, &a, 5, None)],
             21,
         )
@@ -465,7 +517,7 @@ mod tests {
             skipped,
             vec![Err(Skipped::SequenceGap), Err(Skipped::SequenceGap)]
         );
-        let resumed = commit_messages(&mut conn, &[write(c, &a, 3, None)], 22).unwrap();
+        let resumed = commit_messages(&mut conn, known, &[write(c, &a, 3, None)], 22).unwrap();
         assert_eq!(resumed, vec![Ok(())]);
         assert_eq!(reads::max_sequence(&conn, &c).unwrap(), 3);
         let offline: i64 = conn
@@ -485,7 +537,8 @@ mod tests {
         let (mut conn, c, a, b) = db_with_conversation();
         let w1 = write(c, &a, 1, Some(&b));
         let w2 = write(c, &a, 2, Some(&b));
-        commit_messages(&mut conn, &[w1.clone(), w2.clone()], 20).unwrap();
+        let known = &mut LastSequences::default();
+        commit_messages(&mut conn, known, &[w1.clone(), w2.clone()], 20).unwrap();
         assert_eq!(
             ack_offline(&mut conn, &a, &[w1.message.id]).unwrap(),
             0,

@@ -540,7 +540,7 @@ impl Template {
             }
         };
         Ok(dm::DmSendRequest {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: uuid::Uuid::now_v7().to_string(),
             conversation_id: pair.conversation.clone(),
             encrypted_payload,
             nonce,

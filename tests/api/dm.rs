@@ -179,6 +179,41 @@ async fn a_message_is_stored_and_pushed_to_the_recipient() {
     assert_eq!(bob.open_json(&sent), "hello bob");
 }
 
+/// Ids the server makes are UUIDv7 with the time of the send, so the unique
+/// index on message ids grows at its end (BENCHMARKS.md, issue 13); the
+/// reference client's ids are v7 too.
+#[actix_web::test]
+async fn ids_are_time_ordered_uuids() {
+    let app = spawn_app().await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    let timestamp_ms = |id: &str| {
+        let id = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(id.get_version_num(), 7, "{id} is not a UUIDv7");
+        let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+        secs * 1000 + u64::from(nanos) / 1_000_000
+    };
+
+    let before = now_ms();
+    let by_server = alice.send_http(&bob, &conversation, "no id").await;
+    let bob_key = alice.client.recipient_key(&bob.pubkey).await.unwrap();
+    let (by_client, _) = (alice.client)
+        .send_sealed(&alice.identity, &bob_key, &conversation, b"client id")
+        .await
+        .unwrap();
+    let after = now_ms();
+
+    for id in [&by_server.id, &by_client.id] {
+        let at = timestamp_ms(id);
+        assert!(
+            (before..=after).contains(&at),
+            "{id}: {at} not in {before}..={after}"
+        );
+    }
+    assert!(timestamp_ms(&by_server.id) <= timestamp_ms(&by_client.id));
+}
+
 #[actix_web::test]
 async fn a_client_id_makes_sends_idempotent() {
     let app = spawn_app().await;

@@ -228,6 +228,12 @@ async fn js_crypto_vector_and_protobuf_golden_bytes() {
             .any(|l| l.starts_with("ok the ENCRYPTION.md vector")),
         "{lines:?}"
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ok message ids are UUIDv7")),
+        "{lines:?}"
+    );
     let golden_checks = lines
         .iter()
         .filter(|l| l.starts_with("ok protobuf golden"))

@@ -15,6 +15,15 @@ function check(name, fn) {
   console.log(`ok ${name}`);
 }
 
+check('message ids are UUIDv7 carrying the time', () => {
+  const at = 1_764_000_123_456;
+  const id = dm.uuidv7(at);
+  assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  assert.equal(parseInt(id.replace(/-/g, '').slice(0, 12), 16), at);
+  assert.ok(dm.uuidv7(at) < dm.uuidv7(at + 1), 'later ids sort later');
+  assert.notEqual(dm.uuidv7(at), dm.uuidv7(at));
+});
+
 check('the ENCRYPTION.md vector is reproduced and opens as Bob and as Alice only', () => {
   const alice = dm.identity(seq(0x00, 32));
   const bob = dm.identity(seq(0x20, 32));
