@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 
 declare -A SCENARIO=(
   [throughput]="--pairs 1000 --rate 0 --window 8 --duration 10"
-  [latency]="--pairs 1000 --rate 5000 --duration 10"
+  [latency]="--pairs 1000 --rate 5000 --duration 60"
   [sessions]="--pairs 1000 --idle 10000 --rate 5000 --duration 60"
   [overload]="--pairs 1000 --rate 44000 --window 64 --duration 10"
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where a send waits: a fresh hub (release build), one load run at 5,000
-# msg/s against it, then the hub's united_send_stage_seconds and
-# united_commit_seconds, as shares of sends over each threshold.
+# msg/s against it, then the hub's united_send_stage_seconds,
+# united_commit_seconds and united_checkpoint_seconds, as shares over each
+# threshold. The first line is the run's JSON summary.
 #
 #   scripts/stage-latency.sh [DURATION] [VAR=value ...]   # variables go to the hub
 set -euo pipefail
@@ -19,24 +20,29 @@ sleep 1
 "$BIN" load --url http://127.0.0.1:$port --hub-pid $hub --payload random --pairs 1000 \
     --rate 5000 --duration "$duration" --warmup 2 --quiet --json "$dir/run.json" > "$dir/out" 2>&1
 curl -s http://127.0.0.1:$port/metrics > "$dir/metrics"
-jq -c '{p50: .latency.p50_ms, p99: .latency.p99_ms, p999: .latency.p999_ms, max: .latency.max_ms, accepted_per_second}' "$dir/run.json"
+jq -c "{p50: .latency.p50_ms, p99: .latency.p99_ms, p999: .latency.p999_ms, max: .latency.max_ms, accepted_per_second, answer_p99: .answer_latency.p99_ms, lag_p99: .send_lag.p99_ms, worst: .worst_second}" "$dir/run.json"
 python3 - "$dir/metrics" <<'PY'
 import collections, re, sys
 buckets, count, total = collections.defaultdict(dict), {}, {}
 for line in open(sys.argv[1]):
-    m = re.match(r'united_(?:send_stage|commit)_seconds_bucket\{(?:stage="(\w+)",)?le="([^"]+)"\} (\S+)', line)
+    m = re.match(r'united_(send_stage|commit|checkpoint)_seconds_bucket\{(?:(?:stage|mode)="(\w+)",)?le="([^"]+)"\} (\S+)', line)
     if m:
-        buckets[m.group(1) or "commit"][m.group(2)] = float(m.group(3))
+        name = m.group(2) or m.group(1)
+        name = "checkpoint_" + name if m.group(1) == "checkpoint" else name
+        buckets[name][m.group(3)] = float(m.group(4))
         continue
-    m = re.match(r'united_(?:send_stage|commit)_seconds_(sum|count)(?:\{stage="(\w+)"\})? (\S+)', line)
+    m = re.match(r'united_(send_stage|commit|checkpoint)_seconds_(sum|count)(?:\{(?:stage|mode)="(\w+)"\})? (\S+)', line)
     if m:
-        (total if m.group(1) == "sum" else count)[m.group(2) or "commit"] = float(m.group(3))
-for stage in ["to_actor", "batch_wait", "writer_wait", "commit", "back_to_actor", "total"]:
+        name = m.group(3) or m.group(1)
+        name = "checkpoint_" + name if m.group(1) == "checkpoint" else name
+        (total if m.group(2) == "sum" else count)[name] = float(m.group(4))
+for stage in ["to_actor", "batch_wait", "writer_wait", "commit", "in_commit", "back_to_actor", "total",
+              "checkpoint_passive", "checkpoint_sync", "checkpoint_restart"]:
     b = buckets.get(stage)
     if not b or not b["+Inf"]:
         continue
     n = b["+Inf"]
     over = lambda le: 100 * (1 - b[le] / n)
-    print(f"  {stage:<13} n={int(n):<7} mean={1000 * total[stage] / count[stage]:7.3f} ms  "
+    print(f"  {stage:<18} n={int(n):<7} mean={1000 * total[stage] / count[stage]:7.3f} ms  "
           f">5ms {over('0.005'):5.2f}%  >20ms {over('0.02'):5.2f}%  >50ms {over('0.05'):5.2f}%")
 PY

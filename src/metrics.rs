@@ -25,6 +25,10 @@ pub struct Metrics {
     pub janitor_runs: IntCounter,
     pub write_batch_size: Histogram,
     pub commit_seconds: Histogram,
+    /// WAL checkpoints by mode (`passive`, `restart`), timed.
+    pub checkpoint_seconds: HistogramVec,
+    /// Frames in the WAL at the last checkpoint.
+    pub wal_frames: IntGauge,
     pub request_seconds: HistogramVec,
     /// Cluster mode: events published to other nodes.
     pub cluster_published: IntCounter,
@@ -56,6 +60,9 @@ pub struct SendStages {
     /// From a group commit leaving the batcher to the writer starting it
     /// (SQLite only).
     pub writer_wait: Histogram,
+    /// From a group commit leaving the batcher to its result reaching the
+    /// batcher again (the writer's lane, the commit, the way back), per message.
+    pub in_commit: Histogram,
     /// From the commit's end to the conversation actor handling its results.
     pub back_to_actor: Histogram,
     /// The whole send, request to answer.
@@ -126,6 +133,16 @@ impl Metrics {
                     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0
                 ])
             )),
+            checkpoint_seconds: register!(HistogramVec::new(
+                HistogramOpts::new("checkpoint_seconds", "Time of one WAL checkpoint").buckets(
+                    vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]
+                ),
+                &["mode"]
+            )),
+            wal_frames: register!(IntGauge::new(
+                "wal_frames",
+                "Frames in the SQLite WAL at the last checkpoint"
+            )),
             request_seconds: register!(HistogramVec::new(
                 HistogramOpts::from(Opts::new(
                     "request_seconds",
@@ -173,6 +190,7 @@ impl Metrics {
                     to_actor: stage("to_actor"),
                     batch_wait: stage("batch_wait"),
                     writer_wait: stage("writer_wait"),
+                    in_commit: stage("in_commit"),
                     back_to_actor: stage("back_to_actor"),
                     total: stage("total"),
                 }

@@ -149,6 +149,7 @@ impl WriteBatcher {
         }
         let writes = batch.iter().map(|a| a.write.clone()).collect();
         self.in_flight = true;
+        let sent_at = std::time::Instant::now();
         // Only one commit is ever in flight, so this spawned future cannot
         // overtake another one.
         self.target
@@ -156,6 +157,12 @@ impl WriteBatcher {
             .commit(CommitMessages(writes))
             .into_actor(self)
             .then(move |result, act, ctx| {
+                if let Some(metrics) = &act.metrics {
+                    let took = sent_at.elapsed().as_secs_f64();
+                    for _ in &batch {
+                        metrics.stages.in_commit.observe(took);
+                    }
+                }
                 if let (Some(cluster), Ok(results)) = (&act.cluster, &result) {
                     let committed: Vec<&MessageWrite> = batch
                         .iter()

@@ -78,6 +78,18 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
 }
 
+/// How often a connection that writes retries a lock another connection
+/// holds, and for how long in all (`busy_timeout`'s 5 s).
+const BUSY_POLL: Duration = Duration::from_micros(100);
+const BUSY_TRIES: i32 = 50_000;
+
+/// The busy handler of the writer and the checkpointer: polls every
+/// [`BUSY_POLL`] for about 5 s.
+fn poll_busy(tries: i32) -> bool {
+    std::thread::sleep(BUSY_POLL);
+    tries < BUSY_TRIES
+}
+
 /// Opens a connection that writes (the `DbExecutor`'s, the checkpointer's),
 /// with the pragmas applied. It never checkpoints on commit:
 /// `actors::checkpointer` does that on its own thread.
@@ -85,6 +97,10 @@ pub fn open_writer(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open(path)?;
     conn.execute_batch(CONNECTION_PRAGMAS)?;
     conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+    // SQLite's default busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms... between
+    // tries, so a writer that meets the checkpointer's short `RESTART` slept
+    // up to twice as long as the lock was held.
+    conn.busy_handler(Some(poll_busy))?;
     // Statements run per message; keep them all prepared.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)

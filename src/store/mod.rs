@@ -296,7 +296,8 @@ fn open_sqlite(
         db::open_writer(&path).with_context(|| format!("opening {}", path.display()))?;
     let applied = migrations::migrate(&mut writer_conn).context("migrating")?;
     let pool = db::open_pool(&path).context("opening the read pool")?;
-    let checkpointer = Checkpointer::start(path.clone()).context("starting the checkpointer")?;
+    let checkpointer =
+        Checkpointer::start(path.clone(), metrics.clone()).context("starting the checkpointer")?;
     let lanes = Arc::new(Lanes::default());
     let writer = {
         let slot = Mutex::new(Some(writer_conn));
