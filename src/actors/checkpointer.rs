@@ -19,8 +19,7 @@
 //!   descriptor and in small ranges ([`flush`]): many small flushes instead
 //!   of one large one.
 //! - **The reset.** The WAL must be reset now and then or it grows without
-//!   end; past [`RESTART_WAL_BYTES`] a `RESTART` checkpoint does it, holding
-//!   new commits while it runs.
+//!   end; a `RESTART` checkpoint does it, holding new commits while it runs.
 //!   It runs right after a pass and its fsync, when there is almost nothing
 //!   left to copy or flush, so it holds them for a few milliseconds.
 //!
@@ -43,8 +42,9 @@ use crate::metrics::Metrics;
 /// 5,000 messages/s a pass copies about 600 frames; with 500 ms between
 /// passes, each flush took 20-45 ms and stalled the commits behind it.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
-/// WAL size above which the WAL is reset with a `RESTART` checkpoint.
-pub const RESTART_WAL_BYTES: i64 = 64 << 20;
+/// WAL frames (pages) above which the WAL is reset with a `RESTART`
+/// checkpoint: 64 MiB of 4 KiB pages.
+pub const RESTART_FRAMES: i64 = 16_384;
 
 /// Owns the checkpoint thread; dropping it stops the thread.
 pub struct Checkpointer {
@@ -111,8 +111,7 @@ struct Worker {
     file: File,
     metrics: Arc<Metrics>,
     last: Progress,
-    /// [`RESTART_WAL_BYTES`] in frames of this database's page size, or
-    /// fewer in tests.
+    /// [`RESTART_FRAMES`], or less in tests.
     restart_frames: i64,
 }
 
@@ -167,15 +166,13 @@ impl Worker {
 
 impl Checkpointer {
     pub fn start(path: PathBuf, metrics: Arc<Metrics>) -> Result<Self, DbError> {
-        let conn = db::open_writer(&path)?;
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let worker = Worker {
-            conn,
+            conn: db::open_writer(&path)?,
             file: File::open(&path)
                 .map_err(|e| DbError::Other(format!("opening {}: {e}", path.display())))?,
             metrics,
             last: Progress::default(),
-            restart_frames: RESTART_WAL_BYTES / page_size.max(512),
+            restart_frames: RESTART_FRAMES,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -215,7 +212,7 @@ mod tests {
             .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
             .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let restart_frames = 100;
+        let restart_frames = 200;
         let worker = Worker {
             conn: db::open_writer(&path).unwrap(),
             file: File::open(&path).unwrap(),
@@ -227,8 +224,8 @@ mod tests {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || worker.run(&flag));
 
-        // Several pages a commit, for about two seconds: thousands of frames.
-        let body = vec![7u8; 1500];
+        // Two pages a commit, for about two seconds: thousands of frames.
+        let body = vec![7u8; 6000];
         let started = Instant::now();
         let mut rows = 0;
         while started.elapsed() < Duration::from_secs(2) {
@@ -252,7 +249,7 @@ mod tests {
             .unwrap()
             .len();
         // Without the reset the WAL would hold every frame written.
-        let bound = 20 * restart_frames as u64 * (u64::from(db::PAGE_SIZE) + 24);
+        let bound = 10 * restart_frames as u64 * (4096 + 24);
         assert!(written > 4 * restart_frames, "only {rows} rows written");
         assert!(restarts >= 1, "{restarts} restarts for {rows} rows");
         assert!(syncs >= 1, "the database file was never flushed");

@@ -34,15 +34,6 @@ pub const CONNECTION_PRAGMAS: &str = "
     PRAGMA busy_timeout = 5000;
 ";
 
-/// The page size of a new database file. Every message writes about one
-/// random leaf of the `(conversation_id, server_sequence)` index (each
-/// conversation's last page), and a commit writes whole pages to the WAL:
-/// with 1 KiB pages instead of SQLite's 4 KiB, a group commit's WAL write is
-/// about a third as large, and `united-hub load --window 8` accepted 35%
-/// more messages a second (BENCHMARKS.md, issue 13). A database created with
-/// another page size keeps it: SQLite cannot change it in WAL mode.
-pub const PAGE_SIZE: u32 = 1024;
-
 /// Read connections in the pool.
 pub const READ_POOL_SIZE: u32 = 8;
 
@@ -104,9 +95,6 @@ fn poll_busy(tries: i32) -> bool {
 /// `actors::checkpointer` does that on its own thread.
 pub fn open_writer(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open(path)?;
-    // Takes effect only while the file is still empty (before the WAL pragma
-    // writes its header).
-    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.execute_batch(CONNECTION_PRAGMAS)?;
     conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
     // SQLite's default busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms... between
@@ -137,43 +125,4 @@ pub fn durability_settings(conn: &Connection) -> Result<(String, i64), DbError> 
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
     let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
     Ok((mode, sync))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn page_size(conn: &Connection) -> u32 {
-        conn.query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap()
-    }
-
-    #[test]
-    fn new_databases_get_small_pages_and_old_ones_keep_theirs() {
-        let dir = tempfile::tempdir().unwrap();
-        let fresh = dir.path().join("new.db");
-        let conn = open_writer(&fresh).unwrap();
-        conn.execute_batch("CREATE TABLE t (x)").unwrap();
-        assert_eq!(page_size(&conn), PAGE_SIZE);
-        drop(conn);
-
-        // A database made before: 4 KiB pages, WAL mode, one row.
-        let old = dir.path().join("old.db");
-        let conn = Connection::open(&old).unwrap();
-        conn.execute_batch(
-            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; \
-             CREATE TABLE t (x); INSERT INTO t VALUES (1);",
-        )
-        .unwrap();
-        drop(conn);
-        let conn = open_writer(&old).unwrap();
-        assert_eq!(page_size(&conn), 4096);
-        let (mode, sync) = durability_settings(&conn).unwrap();
-        assert_eq!((mode.as_str(), sync), ("wal", 2));
-        conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
-        let rows: i64 = conn
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 2);
-    }
 }
