@@ -37,6 +37,7 @@ for line in open(sys.argv[1]):
         name = "checkpoint_" + name if m.group(1) == "checkpoint" else name
         (total if m.group(2) == "sum" else count)[name] = float(m.group(4))
 for stage in ["to_actor", "batch_wait", "writer_wait", "commit", "in_commit", "back_to_actor", "total",
+              "to_session", "ws_request",
               "checkpoint_passive", "checkpoint_sync", "checkpoint_restart"]:
     b = buckets.get(stage)
     if not b or not b["+Inf"]:

@@ -67,6 +67,12 @@ pub struct SendStages {
     pub back_to_actor: Histogram,
     /// The whole send, request to answer.
     pub total: Histogram,
+    /// From a push being made to the recipient's session taking it, before
+    /// it is written to the socket (every push, not only of sends).
+    pub to_session: Histogram,
+    /// A WebSocket request, from its frame decoded to its answer queued
+    /// for the socket (every request; at load, nearly all are sends).
+    pub ws_request: Histogram,
 }
 
 impl Metrics {
@@ -193,6 +199,8 @@ impl Metrics {
                     in_commit: stage("in_commit"),
                     back_to_actor: stage("back_to_actor"),
                     total: stage("total"),
+                    to_session: stage("to_session"),
+                    ws_request: stage("ws_request"),
                 }
             },
             registry,

@@ -26,7 +26,11 @@ use crate::ratelimit::ClientKey;
 /// One encoded event `Envelope`, the same bytes for every recipient.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Bytes);
+pub struct Deliver {
+    pub event: Bytes,
+    /// When the push was made (for `united_send_stage_seconds{stage="to_session"}`).
+    pub queued_at: std::time::Instant,
+}
 
 /// Asks a session to close with a WebSocket close code.
 #[derive(Message, Clone, Copy, Debug)]
@@ -236,6 +240,7 @@ impl SessionRegistry {
     pub fn push(&self, user: &Pubkey, event: &Bytes) -> Pushed {
         let mut pushed = Pushed::default();
         let mut dead = Vec::new();
+        let queued_at = std::time::Instant::now();
         {
             let users = self.users.read().unwrap_or_else(|e| e.into_inner());
             let Some(sessions) = users.get(user) else {
@@ -250,7 +255,10 @@ impl SessionRegistry {
                 } else {
                     session
                         .deliver
-                        .try_send(Deliver(event.clone()))
+                        .try_send(Deliver {
+                            event: event.clone(),
+                            queued_at,
+                        })
                         .map_err(|e| matches!(e, actix::prelude::SendError::Full(_)))
                 };
                 match sent {

@@ -196,11 +196,13 @@ impl WsSession {
             return;
         }
         self.in_flight += 1;
+        let started = std::time::Instant::now();
         let request =
             service::ws::handle(self.state.clone(), self.user.clone(), request_id, payload);
         request
             .into_actor(self)
-            .map(|answer, act, ctx| {
+            .map(move |answer, act, ctx| {
+                (act.state.metrics.stages.ws_request).observe(started.elapsed().as_secs_f64());
                 ctx.binary(answer);
                 act.in_flight -= 1;
                 if let (Some(code), 0) = (act.closing, act.in_flight) {
@@ -324,8 +326,9 @@ impl Handler<Deliver> for WsSession {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
         self.pending_bytes
-            .fetch_sub(msg.0.len(), std::sync::atomic::Ordering::AcqRel);
-        ctx.binary(msg.0);
+            .fetch_sub(msg.event.len(), std::sync::atomic::Ordering::AcqRel);
+        (self.state.metrics.stages.to_session).observe(msg.queued_at.elapsed().as_secs_f64());
+        ctx.binary(msg.event);
     }
 }
 
