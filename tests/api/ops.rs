@@ -128,6 +128,14 @@ async fn a_restart_keeps_users_and_does_not_migrate_twice() {
         .expect("token signed before the restart");
 }
 
+/// The value of the sample `name` (labels included) in a `/metrics` text, 0
+/// when it is absent.
+fn value_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[actix_web::test]
 async fn metrics_count_what_happens_and_name_nobody() {
     let app = spawn_app().await;
@@ -156,6 +164,27 @@ async fn metrics_count_what_happens_and_name_nobody() {
         text.contains("united_request_seconds_count{route=\"/api/dm/messages\",status=\"201\"} 1"),
         "{text}"
     );
+    // Each hop of the send and of the push is timed once (issue 13).
+    for stage in [
+        "to_actor",
+        "batch_wait",
+        "writer_wait",
+        "in_commit",
+        "back_to_actor",
+        "total",
+    ] {
+        let line = format!("united_send_stage_seconds_count{{stage=\"{stage}\"}} 1");
+        assert!(text.lines().any(|l| l == line), "missing {line:?}");
+    }
+    let pushes = "united_send_stage_seconds_count{stage=\"to_session\"}";
+    assert_eq!(value_of(&text, pushes), 1.0, "one push reached one session");
+    // The checkpointer copied the message's pages and flushed them.
+    eventually("the checkpointer reports its passes", || async {
+        let text = app.metrics().await;
+        value_of(&text, "united_checkpoint_seconds_count{mode=\"passive\"}") >= 1.0
+            && value_of(&text, "united_checkpoint_seconds_count{mode=\"sync\"}") >= 1.0
+    })
+    .await;
     // Aggregates only: no key, id or name.
     for secret in [
         alice.pubkey.as_str(),
