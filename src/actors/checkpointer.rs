@@ -20,11 +20,11 @@
 //!   of one large one.
 //! - **The reset.** The WAL must be reset now and then or it grows without
 //!   end; a `RESTART` checkpoint does it, holding new commits while it runs.
-//!   It runs right after a pass and its fsync, when there is almost nothing
-//!   left to copy or flush, so it holds them for a few milliseconds.
+//!   It runs right after a pass and its flush, when there is almost nothing
+//!   left to copy or write, so it holds them for a few milliseconds.
 //!
-//! Every extra fsync only adds durability; SQLite's own order of writes and
-//! syncs is unchanged.
+//! The extra flushes change nothing about durability: SQLite's own order of
+//! writes and fsyncs is unchanged.
 
 use std::fs::File;
 use std::path::PathBuf;
