@@ -36,8 +36,11 @@ pub fn now_ms() -> u64 {
 }
 
 /// An identity: an Ed25519 public key as 64 lower-case hex characters.
+///
+/// Shared, not copied: a session, its registry entries and every message
+/// of a send hold the same key, so a clone is a reference count.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Pubkey(String);
+pub struct Pubkey(std::sync::Arc<str>);
 
 impl Pubkey {
     /// Parses hex of 32 bytes, accepting upper case and normalising to lower.
@@ -45,12 +48,12 @@ impl Pubkey {
         if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(InputError::invalid("a public key is 64 hex characters"));
         }
-        Ok(Pubkey(s.to_ascii_lowercase()))
+        Ok(Pubkey(s.to_ascii_lowercase().into()))
     }
 
     /// Wraps a value read back from our own database.
     pub fn from_db(s: String) -> Self {
-        Pubkey(s)
+        Pubkey(s.into())
     }
 
     pub fn as_str(&self) -> &str {
@@ -60,7 +63,7 @@ impl Pubkey {
     pub fn to_bytes(&self) -> [u8; 32] {
         let mut out = [0u8; 32];
         // The string was validated as 64 hex characters on construction.
-        hex::decode_to_slice(&self.0, &mut out).expect("pubkey is valid hex");
+        hex::decode_to_slice(self.0.as_bytes(), &mut out).expect("pubkey is valid hex");
         out
     }
 }

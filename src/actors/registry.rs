@@ -198,7 +198,11 @@ impl SessionRegistry {
             return false;
         }
         let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
-        users.entry(user.clone()).or_default().push(handle);
+        // Most users have one device: room for one, not the default four.
+        users
+            .entry(user.clone())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(handle);
         self.metrics.live_sessions.inc();
         true
     }
