@@ -45,5 +45,5 @@ for stage in ["to_actor", "batch_wait", "writer_wait", "commit", "in_commit", "b
     n = b["+Inf"]
     over = lambda le: 100 * (1 - b[le] / n)
     print(f"  {stage:<18} n={int(n):<7} mean={1000 * total[stage] / count[stage]:7.3f} ms  "
-          f">5ms {over('0.005'):5.2f}%  >20ms {over('0.02'):5.2f}%  >50ms {over('0.05'):5.2f}%")
+          f">5ms {over('0.005'):5.2f}%  >10ms {over('0.01'):5.2f}%  >20ms {over('0.02'):5.2f}%  >50ms {over('0.05'):5.2f}%")
 PY
