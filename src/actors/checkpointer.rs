@@ -14,10 +14,11 @@
 //!   but never fsyncs it, so unsynced pages pile up until the checkpoint that
 //!   resets the WAL flushes them all at once (25-45 ms here) while holding the
 //!   write lock. The writer's WAL fsync also waits for whatever the disk is
-//!   flushing. So after every pass, every [`CHECKPOINT_INTERVAL`], this
-//!   thread writes the pages it copied to the disk itself, on its own
-//!   descriptor and in small ranges ([`flush`]): many small flushes instead
-//!   of one large one.
+//!   flushing. So after every pass, every [`CHECKPOINT_INTERVAL`] (5 ms)
+//!   while the WAL grows, this thread writes the pages it copied to the
+//!   disk itself, on its own descriptor and in ranges ([`flush`]): many
+//!   small flushes instead of one large one, so that a WAL fsync never
+//!   waits behind much.
 //! - **The reset.** The WAL must be reset now and then or it grows without
 //!   end; a `RESTART` checkpoint does it, holding new commits while it runs.
 //!   It runs right after a pass and its flush, when there is almost nothing
@@ -38,10 +39,17 @@ use rusqlite::Connection;
 use crate::db::{self, DbError};
 use crate::metrics::Metrics;
 
-/// How often the checkpointer copies new WAL frames and flushes them. At
-/// 5,000 messages/s a pass copies about 600 frames; with 500 ms between
-/// passes, each flush took 20-45 ms and stalled the commits behind it.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the checkpointer copies new WAL frames and flushes them while
+/// the WAL grows. The smaller each flush, the shorter the WAL fsyncs that
+/// wait behind it: at 5,000 messages/s over 60 s, p99 send → push was 17-20
+/// ms with a pass every 50 ms, 14 ms every 20 ms, 9.5-11 ms every 10 ms and
+/// 5.8-7.1 ms every 5 ms (2 ms gave no more). Throughput at `--window 8` did
+/// not move measurably (BENCHMARKS.md).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(5);
+/// The longest wait between passes: after each pass that found nothing to
+/// copy the wait doubles up to this, so an idle hub wakes 20 times a second,
+/// not 200; the first pass that copies something brings it back down.
+pub const IDLE_INTERVAL: Duration = Duration::from_millis(50);
 /// WAL frames (pages) above which the WAL is reset with a `RESTART`
 /// checkpoint: 64 MiB of 4 KiB pages.
 pub const RESTART_FRAMES: i64 = 16_384;
@@ -148,16 +156,24 @@ impl Worker {
     }
 
     fn run(mut self, stop: &AtomicBool) {
+        let mut interval = CHECKPOINT_INTERVAL;
         while !stop.load(Ordering::Acquire) {
-            std::thread::sleep(CHECKPOINT_INTERVAL);
+            std::thread::sleep(interval);
+            let before = self.last;
             match self.pass() {
-                Ok(progress) if progress.frames > self.restart_frames => {
-                    match self.checkpoint("RESTART") {
-                        Ok(progress) => self.last = progress,
-                        Err(e) => tracing::warn!(error = %e, "restart checkpoint failed"),
+                Ok(progress) => {
+                    interval = if progress != before {
+                        CHECKPOINT_INTERVAL
+                    } else {
+                        (interval * 2).min(IDLE_INTERVAL)
+                    };
+                    if progress.frames > self.restart_frames {
+                        match self.checkpoint("RESTART") {
+                            Ok(progress) => self.last = progress,
+                            Err(e) => tracing::warn!(error = %e, "restart checkpoint failed"),
+                        }
                     }
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
             }
         }
@@ -200,19 +216,18 @@ impl Drop for Checkpointer {
 mod tests {
     use super::*;
 
-    /// Under a writer that never pauses, the WAL is still reset: its file
-    /// stays near the bound, the database file is flushed by this thread,
-    /// and every write succeeds (the writer waits out each `RESTART`).
-    #[test]
-    fn the_wal_stays_bounded_under_a_writer_that_never_pauses() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
+    /// A database at `dir` with table `t`, its writer, and a running worker
+    /// that resets the WAL past `restart_frames`; stop it with the flag.
+    fn start_worker(
+        dir: &std::path::Path,
+        restart_frames: i64,
+    ) -> (Connection, Arc<Metrics>, Arc<AtomicBool>, JoinHandle<()>) {
+        let path = dir.join("t.db");
         let writer = db::open_writer(&path).unwrap();
         writer
             .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
             .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let restart_frames = 200;
         let worker = Worker {
             conn: db::open_writer(&path).unwrap(),
             file: File::open(&path).unwrap(),
@@ -223,6 +238,55 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || worker.run(&flag));
+        (writer, metrics, stop, thread)
+    }
+
+    fn count(metrics: &Metrics, mode: &str) -> u64 {
+        (metrics.checkpoint_seconds)
+            .with_label_values(&[mode])
+            .get_sample_count()
+    }
+
+    /// Passes come every 5 ms only while the WAL grows: idle, the wait
+    /// doubles to 50 ms; a write brings the passes, and a flush, back.
+    #[test]
+    fn an_idle_database_is_checked_rarely_and_a_write_wakes_the_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, metrics, stop, thread) = start_worker(dir.path(), RESTART_FRAMES);
+        writer
+            .execute("INSERT INTO t (body) VALUES (?1)", [&[1u8; 100][..]])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let flushed = count(&metrics, "sync");
+        assert!(flushed >= 1, "the first write was never flushed");
+
+        // 600 ms idle: at one pass per 5 ms that would be over 100 passes;
+        // backing off to 50 ms it is about 15.
+        let before = count(&metrics, "passive");
+        std::thread::sleep(Duration::from_millis(600));
+        let idle_passes = count(&metrics, "passive") - before;
+        assert!(idle_passes < 40, "{idle_passes} passes in 600 ms idle");
+
+        writer
+            .execute("INSERT INTO t (body) VALUES (?1)", [&[2u8; 100][..]])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            count(&metrics, "sync") > flushed,
+            "a write after the idle spell was never flushed"
+        );
+        stop.store(true, Ordering::Release);
+        thread.join().unwrap();
+    }
+
+    /// Under a writer that never pauses, the WAL is still reset: its file
+    /// stays near the bound, the database file is flushed by this thread,
+    /// and every write succeeds (the writer waits out each `RESTART`).
+    #[test]
+    fn the_wal_stays_bounded_under_a_writer_that_never_pauses() {
+        let dir = tempfile::tempdir().unwrap();
+        let restart_frames = 200;
+        let (writer, metrics, stop, thread) = start_worker(dir.path(), restart_frames);
 
         // Two pages a commit, for about two seconds: thousands of frames.
         let body = vec![7u8; 6000];
@@ -238,13 +302,8 @@ mod tests {
         thread.join().unwrap();
 
         let written = rows * 2;
-        let restarts = metrics
-            .checkpoint_seconds
-            .with_label_values(&["restart"])
-            .get_sample_count();
-        let syncs = (metrics.checkpoint_seconds)
-            .with_label_values(&["sync"])
-            .get_sample_count();
+        let restarts = count(&metrics, "restart");
+        let syncs = count(&metrics, "sync");
         let wal = std::fs::metadata(dir.path().join("t.db-wal"))
             .unwrap()
             .len();
