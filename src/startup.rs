@@ -165,6 +165,10 @@ impl Application {
             let user_timeout = state.settings.idle_timeout();
             move |conn, _| configure_socket(conn, user_timeout)
         })
+        // Nagle's algorithm would hold a small frame written right after
+        // another (a send's answer after its echo push) until the peer acks
+        // the first, and peers delay acks by up to 40 ms.
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
         if let Some(workers) = state.settings.workers {
