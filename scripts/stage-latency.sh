@@ -17,7 +17,7 @@ env "$@" "$BIN" --data-dir "$dir" --bind 127.0.0.1:$port --auth-rate 0 --send-ra
     --read-rate 0 --max-sessions-per-user 0 --max-connections-per-ip 0 > "$dir/log" 2>&1 &
 hub=$!
 sleep 1
-"$BIN" load --url http://127.0.0.1:$port --hub-pid $hub --payload random --pairs 1000 \
+${GEN_PREFIX:-} "$BIN" load --url http://127.0.0.1:$port --hub-pid $hub --payload random --pairs 1000 \
     --rate 5000 --duration "$duration" --warmup 2 --quiet --json "$dir/run.json" > "$dir/out" 2>&1
 curl -s http://127.0.0.1:$port/metrics > "$dir/metrics"
 jq -c "{p50: .latency.p50_ms, p99: .latency.p99_ms, p999: .latency.p999_ms, max: .latency.max_ms, accepted_per_second, answer_p99: .answer_latency.p99_ms, lag_p99: .send_lag.p99_ms, worst: .worst_second}" "$dir/run.json"
