@@ -185,6 +185,17 @@ function connect() {
   };
 }
 
+// The browser knows first when the network goes: drop the socket at once
+// (one still opening may otherwise hang without ever closing); its onclose
+// shows 'offline' and keeps retrying, with backoff, until the network is back.
+window.addEventListener('offline', () => {
+  if (state.ws && state.ws.readyState !== WebSocket.CLOSED) state.ws.close();
+});
+// Back online: the next retry comes soon, not after the backoff grew.
+window.addEventListener('online', () => {
+  state.reconnectDelay = 500;
+});
+
 async function reconnect() {
   try {
     // A closed socket may mean an expired token: refresh first.
