@@ -779,7 +779,7 @@ async fn session_caps_per_user_and_per_ip_answer_429() {
 /// Issue 9: one client pipelining history and offline reads as fast as it
 /// can (two sockets, 1,000 requests in flight) does not slow another user's
 /// sends: past its read budget the flood is answered 429 at once, and Bob's
-/// send p99 under the flood stays within 3× its p99 without it (a ratio;
+/// send p99 under the flood stays within 3× its p99 without it plus 50 ms (a ratio;
 /// measured here with the flood on the same 2 cores as the hub: 72 ms vs
 /// 47 ms in a debug build with a benchmark running beside it).
 #[actix_web::test]
@@ -865,9 +865,15 @@ async fn a_read_flood_does_not_slow_other_users_sends() {
         refused.get()
     );
     assert!(refused.get() > 0, "the flood went past the read budget");
+    // Plus 50 ms: since the hub sets TCP_NODELAY, the idle p99 is a few
+    // milliseconds (it used to include a delayed ack of up to 40 ms), and 3×
+    // of that is within what the flood's CPU alone adds on 2 cores (34 ms
+    // against 5.7 ms idle in one CI run). Starvation costs far more: with
+    // the read budget off, 513 ms against 5.0 ms.
+    let allowed = idle * 3 + Duration::from_millis(50);
     assert!(
-        busy <= idle * 3,
-        "Bob's p99 rose from {idle:?} to {busy:?} (more than 3×)"
+        busy <= allowed,
+        "Bob's p99 rose from {idle:?} to {busy:?} (more than {allowed:?})"
     );
     // No read waited a second or more for a pooled connection.
     let metrics = app.metrics().await;
