@@ -241,6 +241,18 @@ mod tests {
         (writer, metrics, stop, thread)
     }
 
+    /// Whether `done` comes true within 5 s (polled every 10 ms).
+    fn within_5s(done: impl Fn() -> bool) -> bool {
+        let started = Instant::now();
+        while !done() {
+            if started.elapsed() > Duration::from_secs(5) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     fn count(metrics: &Metrics, mode: &str) -> u64 {
         (metrics.checkpoint_seconds)
             .with_label_values(&[mode])
@@ -256,9 +268,11 @@ mod tests {
         writer
             .execute("INSERT INTO t (body) VALUES (?1)", [&[1u8; 100][..]])
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            within_5s(|| count(&metrics, "sync") >= 1),
+            "the first write was never flushed"
+        );
         let flushed = count(&metrics, "sync");
-        assert!(flushed >= 1, "the first write was never flushed");
 
         // 600 ms idle: at one pass per 5 ms that would be over 100 passes;
         // backing off to 50 ms it is about 15.
@@ -270,9 +284,8 @@ mod tests {
         writer
             .execute("INSERT INTO t (body) VALUES (?1)", [&[2u8; 100][..]])
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
         assert!(
-            count(&metrics, "sync") > flushed,
+            within_5s(|| count(&metrics, "sync") > flushed),
             "a write after the idle spell was never flushed"
         );
         stop.store(true, Ordering::Release);
