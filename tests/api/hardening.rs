@@ -871,10 +871,15 @@ async fn a_read_flood_does_not_slow_other_users_sends() {
     // against 5.7 ms idle in one CI run). Starvation costs far more: with
     // the read budget off, 513 ms against 5.0 ms.
     let allowed = idle * 3 + Duration::from_millis(50);
-    assert!(
-        busy <= allowed,
-        "Bob's p99 rose from {idle:?} to {busy:?} (more than {allowed:?})"
-    );
+    // scripts/log-privacy.sh runs the suite again with every log on
+    // (TEST_LOG): there the hub's time goes to trace lines for each of the
+    // flood's frames, so the bound is checked in the plain run only.
+    if std::env::var_os("TEST_LOG").is_none() {
+        assert!(
+            busy <= allowed,
+            "Bob's p99 rose from {idle:?} to {busy:?} (more than {allowed:?})"
+        );
+    }
     // No read waited a second or more for a pooled connection.
     let metrics = app.metrics().await;
     let value = |name: &str| -> f64 {
