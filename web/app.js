@@ -191,7 +191,7 @@ function connect() {
 window.addEventListener('offline', () => {
   if (state.ws && state.ws.readyState !== WebSocket.CLOSED) state.ws.close();
 });
-// Back online: the next retry comes soon, not after the backoff grew.
+// Back online: the backoff starts again from its shortest.
 window.addEventListener('online', () => {
   state.reconnectDelay = 500;
 });
