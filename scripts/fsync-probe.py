@@ -6,6 +6,8 @@ millisecond, for SECONDS; prints the percentiles and every write over 50 ms
 (with its second). Modes:
 
     sparse     the file is made with ftruncate, so writes allocate blocks
+    fallocated the file is made with posix_fallocate: blocks are reserved
+               but unwritten, so a write converts an extent
     prefilled  the file is written in full (and synced) first
     grow       prefilled, while another thread appends 3 MB/s to a second
                file and fdatasyncs it every 50 ms (a database that grows)
@@ -29,12 +31,15 @@ SIZE = 64 << 20
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "prefilled"
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 60
-    if mode not in ("sparse", "prefilled", "grow"):
+    if mode not in ("sparse", "fallocated", "prefilled", "grow"):
         sys.exit(__doc__)
     probe, grown = "fsync-probe.dat", "fsync-probe-grow.dat"
     fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     if mode == "sparse":
         os.ftruncate(fd, SIZE)
+    elif mode == "fallocated":
+        os.posix_fallocate(fd, 0, SIZE)
+        os.fsync(fd)
     else:
         for _ in range(SIZE // CHUNK):
             os.write(fd, bytes(CHUNK))

@@ -75,7 +75,10 @@ impl HubClient {
     pub fn new(base_url: impl Into<String>) -> Self {
         Self::with_http(
             base_url,
-            awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
+            awc::Client::builder()
+                .connector(super::connector())
+                .timeout(REQUEST_TIMEOUT)
+                .finish(),
         )
     }
 

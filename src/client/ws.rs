@@ -67,6 +67,7 @@ impl WsClient {
     /// bearer header. A refused upgrade is `ClientError::Status`.
     pub async fn connect_with(url: &str, bearer: Option<&str>) -> Result<WsClient, ClientError> {
         let mut req = awc::Client::builder()
+            .connector(super::connector())
             .timeout(Duration::from_secs(30))
             .finish()
             .ws(url)

@@ -126,7 +126,7 @@ struct User {
 /// One HTTP client for every user, so connections are pooled instead of one
 /// kept alive per user (which would double the file descriptors of a run).
 fn shared_http(args: &LoadArgs) -> awc::Client {
-    let connector = awc::Connector::new().limit(args.setup_concurrency.max(64) * 2);
+    let connector = crate::client::connector().limit(args.setup_concurrency.max(64) * 2);
     awc::Client::builder()
         .connector(connector)
         .timeout(Duration::from_secs(60))
