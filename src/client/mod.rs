@@ -37,15 +37,14 @@ use awc::http::Uri;
 /// delayed ACK, up to 40 ms. Browsers set `TCP_NODELAY` on WebSockets; so do
 /// these clients, the load generator among them.
 pub fn connector() -> awc::Connector<
-    impl Service<ConnectInfo<Uri>, Response = Connection<Uri, TcpStream>, Error = ConnectError>
-        + Clone,
+    impl Service<ConnectInfo<Uri>, Response = Connection<Uri, TcpStream>, Error = ConnectError> + Clone,
 > {
-    let tcp = Connector::new(Resolver::default())
-        .service()
-        .map(|connection: Connection<Uri, TcpStream>| {
+    let tcp = Connector::new(Resolver::default()).service().map(
+        |connection: Connection<Uri, TcpStream>| {
             // Only a latency hint: a socket that refuses it still works.
             let _ = connection.io_ref().set_nodelay(true);
             connection
-        });
+        },
+    );
     awc::Connector::new().connector(tcp)
 }
