@@ -16,9 +16,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use actix::{Message, Recipient};
+use actix::{Addr, Message};
 use bytes::Bytes;
 
+use super::session::WsSession;
 use crate::metrics::Metrics;
 use crate::model::Pubkey;
 use crate::ratelimit::ClientKey;
@@ -60,9 +61,12 @@ pub mod close_code {
 #[derive(Clone)]
 pub struct SessionHandle {
     pub id: u64,
-    /// Bounded: `try_send` fails when the session is `--session-buffer` behind.
-    pub deliver: Recipient<Deliver>,
-    pub kick: Recipient<Kick>,
+    /// The session's address: `try_send` of a [`Deliver`] fails when the
+    /// session is `--session-buffer` behind; `do_send` of a [`Kick`] always
+    /// gets through. One address, not a `Recipient` per message type: each
+    /// `Recipient` is a boxed sender with two allocations of its own, about
+    /// 110 bytes a session.
+    pub addr: Addr<WsSession>,
     /// Bytes handed to the session and not yet written by it: at most
     /// `--session-buffer-bytes`, or the session is cut off like a full one.
     pub pending_bytes: Arc<AtomicUsize>,
@@ -258,7 +262,7 @@ impl SessionRegistry {
                     Err(true)
                 } else {
                     session
-                        .deliver
+                        .addr
                         .try_send(Deliver {
                             event: event.clone(),
                             queued_at,
@@ -277,7 +281,7 @@ impl SessionRegistry {
                             );
                             // `do_send` ignores the full mailbox; sent once,
                             // since the session leaves the registry below.
-                            session.kick.do_send(Kick {
+                            session.addr.do_send(Kick {
                                 code: close_code::TRY_AGAIN_LATER,
                                 drain: false,
                             });
@@ -301,7 +305,7 @@ impl SessionRegistry {
         self.closing.store(true, Ordering::Release);
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
         for session in users.values().flatten() {
-            session.kick.do_send(Kick {
+            session.addr.do_send(Kick {
                 code: close_code::GOING_AWAY,
                 drain: true,
             });

@@ -261,11 +261,9 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.state.settings.session_buffer);
-        let addr = ctx.address();
         let handle = SessionHandle {
             id: self.id,
-            deliver: addr.clone().recipient(),
-            kick: addr.recipient(),
+            addr: ctx.address(),
             pending_bytes: self.pending_bytes.clone(),
         };
         if !self.state.registry.register(&self.user, handle) {
