@@ -62,7 +62,10 @@ pub struct WsSession {
     /// When the access token expires (Unix seconds); the session closes
     /// then unless an `AuthRequest` brings a fresh token.
     expires_at: u64,
-    expiry: Option<SpawnHandle>,
+    /// `expires_at` on this process's clock.
+    expiry_deadline: Instant,
+    /// When the heartbeat next pings (or closes an idle session).
+    next_ping: Instant,
 }
 
 impl WsSession {
@@ -86,23 +89,47 @@ impl WsSession {
             _admission: admission,
             pending_bytes: Arc::default(),
             expires_at,
-            expiry: None,
+            expiry_deadline: deadline_of(expires_at),
+            next_ping: Instant::now(),
         }
     }
 
-    /// (Re)arms the timer that closes the session when its token expires.
-    fn arm_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if let Some(handle) = self.expiry.take() {
-            ctx.cancel_future(handle);
-        }
-        let left_ms = (self.expires_at * 1000).saturating_sub(crate::model::now_ms());
-        self.expiry = Some(ctx.run_later(Duration::from_millis(left_ms), |act, ctx| {
-            act.close(
+    /// The session's one timer: it wakes at the next ping or at the token's
+    /// expiry, whichever comes first, and sets itself again. One timer, not
+    /// one for each: a timer costs each session 100-200 bytes, and every
+    /// idle session holds its timers.
+    fn schedule_tick(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let at = self.next_ping.min(self.expiry_deadline);
+        ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.tick(ctx)
+        });
+    }
+
+    /// Closes the session when its token has expired; otherwise pings every
+    /// `--ping-interval` and closes after `--idle-timeout` of silence.
+    fn tick(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let now = Instant::now();
+        if now >= self.expiry_deadline {
+            return self.close(
                 ctx,
                 close_code::TOKEN_EXPIRED,
                 "the access token expired; reconnect with a fresh one",
             );
-        }));
+        }
+        if now >= self.next_ping {
+            if self.last_heard.elapsed() >= self.state.settings.idle_timeout() {
+                return self.close(ctx, 1000, "idle timeout");
+            }
+            ctx.ping(b"");
+            // From the last ping's slot, unless the hub fell a whole
+            // interval behind: then from now, not a burst of pings.
+            let interval = self.state.settings.ping_interval();
+            self.next_ping += interval;
+            if self.next_ping <= now {
+                self.next_ping = now + interval;
+            }
+        }
+        self.schedule_tick(ctx);
     }
 
     /// In-band re-authentication: a fresh token for the same user extends
@@ -119,7 +146,9 @@ impl WsSession {
             )),
             Ok((_, expires_at)) => {
                 self.expires_at = self.expires_at.max(expires_at);
-                self.arm_expiry(ctx);
+                // The timer, set for the old expiry at the latest, wakes and
+                // sets itself for the new one.
+                self.expiry_deadline = deadline_of(self.expires_at);
                 Ok(crate::proto::encode_envelope(
                     request_id.to_owned(),
                     crate::proto::Payload::AuthResponse(crate::proto::ws::AuthResponse {
@@ -144,24 +173,16 @@ impl WsSession {
         ctx.stop();
     }
 
-    /// Pings every `--ping-interval` and closes after `--idle-timeout` of
-    /// silence. Each session starts at its own offset within the interval, so
+    /// Starts the heartbeat. Each session's first ping comes at its own
+    /// offset within the interval (after one interval and that offset), so
     /// sessions that connected together do not all ping together (a burst of
     /// thousands of pings at once showed as a latency spike under load).
     fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let interval = self.state.settings.ping_interval();
-        let idle_timeout = self.state.settings.idle_timeout();
         let spread = interval.as_millis().max(1) as u64;
         let offset = Duration::from_millis(self.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread);
-        ctx.run_later(offset, move |_, ctx| {
-            ctx.run_interval(interval, move |act, ctx| {
-                if act.last_heard.elapsed() >= idle_timeout {
-                    act.close(ctx, 1000, "idle timeout");
-                } else {
-                    ctx.ping(b"");
-                }
-            });
-        });
+        self.next_ping = Instant::now() + offset + interval;
+        self.schedule_tick(ctx);
     }
 
     /// Answers a frame the hub cannot use; closes after too many in a row.
@@ -271,7 +292,6 @@ impl Actor for WsSession {
         }
         tracing::info!(session = self.id, user = ?self.user, "session started");
         self.heartbeat(ctx);
-        self.arm_expiry(ctx);
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
@@ -360,4 +380,15 @@ impl Handler<Kick> for WsSession {
             self.close(ctx, msg.code, reason);
         }
     }
+}
+
+/// `expires_at` (Unix seconds) as an instant on this process's clock.
+/// (Tokens are the hub's own, minutes long; a year caps the arithmetic.)
+fn deadline_of(expires_at: u64) -> Instant {
+    const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+    let left_ms = expires_at
+        .saturating_mul(1000)
+        .saturating_sub(crate::model::now_ms())
+        .min(YEAR_MS);
+    Instant::now() + Duration::from_millis(left_ms)
 }

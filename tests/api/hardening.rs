@@ -779,7 +779,7 @@ async fn session_caps_per_user_and_per_ip_answer_429() {
 /// Issue 9: one client pipelining history and offline reads as fast as it
 /// can (two sockets, 1,000 requests in flight) does not slow another user's
 /// sends: past its read budget the flood is answered 429 at once, and Bob's
-/// send p99 under the flood stays within 3× its p99 without it plus 50 ms (a ratio;
+/// send p99 under the flood stays within 3× its p99 without it plus 100 ms (a ratio;
 /// measured here with the flood on the same 2 cores as the hub: 72 ms vs
 /// 47 ms in a debug build with a benchmark running beside it).
 #[actix_web::test]
@@ -865,12 +865,13 @@ async fn a_read_flood_does_not_slow_other_users_sends() {
         refused.get()
     );
     assert!(refused.get() > 0, "the flood went past the read budget");
-    // Plus 50 ms: since the hub sets TCP_NODELAY, the idle p99 is a few
-    // milliseconds (it used to include a delayed ack of up to 40 ms), and 3×
-    // of that is within what the flood's CPU alone adds on 2 cores (34 ms
-    // against 5.7 ms idle in one CI run). Starvation costs far more: with
-    // the read budget off, 513 ms against 5.0 ms.
-    let allowed = idle * 3 + Duration::from_millis(50);
+    // Plus 100 ms: since the hub and the client set TCP_NODELAY, the idle
+    // p99 is about 3 ms (it used to include delayed acks of up to 40 ms),
+    // and 3× of that is within what the flood's CPU alone adds on 2 cores:
+    // 33-38 ms when this test runs alone, 47 ms and once over 59 ms beside
+    // the rest of the suite. Starvation costs far more: with the read budget
+    // off, 427 ms against 2.9 ms idle.
+    let allowed = idle * 3 + Duration::from_millis(100);
     // scripts/log-privacy.sh runs the suite again with every log on
     // (TEST_LOG): there the hub's time goes to trace lines for each of the
     // flood's frames, so the bound is checked in the plain run only.
