@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::stream::{self, StreamExt as _};
+use futures_util::FutureExt as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::crypto::Identity;
@@ -241,8 +242,17 @@ async fn connect(
     done: &Rc<Cell<bool>>,
 ) -> anyhow::Result<Vec<Session>> {
     let progress = bar(args, plan.len() as u64, "connect");
-    let sessions: Vec<anyhow::Result<Session>> = stream::iter(plan)
-        .map(|planned| {
+    // Hubs hand connections to their worker threads in turn. Connected in
+    // plan order (each pair's sender, then its recipient), every sender would
+    // land on the same worker of a two-worker hub, and so would every
+    // conversation's actor (it starts where its first send comes from): one
+    // worker busy, the other nearly idle. Real clients connect in no such
+    // order, so the sessions connect in a shuffled one; they are returned in
+    // plan order.
+    let mut order: Vec<(usize, Planned)> = plan.into_iter().enumerate().collect();
+    shuffle(&mut order, 0x5eed);
+    let mut sessions: Vec<(usize, anyhow::Result<Session>)> = stream::iter(order)
+        .map(|(at, planned)| {
             let progress = progress.clone();
             let client = &users[planned.user].client;
             let ws_url = &ws_urls[planned.node];
@@ -277,12 +287,14 @@ async fn connect(
                     check,
                 })
             }
+            .map(move |session| (at, session))
         })
         .buffered(args.setup_concurrency)
         .collect()
         .await;
     progress.finish();
-    sessions.into_iter().collect()
+    sessions.sort_unstable_by_key(|(at, _)| *at);
+    sessions.into_iter().map(|(_, session)| session).collect()
 }
 
 /// Runs the whole load test and returns its report. On ctrl-c it stops
@@ -478,4 +490,45 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     drop(sessions);
     drop(hub);
     Ok(report)
+}
+
+/// Puts `items` in an order that depends only on `seed` (Fisher-Yates with
+/// xorshift64*: a benchmark's placement is the same from run to run).
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed.max(1);
+    for i in (1..items.len()).rev() {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let j = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shuffle;
+
+    #[test]
+    fn shuffled_sessions_split_senders_between_two_round_robin_workers() {
+        // Even entries are senders, as the plan is built.
+        let mut plan: Vec<usize> = (0..2000).collect();
+        shuffle(&mut plan, 0x5eed);
+        let mut sorted = plan.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..2000).collect::<Vec<_>>(), "a permutation");
+        // Position i goes to worker i % 2.
+        let on_first = plan
+            .iter()
+            .enumerate()
+            .filter(|(at, user)| *user % 2 == 0 && at % 2 == 0)
+            .count();
+        assert!(
+            (450..=550).contains(&on_first),
+            "{on_first} of 1000 senders on the first worker"
+        );
+        let mut again: Vec<usize> = (0..2000).collect();
+        shuffle(&mut again, 0x5eed);
+        assert_eq!(plan, again, "the same seed gives the same order");
+    }
 }
