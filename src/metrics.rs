@@ -54,14 +54,15 @@ pub struct SendStages {
     /// From the request to the conversation actor taking it (directory
     /// lookup and the actor's mailbox).
     pub to_actor: Histogram,
-    /// From the actor's append to the batch that carries it leaving the
-    /// batcher (waiting for the commit before it).
+    /// From the actor's append to the batch that carries it being taken
+    /// from the queue (waiting for the commit before it).
     pub batch_wait: Histogram,
-    /// From a group commit leaving the batcher to the writer starting it
-    /// (SQLite only).
+    /// SQLite: from a commit job being queued in the writer's lane to the
+    /// writer starting it.
     pub writer_wait: Histogram,
-    /// From a group commit leaving the batcher to its result reaching the
-    /// batcher again (the writer's lane, the commit, the way back), per message.
+    /// The group commit, per message. SQLite: the transaction on the
+    /// writer thread. PostgreSQL: from the batch leaving the batcher to its
+    /// result reaching the batcher again.
     pub in_commit: Histogram,
     /// From the commit's end to the conversation actor handling its results.
     pub back_to_actor: Histogram,

@@ -16,7 +16,7 @@ use crate::actors::conversation::ConversationHandles;
 use crate::actors::directory::ConversationDirectory;
 use crate::actors::janitor::{JanitorActor, StopJanitor};
 use crate::actors::registry::{SessionLimits, SessionRegistry};
-use crate::actors::write_batcher::WriteBatcher;
+use crate::actors::write_batcher::Appender;
 use crate::auth::JwtKeys;
 use crate::cluster::ClusterNode;
 use crate::config::Settings;
@@ -116,13 +116,10 @@ impl Application {
             }
             _ => None,
         };
-        let batcher = WriteBatcher::with_target(store.commit_target())
-            .publishing_to(cluster.clone())
-            .measuring(metrics.clone())
-            .start();
+        let appender = Appender::start(store.commit_target(), cluster.clone(), metrics.clone());
         let conversations = ConversationDirectory::new(ConversationHandles {
             store: store.clone(),
-            batcher,
+            appender,
             registry: registry.clone(),
             claims: Arc::new(IdClaims::default()),
             metrics: metrics.clone(),

@@ -5,10 +5,10 @@
 //! The path of one message:
 //! 1. [`SendDm`] arrives (from HTTP or a WebSocket session). The actor checks
 //!    membership, claims a client-chosen id, assigns `next_seq`, decides
-//!    whether the recipient is offline, and appends the message to the
-//!    `WriteBatcher` without waiting: the next message can be assigned at once.
-//! 2. The batcher commits it with others in one transaction and sends back
-//!    [`MessagesCommitted`], in sequence order.
+//!    whether the recipient is offline, and appends the message to the next
+//!    group commit without waiting: the next message can be assigned at once.
+//! 2. The group commit (`write_batcher`) writes it with others in one
+//!    transaction and sends back [`MessagesCommitted`], in sequence order.
 //! 3. Only then the actor answers the sender and pushes `DmMessageEvent` to
 //!    every live session of both participants. A recipient that had a session
 //!    at assignment time but takes no push gets an offline entry now.
@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 use super::claims::{Claim, IdClaims};
 use super::registry::SessionRegistry;
-use super::write_batcher::{AppendMessage, CommitFailure, MessagesCommitted, WriteBatcher};
+use super::write_batcher::{AppendMessage, Appender, CommitFailure, MessagesCommitted};
 use crate::cluster::ClusterNode;
 use crate::db::{MessageWrite, Skipped};
 use crate::error::ApiError;
@@ -102,7 +102,8 @@ pub type OnStop = Arc<dyn Fn(&Uuid, &Addr<ConversationActor>) + Send + Sync>;
 #[derive(Clone)]
 pub struct ConversationHandles {
     pub store: Store,
-    pub batcher: Addr<WriteBatcher>,
+    /// Where assigned messages go to be committed.
+    pub appender: Appender,
     pub registry: Arc<SessionRegistry>,
     pub claims: Arc<IdClaims>,
     pub metrics: Arc<Metrics>,
@@ -283,7 +284,7 @@ impl ConversationActor {
         Ok(rx)
     }
 
-    /// Gives `entry` the next sequence and appends it to the batcher.
+    /// Gives `entry` the next sequence and appends it to the next group commit.
     fn assign(&mut self, mut entry: InFlight, ctx: &mut Context<Self>) {
         let mut message = (*entry.message).clone();
         message.server_sequence = self.next_seq;
@@ -292,7 +293,7 @@ impl ConversationActor {
         entry.attempts += 1;
         // Decided now, written in the same transaction as the message.
         entry.offline_queued = !self.is_online(&entry.recipient);
-        self.handles.batcher.do_send(AppendMessage {
+        self.handles.appender.append(AppendMessage {
             write: MessageWrite {
                 message: entry.message.clone(),
                 recipient: entry.recipient.clone(),

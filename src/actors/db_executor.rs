@@ -2,7 +2,8 @@
 //!
 //! It owns the connection and handles one message at a time, so writes are
 //! serialised and every transaction is `BEGIN IMMEDIATE`. Messages commit
-//! in groups: `WriteBatcher` collects them and sends one [`CommitMessages`].
+//! in groups, gathered on this thread by a `WriterQueue` (see
+//! `write_batcher`).
 //!
 //! Work reaches it through a [`Writer`], in two lanes: message commits, and
 //! everything else (logins, key publishes, acks, the janitor's purge). An
@@ -24,7 +25,7 @@ use rusqlite::Connection;
 use uuid::Uuid;
 
 use crate::db::writes::{self, LastSequences, LoginOutcome, Purged, Skipped};
-use crate::db::{CommitMessages, DbError};
+use crate::db::{CommitMessages, DbError, MessageWrite};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Conversation, DmKey, Pubkey, User};
 
@@ -118,6 +119,13 @@ impl Writer {
     /// about the connection).
     pub fn addr(&self) -> &Addr<DbExecutor> {
         &self.addr
+    }
+
+    /// Queues `job` in `lane`; the writer thread runs it with the executor.
+    pub(crate) fn run(&self, lane: Lane, job: impl FnOnce(&mut DbExecutor) + Send + 'static) {
+        self.lanes
+            .push(lane, Box::new(move |executor, _| job(executor)));
+        self.addr.do_send::<RunNext>(RunNext);
     }
 
     /// Queues `msg` in `lane` and waits for the writer's answer.
@@ -252,17 +260,28 @@ impl Handler<CreateConversation> for DbExecutor {
     }
 }
 
-impl Handler<CommitMessages> for DbExecutor {
-    type Result = Result<Vec<Result<(), Skipped>>, DbError>;
-    fn handle(&mut self, msg: CommitMessages, _: &mut SyncContext<Self>) -> Self::Result {
+impl DbExecutor {
+    /// Commits one group of messages in one transaction; each result says
+    /// whether that message was written.
+    pub(crate) fn commit(
+        &mut self,
+        writes: &[MessageWrite],
+    ) -> Result<Vec<Result<(), Skipped>>, DbError> {
         let started = Instant::now();
         let result =
-            writes::commit_messages(&mut self.conn, &mut self.last_sequences, &msg.0, now_ms());
+            writes::commit_messages(&mut self.conn, &mut self.last_sequences, writes, now_ms());
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.write_batch_size.observe(msg.0.len() as f64);
+        self.metrics.write_batch_size.observe(writes.len() as f64);
         result
+    }
+}
+
+impl Handler<CommitMessages> for DbExecutor {
+    type Result = Result<Vec<Result<(), Skipped>>, DbError>;
+    fn handle(&mut self, msg: CommitMessages, _: &mut SyncContext<Self>) -> Self::Result {
+        self.commit(&msg.0)
     }
 }
 

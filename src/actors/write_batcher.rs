@@ -1,24 +1,35 @@
-//! `WriteBatcher`: group commit in front of the `DbExecutor`.
+//! Group commit in front of the store's writer.
 //!
 //! A `SyncArbiter` actor takes one message at a time and cannot look into its
-//! mailbox, so batching happens here. The batcher keeps at most one
-//! [`CommitMessages`] in flight. Appends that arrive while it commits wait in
-//! a FIFO queue and go out together as the next batch: under light load a
-//! batch is one message (no added latency), under heavy load one fsync covers
-//! up to [`MAX_BATCH`] messages.
+//! mailbox, so batching happens beside it. Conversations hand each assigned
+//! message to an [`Appender`], which is one of:
+//! - [`WriterQueue`] (SQLite): a queue the writer thread drains itself. The
+//!   first append into an idle queue puts one job in the writer's commit
+//!   lane; the job takes up to [`MAX_BATCH`] messages, commits them in one
+//!   transaction, sends each conversation its results, and queues itself
+//!   again while appends wait. No thread sits between the conversations and
+//!   the writer.
+//! - [`WriteBatcher`] (PostgreSQL): an actor that keeps at most one
+//!   [`CommitMessages`] in flight to the committing actor, and publishes
+//!   each committed batch to the cluster.
+//!
+//! Both keep one commit in flight. Appends that arrive while it commits
+//! wait in a FIFO queue and go out together as the next batch: under light
+//! load a batch is one message (no added latency), under heavy load one
+//! fsync covers up to [`MAX_BATCH`] messages.
 //!
 //! Order: appends are queued in arrival order, batches commit one after the
 //! other, and each conversation's results come back in the order its
 //! messages were appended.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use actix::prelude::*;
 use uuid::Uuid;
 
-use std::sync::Arc;
-
-use crate::actors::db_executor::{Lane, Writer};
+use crate::actors::db_executor::{DbExecutor, Lane, Writer};
 use crate::cluster::ClusterNode;
 use crate::db::{CommitMessages, DbError, MessageWrite, Skipped};
 use crate::metrics::Metrics;
@@ -43,6 +54,140 @@ impl CommitTarget {
         match self {
             CommitTarget::Writer(writer) => writer.call(Lane::Commit, msg).await,
             CommitTarget::Actor(actor) => actor.send(msg).await?,
+        }
+    }
+}
+
+/// Where a conversation's assigned messages go to be committed.
+#[derive(Clone)]
+pub enum Appender {
+    /// Through a [`WriteBatcher`] actor (PostgreSQL).
+    Batcher(Addr<WriteBatcher>),
+    /// Into the SQLite writer's own queue.
+    Writer(WriterQueue),
+}
+
+impl Appender {
+    /// The appender for the store's commit target: SQLite's writer batches
+    /// on its own thread; any other target gets a `WriteBatcher` (started
+    /// here), which also publishes to the cluster. Cluster mode runs on
+    /// PostgreSQL only.
+    pub fn start(
+        target: CommitTarget,
+        cluster: Option<Arc<ClusterNode>>,
+        metrics: Arc<Metrics>,
+    ) -> Appender {
+        match target {
+            CommitTarget::Writer(writer) if cluster.is_none() => {
+                Appender::Writer(WriterQueue::new(writer, metrics))
+            }
+            target => Appender::Batcher(
+                WriteBatcher::with_target(target)
+                    .publishing_to(cluster)
+                    .measuring(metrics)
+                    .start(),
+            ),
+        }
+    }
+
+    /// Queues `append` for the next group commit.
+    pub fn append(&self, append: AppendMessage) {
+        match self {
+            Appender::Batcher(batcher) => batcher.do_send(append),
+            Appender::Writer(queue) => queue.append(append),
+        }
+    }
+}
+
+/// Group commit on the SQLite writer's thread (see the module comment).
+#[derive(Clone)]
+pub struct WriterQueue(Arc<QueueInner>);
+
+struct QueueInner {
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    pending: VecDeque<AppendMessage>,
+    /// A commit job is in the writer's lane or running: at most one is.
+    scheduled: bool,
+}
+
+impl WriterQueue {
+    pub fn new(writer: Writer, metrics: Arc<Metrics>) -> Self {
+        WriterQueue(Arc::new(QueueInner {
+            writer,
+            metrics,
+            state: Mutex::default(),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `append`; wakes the writer if no commit job is scheduled.
+    pub fn append(&self, append: AppendMessage) {
+        let idle = {
+            let mut state = self.state();
+            state.pending.push_back(append);
+            !std::mem::replace(&mut state.scheduled, true)
+        };
+        if idle {
+            self.schedule();
+        }
+    }
+
+    /// Puts one commit job in the writer's commit lane.
+    fn schedule(&self) {
+        let queue = self.clone();
+        let metrics = &self.0.metrics;
+        metrics.writer_commits_pending.inc();
+        let scheduled_at = Instant::now();
+        self.0.writer.run(Lane::Commit, move |executor| {
+            let metrics = &queue.0.metrics;
+            metrics.writer_commits_pending.dec();
+            (metrics.stages.writer_wait).observe(scheduled_at.elapsed().as_secs_f64());
+            queue.commit_next(executor);
+        });
+    }
+
+    /// On the writer thread: commits the next batch, answers its
+    /// conversations, and schedules the batch after it if appends wait.
+    fn commit_next(&self, executor: &mut DbExecutor) {
+        let batch: Vec<AppendMessage> = {
+            let mut state = self.state();
+            let take = state.pending.len().min(MAX_BATCH);
+            if take == 0 {
+                state.scheduled = false;
+                return;
+            }
+            state.pending.drain(..take).collect()
+        };
+        let stages = &self.0.metrics.stages;
+        for append in &batch {
+            (stages.batch_wait).observe(append.at.elapsed().as_secs_f64());
+        }
+        let writes: Vec<MessageWrite> = batch.iter().map(|a| a.write.clone()).collect();
+        let started = Instant::now();
+        let result = executor.commit(&writes);
+        let took = started.elapsed().as_secs_f64();
+        for _ in &batch {
+            stages.in_commit.observe(took);
+        }
+        dispatch(batch, result);
+        let more = {
+            let mut state = self.state();
+            state.scheduled = !state.pending.is_empty();
+            state.scheduled
+        };
+        if more {
+            // Through the lane again, not a loop here: a housekeeping write
+            // queued meanwhile waits for one commit at most.
+            self.schedule();
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The SQLite writer under pressure: message commits go ahead of queued
+//! The SQLite writer under pressure: messages that wait for a commit go out
+//! together in the next one, message commits go ahead of queued
 //! housekeeping, a stalled commit answers within `--send-timeout` and loses
 //! nothing, and renames reach actors that start while they happen.
 //!
@@ -29,6 +30,80 @@ async fn metric_reaches(app: &TestApp, name: &str, at_least: f64) {
         metric(app, name).await >= at_least
     })
     .await;
+}
+
+#[actix_web::test]
+async fn messages_that_wait_for_a_commit_go_out_together_in_the_next_one() {
+    // Two conversations, sent to at once while the writer is stalled.
+    const SENDS: usize = 40;
+    let app = spawn_app_with(|s| {
+        s.send_rate = 0;
+        s.read_rate = 0;
+    })
+    .await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let carol = app.user("Carol").await;
+    let with_alice = bob.open_conversation(&alice).await;
+    let with_carol = bob.open_conversation(&carol).await;
+
+    let blocker = app.db();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let sends = futures_util::future::join_all((0..SENDS).map(|i| {
+        let (to, conversation) = if i % 2 == 0 {
+            (&alice, &with_alice)
+        } else {
+            (&carol, &with_carol)
+        };
+        let (bob, text) = (&bob, format!("message {i}"));
+        async move { bob.send_http(to, conversation, &text).await }
+    }));
+    let release = async {
+        // Every send has reached its conversation's actor, which appends it
+        // before it takes the next: all of them wait for the first commit.
+        metric_reaches(
+            &app,
+            r#"united_send_stage_seconds_count{stage="to_actor"}"#,
+            SENDS as f64,
+        )
+        .await;
+        blocker.execute_batch("ROLLBACK").unwrap();
+    };
+    let (sent, ()) = tokio::join!(sends, release);
+
+    for conversation in [&with_alice, &with_carol] {
+        let mut answered: Vec<(u64, String)> = sent
+            .iter()
+            .filter(|m| &m.conversation_id == conversation)
+            .map(|m| (m.server_sequence, m.id.clone()))
+            .collect();
+        answered.sort_unstable();
+        let sequences: Vec<u64> = answered.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(sequences, (1..=(SENDS / 2) as u64).collect::<Vec<_>>());
+        let page = bob
+            .client
+            .history(conversation, "after=0&limit=100")
+            .await
+            .unwrap();
+        let stored: Vec<(u64, String)> = page
+            .messages
+            .iter()
+            .map(|m| (m.server_sequence, m.id.clone()))
+            .collect();
+        assert_eq!(stored, answered, "history holds what was answered");
+    }
+    // The first commit may hold one message or a few; everything that
+    // arrived while it waited goes in the next. One commit a message would
+    // be 40.
+    assert_eq!(
+        metric(&app, "united_write_batch_size_sum").await,
+        SENDS as f64
+    );
+    let commits = metric(&app, "united_write_batch_size_count").await;
+    assert!(
+        commits <= 2.0,
+        "{SENDS} messages that waited for one commit took {commits} commits"
+    );
 }
 
 #[actix_web::test]
