@@ -121,21 +121,17 @@ impl Writer {
         &self.addr
     }
 
-    /// Queues `job` in `lane`; the writer thread runs it with the executor.
-    pub(crate) fn run(&self, lane: Lane, job: impl FnOnce(&mut DbExecutor) + Send + 'static) {
-        self.lanes
-            .push(lane, Box::new(move |executor, _| job(executor)));
-        self.addr.do_send::<RunNext>(RunNext);
+    /// The hub's metrics, as the writer records them.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
-    /// Queues `msg` in `lane` and waits for the writer's answer.
-    pub async fn call<M, T>(&self, lane: Lane, msg: M) -> Result<T, DbError>
-    where
-        M: Message<Result = Result<T, DbError>> + Send + 'static,
-        T: Send + 'static,
-        DbExecutor: Handler<M, Result = Result<T, DbError>>,
-    {
-        let (answer, answered) = tokio::sync::oneshot::channel();
+    /// Queues `job` in `lane`; the writer thread runs it with the executor.
+    pub(crate) fn run(
+        &self,
+        lane: Lane,
+        job: impl FnOnce(&mut DbExecutor, &mut SyncContext<DbExecutor>) + Send + 'static,
+    ) {
         // Commits are counted while they wait, and timed.
         let waiting = (lane == Lane::Commit).then(|| {
             self.metrics.writer_commits_pending.inc();
@@ -148,13 +144,26 @@ impl Writer {
                     metrics.writer_commits_pending.dec();
                     (metrics.stages.writer_wait).observe(queued.elapsed().as_secs_f64());
                 }
-                // The caller may have given up waiting; the write stands.
-                let _ = answer.send(Handler::<M>::handle(executor, msg, ctx));
+                job(executor, ctx);
             }),
         );
         // `do_send` ignores the mailbox capacity: the lanes are the queue,
         // and their callers bound them.
         self.addr.do_send::<RunNext>(RunNext);
+    }
+
+    /// Queues `msg` in `lane` and waits for the writer's answer.
+    pub async fn call<M, T>(&self, lane: Lane, msg: M) -> Result<T, DbError>
+    where
+        M: Message<Result = Result<T, DbError>> + Send + 'static,
+        T: Send + 'static,
+        DbExecutor: Handler<M, Result = Result<T, DbError>>,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.run(lane, move |executor, ctx| {
+            // The caller may have given up waiting; the write stands.
+            let _ = answer.send(Handler::<M>::handle(executor, msg, ctx));
+        });
         answered
             .await
             .map_err(|_| DbError::WriterGone(actix::MailboxError::Closed))?

@@ -79,7 +79,7 @@ impl Appender {
     ) -> Appender {
         match target {
             CommitTarget::Writer(writer) if cluster.is_none() => {
-                Appender::Writer(WriterQueue::new(writer, metrics))
+                Appender::Writer(WriterQueue::new(writer))
             }
             target => Appender::Batcher(
                 WriteBatcher::with_target(target)
@@ -105,7 +105,6 @@ pub struct WriterQueue(Arc<QueueInner>);
 
 struct QueueInner {
     writer: Writer,
-    metrics: Arc<Metrics>,
     state: Mutex<QueueState>,
 }
 
@@ -117,10 +116,9 @@ struct QueueState {
 }
 
 impl WriterQueue {
-    pub fn new(writer: Writer, metrics: Arc<Metrics>) -> Self {
+    pub fn new(writer: Writer) -> Self {
         WriterQueue(Arc::new(QueueInner {
             writer,
-            metrics,
             state: Mutex::default(),
         }))
     }
@@ -144,15 +142,7 @@ impl WriterQueue {
     /// Puts one commit job in the writer's commit lane.
     fn schedule(&self) {
         let queue = self.clone();
-        let metrics = &self.0.metrics;
-        metrics.writer_commits_pending.inc();
-        let scheduled_at = Instant::now();
-        self.0.writer.run(Lane::Commit, move |executor| {
-            let metrics = &queue.0.metrics;
-            metrics.writer_commits_pending.dec();
-            (metrics.stages.writer_wait).observe(scheduled_at.elapsed().as_secs_f64());
-            queue.commit_next(executor);
-        });
+        (self.0.writer).run(Lane::Commit, move |executor, _| queue.commit_next(executor));
     }
 
     /// On the writer thread: commits the next batch, answers its
@@ -167,7 +157,7 @@ impl WriterQueue {
             }
             state.pending.drain(..take).collect()
         };
-        let stages = &self.0.metrics.stages;
+        let stages = &self.0.writer.metrics().stages;
         for append in &batch {
             (stages.batch_wait).observe(append.at.elapsed().as_secs_f64());
         }

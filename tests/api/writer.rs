@@ -32,10 +32,8 @@ async fn metric_reaches(app: &TestApp, name: &str, at_least: f64) {
     .await;
 }
 
-#[actix_web::test]
-async fn messages_that_wait_for_a_commit_go_out_together_in_the_next_one() {
-    // Two conversations, sent to at once while the writer is stalled.
-    const SENDS: usize = 40;
+/// An app with the send and read limits off, and three users on it.
+async fn app_with_three_users() -> (TestApp, TestUser, TestUser, TestUser) {
     let app = spawn_app_with(|s| {
         s.send_rate = 0;
         s.read_rate = 0;
@@ -44,6 +42,14 @@ async fn messages_that_wait_for_a_commit_go_out_together_in_the_next_one() {
     let alice = app.user("Alice").await;
     let bob = app.user("Bob").await;
     let carol = app.user("Carol").await;
+    (app, alice, bob, carol)
+}
+
+#[actix_web::test]
+async fn messages_that_wait_for_a_commit_go_out_together_in_the_next_one() {
+    // Two conversations, sent to at once while the writer is stalled.
+    const SENDS: usize = 40;
+    let (app, alice, bob, carol) = app_with_three_users().await;
     let with_alice = bob.open_conversation(&alice).await;
     let with_carol = bob.open_conversation(&carol).await;
 
@@ -111,14 +117,7 @@ async fn message_commits_go_ahead_of_queued_housekeeping_writes() {
     // Key publishes: each changes a row, so each is a real commit with its
     // own fsync, as a commit of messages is. Under the writer's cap of 64.
     const WRITES: usize = 60;
-    let app = spawn_app_with(|s| {
-        s.send_rate = 0;
-        s.read_rate = 0;
-    })
-    .await;
-    let alice = app.user("Alice").await;
-    let bob = app.user("Bob").await;
-    let carol = app.user("Carol").await;
+    let (app, alice, bob, carol) = app_with_three_users().await;
     let conversation = bob.open_conversation(&alice).await;
 
     let blocker = app.db();
