@@ -3,12 +3,13 @@
 alternatives, modelled in Python's sqlite3 (no hub involved).
 
 1,000 conversations, 100,000 messages already stored, then 300 commits of
-106 messages, each from a random conversation, with UUIDv7 ids and a
+106 messages (or BATCH), each from a random conversation, with UUIDv7 ids and a
 256-byte payload (plus the 40 bytes v2 adds): about what `--window 8`
 commits. Prints WAL frames per commit and WAL bytes per message.
 
     scripts/wal-frames-model.py              # all three
     scripts/wal-frames-model.py rowid        # one: rowid, worowid, intkey
+    BATCH=6 scripts/wal-frames-model.py      # commits of 6 (about 5,000/s)
 
 rowid:   today's table (TEXT conversation id, UNIQUE(conversation_id,
          server_sequence), TEXT primary key).
@@ -33,6 +34,9 @@ SCHEMAS = {
     "intkey": f"CREATE TABLE m (id TEXT PRIMARY KEY, conversation_id INTEGER NOT NULL, {COLUMNS}, "
               "UNIQUE(conversation_id, seq))",
 }
+
+
+BATCH = int(os.environ.get("BATCH", "106"))
 
 
 def uuid7():
@@ -70,11 +74,11 @@ def model(variant, directory):
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     commits = 300
     for _ in range(commits):
-        commit(106)
+        commit(BATCH)
     wal = os.path.getsize(path + "-wal")
     c.close()
     print(f"{variant:8} {wal / (4096 + 24) / commits:6.1f} frames/commit "
-          f"{wal / commits / 106:7.0f} WAL bytes/message")
+          f"{wal / commits / BATCH:7.0f} WAL bytes/message")
 
 
 def main():
