@@ -424,11 +424,22 @@ fn open_stamp(
 /// Spaces sends evenly to reach a total rate, on a fixed schedule: a send
 /// that leaves late keeps its scheduled time, so its wait counts in the
 /// latency (no coordinated omission) and the sends after it catch up.
+///
+/// The runtime's timer fires on whole milliseconds and rounds every wait up,
+/// so a send that waited for its slot left about a millisecond after it
+/// (median), and that millisecond counted in every latency the run
+/// reported. So the pacer wakes up to [`TIMER_TICK`] before the slot, and a
+/// send's latency counts from the earlier of its slot and the moment it
+/// left ([`Pacer::slot`]): from its departure when it leaves early, which is
+/// then its true latency, and from its slot when it leaves late.
 pub struct Pacer {
     interval: Duration,
     /// The next slot; the schedule starts at the first send.
     next: Cell<Option<Instant>>,
 }
+
+/// The granularity of the runtime's timer.
+pub const TIMER_TICK: Duration = Duration::from_millis(1);
 
 impl Pacer {
     pub fn new(rate_per_sec: u64) -> Self {
@@ -438,14 +449,17 @@ impl Pacer {
         }
     }
 
-    /// Waits for the next slot; returns its scheduled time.
-    async fn slot(&self) -> Instant {
+    /// Waits for the next slot, waking at most [`TIMER_TICK`] before it.
+    /// Returns the slot, and when the send leaves: the earlier of the slot
+    /// and now, which its latency counts from.
+    async fn slot(&self) -> (Instant, Instant) {
         let at = self.next.get().unwrap_or_else(Instant::now);
         self.next.set(Some(at + self.interval));
-        if at > Instant::now() {
-            actix_web::rt::time::sleep_until(at.into()).await;
+        let wake = at.checked_sub(TIMER_TICK).unwrap_or(at);
+        if wake > Instant::now() {
+            actix_web::rt::time::sleep_until(wake.into()).await;
         }
-        at
+        (at, at.min(Instant::now()))
     }
 }
 
@@ -597,15 +611,19 @@ pub async fn send_loop(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let scheduled = match &pacer {
+        // `scheduled`: what the latency counts from (see `Pacer`).
+        let (slot, scheduled) = match &pacer {
             Some(pacer) => pacer.slot().await,
-            None => Instant::now(),
+            None => {
+                let now = Instant::now();
+                (now, now)
+            }
         };
         if !stats.sending.get() {
             return;
         }
         if stats.measuring() {
-            let lag = scheduled.elapsed().as_micros() as u64;
+            let lag = slot.elapsed().as_micros() as u64;
             let _ = stats.send_lag_us.borrow_mut().record(lag.max(1));
         }
         let request = match template.request(&stats, &pair, scheduled) {
@@ -683,15 +701,28 @@ mod tests {
     #[actix_web::test]
     async fn the_pacer_keeps_its_schedule_when_a_send_is_late() {
         let pacer = Pacer::new(1000);
-        let first = pacer.slot().await;
+        let (first, _) = pacer.slot().await;
         // The sender falls 5 ms behind: the next slots keep their times, so
         // the lag counts in the latency and the sends catch up at once.
         actix_web::rt::time::sleep(Duration::from_millis(5)).await;
-        let second = pacer.slot().await;
-        let third = pacer.slot().await;
+        let (second, second_from) = pacer.slot().await;
+        let (third, third_from) = pacer.slot().await;
         assert_eq!(second - first, Duration::from_millis(1));
         assert_eq!(third - second, Duration::from_millis(1));
         assert!(third < Instant::now());
+        assert_eq!((second_from, third_from), (second, third));
+    }
+
+    #[actix_web::test]
+    async fn a_send_leaves_at_most_a_tick_early_and_counts_from_when_it_left() {
+        let pacer = Pacer::new(200);
+        for _ in 0..20 {
+            let (slot, from) = pacer.slot().await;
+            let left = Instant::now();
+            assert!(left + TIMER_TICK >= slot, "left over a tick early");
+            assert!(from <= slot, "counted from after its slot");
+            assert!(from <= left, "counted from after it left");
+        }
     }
 
     #[test]
