@@ -5,17 +5,23 @@ alternatives, modelled in Python's sqlite3 (no hub involved).
 1,000 conversations, 100,000 messages already stored, then 300 commits of
 106 messages (or BATCH), each from a random conversation, with UUIDv7 ids and a
 256-byte payload (plus the 40 bytes v2 adds): about what `--window 8`
-commits. Prints WAL frames per commit and WAL bytes per message.
+commits. Prints WAL frames per commit and WAL bytes per message, then the frames per
+commit of each b-tree (as scripts/wal-frames.py does for a running hub).
 
-    scripts/wal-frames-model.py              # all three
-    scripts/wal-frames-model.py rowid        # one: rowid, worowid, intkey
-    BATCH=6 scripts/wal-frames-model.py      # commits of 6 (about 5,000/s)
+    scripts/wal-frames-model.py              # all five
+    scripts/wal-frames-model.py rowid        # one: rowid, worowid, intkey, blobkey, intblob
+    BATCH=10 scripts/wal-frames-model.py     # commits of 10 (about 5,000/s)
 
 rowid:   today's table (TEXT conversation id, UNIQUE(conversation_id,
          server_sequence), TEXT primary key).
 worowid: WITHOUT ROWID, PRIMARY KEY (conversation_id, server_sequence).
 intkey:  today's table with an INTEGER conversation key.
+blobkey: today's table with both UUIDs (message id, conversation id) stored
+         as 16-byte BLOBs instead of 36-character TEXT.
+intblob: an INTEGER conversation key and a 16-byte BLOB message id.
 """
+import collections
+import importlib.util
 import os
 import random
 import sqlite3
@@ -33,7 +39,19 @@ SCHEMAS = {
                "PRIMARY KEY(conversation_id, seq)) WITHOUT ROWID",
     "intkey": f"CREATE TABLE m (id TEXT PRIMARY KEY, conversation_id INTEGER NOT NULL, {COLUMNS}, "
               "UNIQUE(conversation_id, seq))",
+    "blobkey": f"CREATE TABLE m (id BLOB PRIMARY KEY, conversation_id BLOB NOT NULL, {COLUMNS}, "
+               "UNIQUE(conversation_id, seq))",
+    "intblob": f"CREATE TABLE m (id BLOB PRIMARY KEY, conversation_id INTEGER NOT NULL, {COLUMNS}, "
+               "UNIQUE(conversation_id, seq))",
 }
+INTEGER_KEY = ("intkey", "intblob")
+BLOB_ID = ("blobkey", "intblob")
+
+# The WAL reader of scripts/wal-frames.py, which sits beside this script.
+_spec = importlib.util.spec_from_file_location(
+    "wal_frames", os.path.join(os.path.dirname(os.path.abspath(__file__)), "wal-frames.py"))
+wal_frames = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(wal_frames)
 
 
 BATCH = int(os.environ.get("BATCH", "106"))
@@ -43,7 +61,7 @@ def uuid7():
     ms = int(time.time() * 1000)
     r = random.getrandbits(74)
     n = (ms << 80) | (0x7 << 76) | ((r >> 62) << 64) | (0x2 << 62) | (r & ((1 << 62) - 1))
-    return str(uuid.UUID(int=n))
+    return uuid.UUID(int=n)
 
 
 def model(variant, directory):
@@ -53,7 +71,7 @@ def model(variant, directory):
     c.execute("PRAGMA wal_autocheckpoint=0")
     c.execute("PRAGMA synchronous=OFF")
     c.execute(SCHEMAS[variant])
-    conversations = [str(uuid.uuid4()) for _ in range(1000)]
+    conversations = [uuid.uuid4() for _ in range(1000)]
     seqs = [0] * 1000
 
     def commit(n):
@@ -61,9 +79,15 @@ def model(variant, directory):
         for _ in range(n):
             i = random.randrange(1000)
             seqs[i] += 1
-            key = i if variant == "intkey" else conversations[i]
+            if variant in INTEGER_KEY:
+                key = i
+            elif variant in BLOB_ID:
+                key = conversations[i].bytes
+            else:
+                key = str(conversations[i])
+            message_id = uuid7().bytes if variant in BLOB_ID else str(uuid7())
             c.execute("INSERT INTO m VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (uuid7(), key, "a" * 64, os.urandom(296), os.urandom(24), None, 1,
+                      (message_id, key, "a" * 64, os.urandom(296), os.urandom(24), None, 1,
                        seqs[i], "load-0", 1))
         c.execute("COMMIT")
 
@@ -76,9 +100,14 @@ def model(variant, directory):
     for _ in range(commits):
         commit(BATCH)
     wal = os.path.getsize(path + "-wal")
+    frames = [page for t in wal_frames.commits(path + "-wal") for page in t]
+    names = dict(c.execute("SELECT pageno, name || ' ' || pagetype FROM dbstat"))
     c.close()
     print(f"{variant:8} {wal / (4096 + 24) / commits:6.1f} frames/commit "
           f"{wal / commits / BATCH:7.0f} WAL bytes/message")
+    by_tree = collections.Counter(names.get(p, "(freed since)") for p in frames)
+    for tree, count in by_tree.most_common():
+        print(f"         {count / commits:6.2f} a commit  {tree}")
 
 
 def main():
