@@ -29,6 +29,9 @@ pub mod defaults {
     pub const SEND_BURST: u32 = 1000;
     pub const READ_RATE: u32 = 100;
     pub const READ_BURST: u32 = 500;
+    /// Four pages of 4 MiB.
+    pub const ANSWER_BYTES_PER_USER: usize = 16 * 1024 * 1024;
+    pub const ANSWER_BYTES_PER_NODE: usize = 256 * 1024 * 1024;
 }
 
 /// Everything the hub can be told at start.
@@ -130,6 +133,17 @@ pub struct Settings {
     #[arg(long, env = "UNITED_READ_BURST", default_value_t = defaults::READ_BURST)]
     pub read_burst: u32,
 
+    /// Bytes of history and offline answers one user may have waiting to
+    /// be read (a page takes up to 4 MiB); past it a page request waits,
+    /// then gets 429. 0 turns the cap off.
+    #[arg(long, env = "UNITED_ANSWER_BYTES_PER_USER", default_value_t = defaults::ANSWER_BYTES_PER_USER)]
+    pub answer_bytes_per_user: usize,
+
+    /// Bytes of history and offline answers all users together may have
+    /// waiting to be read on this node; 0 turns the cap off.
+    #[arg(long, env = "UNITED_ANSWER_BYTES_PER_NODE", default_value_t = defaults::ANSWER_BYTES_PER_NODE)]
+    pub answer_bytes_per_node: usize,
+
     /// A reverse proxy whose `X-Forwarded-For` is believed for the client IP.
     #[arg(long, env = "UNITED_TRUSTED_PROXY")]
     pub trusted_proxy: Option<std::net::IpAddr>,
@@ -180,6 +194,8 @@ impl Default for Settings {
             send_burst: defaults::SEND_BURST,
             read_rate: defaults::READ_RATE,
             read_burst: defaults::READ_BURST,
+            answer_bytes_per_user: defaults::ANSWER_BYTES_PER_USER,
+            answer_bytes_per_node: defaults::ANSWER_BYTES_PER_NODE,
             trusted_proxy: None,
             allowed_origins: Vec::new(),
             database_url: None,
@@ -189,8 +205,13 @@ impl Default for Settings {
     }
 }
 
-/// A `postgres://` URL. Its `Debug` and `Display` leave out the password
-/// (and the user), so it can appear in logs.
+/// A `postgres://` URL. Its `Debug` and `Display` show the hosts, ports and
+/// database only: never the user, a password (in the user info or as
+/// `?password=`) or any other parameter, so it can appear in logs.
+///
+/// Parsing keeps any string, so that clap's error for a bad value (which
+/// quotes the value) never prints a password: `Settings::validate` checks it
+/// and names the problem without the value.
 #[derive(Clone)]
 pub struct DatabaseUrl(String);
 
@@ -199,23 +220,54 @@ impl DatabaseUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Why this is not a URL the hub can use, in words that hold no part of it.
+    fn problem(&self) -> Option<&'static str> {
+        if !(self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")) {
+            return Some("--database-url must be postgres://user:password@host:port/dbname");
+        }
+        if self.0.parse::<tokio_postgres::Config>().is_err() {
+            return Some("--database-url is not a valid postgres:// URL");
+        }
+        None
+    }
 }
 
 impl std::str::FromStr for DatabaseUrl {
-    type Err = String;
+    type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
-            return Err("expected postgres://user:password@host:port/dbname".into());
-        }
         Ok(DatabaseUrl(s.to_owned()))
     }
 }
 
 impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
-        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        write!(f, "postgres://{host}")
+        use tokio_postgres::config::Host;
+        let Ok(config) = self.0.parse::<tokio_postgres::Config>() else {
+            return write!(f, "postgres://(an invalid URL)");
+        };
+        let ports = config.get_ports();
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let host = match host {
+                    Host::Tcp(name) => name.clone(),
+                    Host::Unix(path) => path.display().to_string(),
+                };
+                match ports.get(i).or(ports.first()) {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                }
+            })
+            .collect();
+        write!(
+            f,
+            "postgres://{}/{}",
+            hosts.join(","),
+            config.get_dbname().unwrap_or("")
+        )
     }
 }
 
@@ -282,6 +334,22 @@ impl Settings {
                 self.max_payload_bytes,
                 self.min_frame_bytes()
             ));
+        }
+        for (flag, bytes) in [
+            ("--answer-bytes-per-user", self.answer_bytes_per_user),
+            ("--answer-bytes-per-node", self.answer_bytes_per_node),
+        ] {
+            let page = crate::answers::MAX_PAGE_BYTES;
+            let most = tokio::sync::Semaphore::MAX_PERMITS;
+            if bytes != 0 && !(page..=most).contains(&bytes) {
+                problems.push(format!(
+                    "{flag} {bytes} must be 0 (off) or from one page, {page} bytes (4 MiB), \
+                     to {most}"
+                ));
+            }
+        }
+        if let Some(problem) = self.database_url.as_ref().and_then(DatabaseUrl::problem) {
+            problems.push(problem.to_owned());
         }
         if self.send_timeout == 0 {
             problems.push("--send-timeout 0 would refuse every send; it must be at least 1".into());
@@ -419,6 +487,14 @@ mod tests {
                 "--max-frame-bytes",
             ),
             (Box::new(|s| s.session_buffer = 0), "--session-buffer"),
+            (
+                Box::new(|s| s.answer_bytes_per_user = 1024),
+                "--answer-bytes-per-user",
+            ),
+            (
+                Box::new(|s| s.answer_bytes_per_node = usize::MAX),
+                "--answer-bytes-per-node",
+            ),
             (Box::new(|s| s.ping_interval = 30), "--ping-interval"),
             (
                 Box::new(|s| {
@@ -448,6 +524,30 @@ mod tests {
         assert_eq!(url.to_string(), "postgres://db.internal:5432/united");
         assert!(!format!("{url:?}").contains("s3cret"));
         assert!(url.expose().contains("s3cret"));
-        assert!("mysql://x".parse::<DatabaseUrl>().is_err());
+        // A password as a parameter, and other parameters, are left out too.
+        for (raw, shown) in [
+            (
+                "postgres://hub@db:5433/united?password=p4ss&sslmode=require",
+                "postgres://db:5433/united",
+            ),
+            ("postgresql://hub:p%40ss@db/united", "postgres://db:5432/united"),
+            (
+                "postgres://hub:p4ss@a:1,b:2/united?password=x",
+                "postgres://a:1,b:2/united",
+            ),
+        ] {
+            let url: DatabaseUrl = raw.parse().unwrap();
+            assert_eq!(url.to_string(), shown);
+            assert!(url.problem().is_none(), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_bad_database_url_is_refused_without_being_quoted() {
+        for raw in ["mysql://root:p4ss@db/x", "postgres://hub:p4ss@db/x?sslmode=bogus"] {
+            let message = problems(|s| s.database_url = Some(raw.parse().unwrap()));
+            assert!(message.contains("--database-url"), "{message}");
+            assert!(!message.contains("p4ss"), "{message}");
+        }
     }
 }

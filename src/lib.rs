@@ -17,6 +17,7 @@
 //! `ARCHITECTURE.md` has the map; `docs/protocol.md` the wire protocol.
 
 pub mod actors;
+pub mod answers;
 pub mod auth;
 pub mod cli;
 pub mod client;

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub sequence_retries: IntCounter,
     /// Where a send spends its time, hop by hop.
     pub stages: SendStages,
+    /// Bytes reserved for history and offline answers not yet handed to a
+    /// socket, and page requests that found no room (`answers`).
+    pub answers: crate::answers::BudgetMetrics,
 }
 
 /// The hops of one send, each a histogram of `united_send_stage_seconds`
@@ -184,6 +187,16 @@ impl Metrics {
                 "sequence_retries_total",
                 "Messages assigned a sequence again after losing theirs"
             )),
+            answers: crate::answers::BudgetMetrics {
+                pending_bytes: register!(IntGauge::new(
+                    "answer_pending_bytes",
+                    "Bytes reserved for history and offline answers not yet handed to a socket"
+                )),
+                refused: register!(IntCounter::new(
+                    "answers_refused_total",
+                    "History and offline requests refused (429) because the answer budget was full"
+                )),
+            },
             stages: {
                 let vec = register!(HistogramVec::new(
                     HistogramOpts::new("send_stage_seconds", "Time of one send, hop by hop")

@@ -287,6 +287,45 @@ pub struct History {
 /// Most offline entries one fetch returns, and its default.
 pub const MAX_OFFLINE_LIMIT: u32 = 1000;
 
+/// What one message may take in an answer page besides its ciphertext's
+/// base64: ids, keys, nonce, name, numbers and JSON field names (about 600
+/// bytes at most), generously. Protobuf takes less than JSON for the same
+/// message, so one estimate bounds both transports.
+pub const PAGE_MESSAGE_OVERHEAD: usize = 1024;
+
+/// The most a page's messages may add up to by [`page_bytes`]: a page's
+/// encoded body stays below [`crate::answers::MAX_PAGE_BYTES`] (4 MiB,
+/// contract §8) with room for its envelope.
+pub const PAGE_BODY_BYTES: usize = crate::answers::MAX_PAGE_BYTES - 4096;
+
+/// The most bytes a message with `payload_len` bytes of ciphertext takes in
+/// a JSON or protobuf page.
+pub fn page_bytes(payload_len: usize) -> usize {
+    payload_len.div_ceil(3) * 4 + PAGE_MESSAGE_OVERHEAD
+}
+
+/// Takes rows for a page, in page order, until `limit` rows or
+/// [`PAGE_BODY_BYTES`] (the first row always fits); says whether a row was
+/// left over. Give it one row more than `limit` so `has_more` is exact.
+pub fn take_page<T, E>(
+    rows: impl IntoIterator<Item = Result<T, E>>,
+    limit: u32,
+    payload_len: impl Fn(&T) -> usize,
+) -> Result<(Vec<T>, bool), E> {
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let row = row?;
+        let size = page_bytes(payload_len(&row));
+        if page.len() >= limit as usize || (!page.is_empty() && bytes + size > PAGE_BODY_BYTES) {
+            return Ok((page, true));
+        }
+        bytes += size;
+        page.push(row);
+    }
+    Ok((page, false))
+}
+
 /// One page of a user's offline queue, now marked delivered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OfflinePage {

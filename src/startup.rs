@@ -142,6 +142,11 @@ impl Application {
             conversations,
             jwt: JwtKeys::new(&jwt_secret, settings.access_token_ttl),
             limits,
+            answers: crate::answers::AnswerBudget::new(
+                settings.answer_bytes_per_user,
+                settings.answer_bytes_per_node,
+                Some(metrics.answers.clone()),
+            ),
             metrics,
             cluster,
             settings,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::actors::directory::ConversationDirectory;
+use crate::answers::AnswerBudget;
 use crate::actors::registry::SessionRegistry;
 use crate::auth::JwtKeys;
 use crate::cluster::ClusterNode;
@@ -23,6 +24,9 @@ pub struct AppState {
     pub conversations: ConversationDirectory,
     pub jwt: JwtKeys,
     pub limits: Arc<RateLimits>,
+    /// Memory for history and offline answers not yet read, per user and
+    /// for the node.
+    pub answers: AnswerBudget,
     pub metrics: Arc<Metrics>,
     /// Cluster mode (`--nats-url`): the bus, presence and ordered delivery.
     pub cluster: Option<Arc<ClusterNode>>,

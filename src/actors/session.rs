@@ -8,15 +8,20 @@
 //!
 //! Only this file and `http::ws` know about actix-web-actors.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_http::ws::Item;
-use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws::{self, CloseCode, CloseReason, HandshakeError, ProtocolError};
 use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 
 use super::registry::{close_code, Admission, Deliver, Kick, SessionHandle};
+use crate::answers::AnswerPermit;
 use crate::cluster::WatchGuard;
 use crate::error::ApiError;
 use crate::model::Pubkey;
@@ -59,6 +64,9 @@ pub struct WsSession {
     _admission: Admission,
     /// Bytes pushed to this session and not yet handed to the socket.
     pending_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Budget reservations of answers queued for the socket; the
+    /// [`OutboundStream`] gives them back once the socket has taken them.
+    held_answers: HeldAnswers,
     /// When the access token expires (Unix seconds); the session closes
     /// then unless an `AuthRequest` brings a fresh token.
     expires_at: u64,
@@ -88,6 +96,7 @@ impl WsSession {
             _watch: watch,
             _admission: admission,
             pending_bytes: Arc::default(),
+            held_answers: Arc::default(),
             expires_at,
             expiry_deadline: deadline_of(expires_at),
             next_ping: Instant::now(),
@@ -222,9 +231,12 @@ impl WsSession {
             service::ws::handle(self.state.clone(), self.user.clone(), request_id, payload);
         request
             .into_actor(self)
-            .map(move |answer, act, ctx| {
+            .map(move |(answer, permit), act, ctx| {
                 (act.state.metrics.stages.ws_request).observe(started.elapsed().as_secs_f64());
                 ctx.binary(answer);
+                if let Some(permit) = permit {
+                    lock(&act.held_answers).push(permit);
+                }
                 act.in_flight -= 1;
                 if let (Some(code), 0) = (act.closing, act.in_flight) {
                     act.close(ctx, code, "the hub is shutting down");
@@ -379,6 +391,65 @@ impl Handler<Kick> for WsSession {
             };
             self.close(ctx, msg.code, reason);
         }
+    }
+}
+
+/// Answer reservations whose bytes wait in the session's outbound queue.
+type HeldAnswers = Arc<Mutex<Vec<AnswerPermit>>>;
+
+fn lock(held: &HeldAnswers) -> std::sync::MutexGuard<'_, Vec<AnswerPermit>> {
+    held.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl WsSession {
+    /// Answers the upgrade and starts the session, its outbound bytes
+    /// behind an [`OutboundStream`].
+    pub fn start(
+        self,
+        req: &HttpRequest,
+        stream: web::Payload,
+        max_frame_bytes: usize,
+    ) -> Result<HttpResponse, HandshakeError> {
+        let mut response = ws::handshake(req)?;
+        let held = self.held_answers.clone();
+        let codec = actix_http::ws::Codec::new().max_size(max_frame_bytes);
+        let inner = ws::WebsocketContext::with_codec(self, stream, codec);
+        Ok(response.streaming(OutboundStream {
+            inner: Box::pin(inner),
+            held,
+            in_transit: Vec::new(),
+        }))
+    }
+}
+
+/// The session's outbound bytes as actix-web writes them to the socket.
+///
+/// Each poll runs the session and hands over everything it queued, so the
+/// answers whose reservations are held were all in the chunk just handed
+/// over. actix-web polls again only once its write buffer has drained below
+/// its limit: that is when those reservations go back. A client that stops
+/// reading keeps them, so its user's budget, not the node's memory, runs out.
+struct OutboundStream<S> {
+    inner: Pin<Box<S>>,
+    held: HeldAnswers,
+    /// Reservations of the answers in the last chunk handed over.
+    in_transit: Vec<AnswerPermit>,
+}
+
+impl<S, E> Stream for OutboundStream<S>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+{
+    type Item = Result<Bytes, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.in_transit.clear();
+        let next = this.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(_))) = &next {
+            std::mem::swap(&mut this.in_transit, &mut lock(&this.held));
+        }
+        next
     }
 }
 

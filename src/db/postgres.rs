@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use super::{DbError, LoginOutcome, MessageWrite, Purged, Skipped};
 use crate::model::{
-    Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
+    take_page, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage,
+    User, PAGE_BODY_BYTES, PAGE_MESSAGE_OVERHEAD,
 };
 
 /// Taken (per session) while migrating, so nodes that start together
@@ -698,7 +699,8 @@ pub async fn last_sequence(client: &Client, conversation: &Uuid) -> Result<u64, 
         .unwrap_or(0) as u64)
 }
 
-/// One page of history; `has_more` is exact (one extra row is read).
+/// One page of history, cut at `limit` messages or at the page's byte cap
+/// ([`take_page`]); `has_more` is exact (one extra row is read).
 pub async fn history(
     client: &Client,
     conversation: &Uuid,
@@ -734,12 +736,9 @@ pub async fn history(
             client.query(&stmt, &[conversation, &after, &fetch]).await?
         }
     };
-    let mut messages = rows
-        .iter()
-        .map(message_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let has_more = messages.len() > limit as usize;
-    messages.truncate(limit as usize);
+    let (messages, has_more) = take_page(rows.iter().map(message_from_row), limit, |m| {
+        m.encrypted_payload.len()
+    })?;
     Ok(History { messages, has_more })
 }
 
@@ -968,8 +967,9 @@ pub async fn queue_offline(
     Ok(n == 1)
 }
 
-/// Takes up to `limit` of the recipient's undelivered entries, oldest first,
-/// marking them delivered in the same statement, and says whether more
+/// Takes up to `limit` of the recipient's undelivered entries, oldest first
+/// and cut at the page's byte cap (as [`take_page`] cuts, in SQL), marking
+/// them delivered in the same statement, and says whether more
 /// remain. Entries another request is taking at the same moment are skipped,
 /// never returned twice.
 pub async fn take_offline(
@@ -979,17 +979,32 @@ pub async fn take_offline(
 ) -> Result<OfflinePage, DbError> {
     let stmt = client
         .prepare_cached(&format!(
-            "WITH taken AS ( \
-               UPDATE dm_offline_queue SET delivered = true WHERE id IN ( \
-                 SELECT id FROM dm_offline_queue WHERE recipient_pubkey = $1 AND NOT delivered \
-                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+            "WITH locked AS ( \
+               SELECT q.id, (octet_length(m.encrypted_payload) + 2) / 3 * 4 + {PAGE_MESSAGE_OVERHEAD} AS size FROM dm_offline_queue q \
+               JOIN dm_messages m ON m.id = q.dm_message_id \
+               WHERE q.recipient_pubkey = $1 AND NOT q.delivered \
+               ORDER BY q.id LIMIT $2 FOR UPDATE OF q SKIP LOCKED), \
+             picked AS ( \
+               SELECT id FROM ( \
+                 SELECT id, sum(size) OVER (ORDER BY id) AS running, \
+                        row_number() OVER (ORDER BY id) AS n FROM locked) s \
+               WHERE n = 1 OR running <= $3), \
+             taken AS ( \
+               UPDATE dm_offline_queue SET delivered = true WHERE id IN (SELECT id FROM picked) \
                RETURNING id, dm_message_id) \
              SELECT {MESSAGE_COLUMNS} FROM taken t JOIN dm_messages m ON m.id = t.dm_message_id \
              ORDER BY t.id"
         ))
         .await?;
     let messages = client
-        .query(&stmt, &[&recipient.as_str(), &i64::from(limit)])
+        .query(
+            &stmt,
+            &[
+                &recipient.as_str(),
+                &i64::from(limit),
+                &(PAGE_BODY_BYTES as i64),
+            ],
+        )
         .await?
         .iter()
         .map(message_from_row)

@@ -8,7 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
 use super::DbError;
-use crate::model::{Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User};
+use crate::model::{
+    take_page, Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User,
+};
 
 pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.sender_pubkey, m.encrypted_payload, \
      m.nonce, m.ephemeral_pubkey, m.timestamp, m.server_sequence, m.sender_display_name, m.created_at";
@@ -150,21 +152,22 @@ pub fn message(conn: &Connection, id: &Uuid) -> Result<Option<StoredMessage>, Db
         .optional()?)
 }
 
-/// Up to `limit` of the recipient's undelivered offline entries, oldest
-/// first: their queue ids and messages.
+/// A page of the recipient's undelivered offline entries, oldest first (at
+/// most `limit`, cut at the page's byte cap): their queue ids and messages,
+/// and whether more wait.
 pub fn offline_entries(
     conn: &Connection,
     recipient: &Pubkey,
     limit: u32,
-) -> Result<Vec<(i64, StoredMessage)>, DbError> {
+) -> Result<(Vec<(i64, StoredMessage)>, bool), DbError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS}, q.id FROM dm_offline_queue q JOIN dm_messages m ON m.id = q.dm_message_id \
          WHERE q.recipient_pubkey = ?1 AND q.delivered = 0 ORDER BY q.id LIMIT ?2"
     ))?;
-    let rows = stmt.query_map(params![recipient.as_str(), limit], |row| {
+    let rows = stmt.query_map(params![recipient.as_str(), i64::from(limit) + 1], |row| {
         Ok((row.get::<_, i64>(10)?, message_from_row(row)?))
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(take_page(rows, limit, |(_, m)| m.encrypted_payload.len())?)
 }
 
 /// The highest committed sequence of a conversation (0 when it has none).
@@ -176,7 +179,8 @@ pub fn max_sequence(conn: &Connection, conversation: &Uuid) -> Result<u64, DbErr
     Ok(max as u64)
 }
 
-/// One page of history; `has_more` is exact (one extra row is read).
+/// One page of history, cut at `limit` messages or at the page's byte cap
+/// ([`take_page`]); `has_more` is exact (one extra row is read).
 pub fn history(
     conn: &Connection,
     conversation: &Uuid,
@@ -185,7 +189,7 @@ pub fn history(
 ) -> Result<History, DbError> {
     let fetch = i64::from(limit) + 1;
     let id = conversation.to_string();
-    let mut messages = match page {
+    let (messages, has_more) = match page {
         HistoryPage::Before(before) => {
             let before = before
                 .map(|b| b.min(i64::MAX as u64) as i64)
@@ -196,7 +200,7 @@ pub fn history(
                  ORDER BY m.server_sequence DESC LIMIT ?3"
             ))?;
             let rows = stmt.query_map(params![id, before, fetch], message_from_row)?;
-            rows.collect::<Result<Vec<_>, _>>()?
+            take_page(rows, limit, |m| m.encrypted_payload.len())?
         }
         HistoryPage::After(after) => {
             let after = after.min(i64::MAX as u64) as i64;
@@ -206,10 +210,8 @@ pub fn history(
                  ORDER BY m.server_sequence ASC LIMIT ?3"
             ))?;
             let rows = stmt.query_map(params![id, after, fetch], message_from_row)?;
-            rows.collect::<Result<Vec<_>, _>>()?
+            take_page(rows, limit, |m| m.encrypted_payload.len())?
         }
     };
-    let has_more = messages.len() > limit as usize;
-    messages.truncate(limit as usize);
     Ok(History { messages, has_more })
 }

@@ -1,12 +1,15 @@
 //! `/api/dm/*`.
 
+use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::body::BudgetedBody;
 use super::extract::AuthUser;
+use crate::answers::AnswerPermit;
 use crate::error::ApiError;
 use crate::json::{
     AckBody, AckJson, ConversationJson, ConversationListJson, CreateConversationBody, ErrorJson,
@@ -75,6 +78,14 @@ pub async fn list_conversations(
     Ok(HttpResponse::Ok().json(ConversationListJson {
         conversations: conversations.iter().map(ConversationJson::from).collect(),
     }))
+}
+
+/// A 200 JSON answer that holds `permit` until the connection has taken it.
+fn budgeted_json(body: &impl serde::Serialize, permit: AnswerPermit) -> Result<HttpResponse, ApiError> {
+    let json = serde_json::to_vec(body).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(BudgetedBody::new(Bytes::from(json), permit)))
 }
 
 fn b64(value: &str, field: &str) -> Result<Vec<u8>, ApiError> {
@@ -149,11 +160,13 @@ pub async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let conversation = parse_uuid(&path, "conversation_id")?;
     let (page, limit) = query.page()?;
-    let history = service::dm::history(&state, &user, conversation, page, limit).await?;
-    Ok(HttpResponse::Ok().json(HistoryJson {
+    let (history, permit) =
+        service::dm::history(&state, &user, conversation, page, limit).await?;
+    let body = HistoryJson {
         messages: history.messages.iter().map(MessageJson::from).collect(),
         has_more: history.has_more,
-    }))
+    };
+    budgeted_json(&body, permit)
 }
 
 #[derive(Deserialize)]
@@ -174,11 +187,12 @@ pub async fn offline(
         Some(n) => n,
         None => 0,
     };
-    let page = service::dm::take_offline(&state, &user, limit).await?;
-    Ok(HttpResponse::Ok().json(OfflineJson {
+    let (page, permit) = service::dm::take_offline(&state, &user, limit).await?;
+    let body = OfflineJson {
         messages: page.messages.iter().map(MessageJson::from).collect(),
         has_more: page.has_more,
-    }))
+    };
+    budgeted_json(&body, permit)
 }
 
 #[utoipa::path(post, path = "/api/dm/offline/ack", tag = "offline", security(("bearer" = [])), request_body = AckBody,

@@ -4,6 +4,7 @@
 //! No SQL and no business rules here: handlers parse, call `service`, render.
 
 mod auth;
+pub mod body;
 mod dm;
 pub mod extract;
 pub mod openapi;

@@ -5,7 +5,6 @@
 //! error and no session exists.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_web_actors::ws;
 use serde::Deserialize;
 
 use super::extract::bearer_token;
@@ -55,9 +54,8 @@ pub async fn upgrade(
         admission,
         watch,
     );
-    ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(state.settings.max_frame_bytes)
-        .start()
+    session
+        .start(&req, stream, state.settings.max_frame_bytes)
         .map_err(|e| ApiError::invalid(format!("not a WebSocket upgrade: {e}")))
 }
 

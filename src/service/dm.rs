@@ -5,6 +5,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::actors::conversation::SendOutcome;
+use crate::answers::AnswerPermit;
 use crate::error::ApiError;
 use crate::model::{
     is_small_order_x25519, Conversation, DmKey, History, HistoryPage, NewMessage, OfflinePage,
@@ -119,32 +120,40 @@ async fn member_conversation(
 }
 
 /// A page of history; `limit` is already validated (1 or more) and is capped.
+/// The page comes with its reservation of the caller's answer budget: the
+/// transport shrinks it to the encoded answer and holds it until the socket
+/// has taken the answer ([`crate::answers`]).
 pub async fn history(
     state: &AppState,
     caller: &Pubkey,
     conversation_id: Uuid,
     page: HistoryPage,
     limit: u32,
-) -> Result<History, ApiError> {
+) -> Result<(History, AnswerPermit), ApiError> {
     state.limits.check_read(caller)?;
     member_conversation(state, caller, conversation_id).await?;
     let limit = limit.clamp(1, MAX_HISTORY_LIMIT);
-    Ok(state.store.history(conversation_id, page, limit).await?)
+    let permit = state.answers.reserve_page(caller).await?;
+    let history = state.store.history(conversation_id, page, limit).await?;
+    Ok((history, permit))
 }
 
 /// A page of the caller's undelivered offline entries, oldest first, marked
-/// delivered. `limit` 0 means the default; it is capped at 1000.
+/// delivered. `limit` 0 means the default; it is capped at 1000. The budget
+/// is reserved before any entry is marked, so a refusal loses nothing.
 pub async fn take_offline(
     state: &AppState,
     caller: &Pubkey,
     limit: u32,
-) -> Result<OfflinePage, ApiError> {
+) -> Result<(OfflinePage, AnswerPermit), ApiError> {
     state.limits.check_read(caller)?;
     let limit = match limit {
         0 => MAX_OFFLINE_LIMIT,
         n => n.min(MAX_OFFLINE_LIMIT),
     };
-    Ok(state.store.take_offline(caller.clone(), limit).await?)
+    let permit = state.answers.reserve_page(caller).await?;
+    let page = state.store.take_offline(caller.clone(), limit).await?;
+    Ok((page, permit))
 }
 
 /// Marks the caller's named entries delivered; other users' are never touched.

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use uuid::Uuid;
 
+use crate::answers::AnswerPermit;
 use crate::error::ApiError;
 use crate::model::{
     parse_uuid, HistoryPage, NewMessage, Pubkey, StoredMessage, DEFAULT_HISTORY_LIMIT,
@@ -121,20 +122,28 @@ pub fn error_envelope(request_id: &str, err: &ApiError) -> Bytes {
     )
 }
 
-/// Runs one request and encodes its answer.
+/// Runs one request and encodes its answer. A history or offline page
+/// comes with its share of the answer budget, shrunk to the answer's size:
+/// the session holds it until the socket has taken the answer.
 pub async fn handle(
     state: Arc<AppState>,
     user: Pubkey,
     request_id: String,
     payload: Payload,
-) -> Bytes {
+) -> (Bytes, Option<AnswerPermit>) {
     let answer = match parse(payload, state.settings.max_payload_bytes) {
         Ok(request) => execute(&state, &user, request).await,
         Err(e) => Err(e),
     };
     match answer {
-        Ok(answer) => proto::encode_envelope(request_id, answer),
-        Err(err) => error_envelope(&request_id, &err),
+        Ok((answer, mut permit)) => {
+            let bytes = proto::encode_envelope(request_id, answer);
+            if let Some(p) = permit.as_mut() {
+                p.shrink_to(bytes.len());
+            }
+            (bytes, permit)
+        }
+        Err(err) => (error_envelope(&request_id, &err), None),
     }
 }
 
@@ -146,8 +155,8 @@ async fn execute(
     state: &Arc<AppState>,
     user: &Pubkey,
     request: Request,
-) -> Result<Payload, ApiError> {
-    Ok(match request {
+) -> Result<(Payload, Option<AnswerPermit>), ApiError> {
+    let answer = match request {
         Request::Send(message) => {
             let outcome = service::dm::send(state, user, message).await?;
             Payload::DmSendResponse(dm::DmSendResponse {
@@ -159,11 +168,13 @@ async fn execute(
             page,
             limit,
         } => {
-            let history = service::dm::history(state, user, conversation, page, limit).await?;
-            Payload::DmHistoryResponse(dm::DmHistoryResponse {
+            let (history, permit) =
+                service::dm::history(state, user, conversation, page, limit).await?;
+            let answer = Payload::DmHistoryResponse(dm::DmHistoryResponse {
                 messages: messages(&history.messages),
                 has_more: history.has_more,
-            })
+            });
+            return Ok((answer, Some(permit)));
         }
         Request::ListConversations => {
             let list = service::dm::list_conversations(state, user).await?;
@@ -180,15 +191,17 @@ async fn execute(
             })
         }
         Request::Offline(limit) => {
-            let page = service::dm::take_offline(state, user, limit).await?;
-            Payload::DmOfflineMessagesResponse(dm::DmOfflineMessagesResponse {
+            let (page, permit) = service::dm::take_offline(state, user, limit).await?;
+            let answer = Payload::DmOfflineMessagesResponse(dm::DmOfflineMessagesResponse {
                 messages: messages(&page.messages),
                 has_more: page.has_more,
-            })
+            });
+            return Ok((answer, Some(permit)));
         }
         Request::Ack(ids) => {
             let acked = service::dm::ack_offline(state, user, ids).await?;
             Payload::DmOfflineAckResponse(dm::DmOfflineAckResponse { acked })
         }
-    })
+    };
+    Ok((answer, None))
 }

@@ -321,11 +321,9 @@ impl SqliteStore {
         limit: u32,
     ) -> Result<OfflinePage, DbError> {
         let who = recipient.clone();
-        let mut entries = self
-            .read(move |conn| reads::offline_entries(conn, &who, limit + 1))
+        let (entries, has_more) = self
+            .read(move |conn| reads::offline_entries(conn, &who, limit))
             .await?;
-        let has_more = entries.len() > limit as usize;
-        entries.truncate(limit as usize);
         if entries.is_empty() {
             return Ok(OfflinePage::default());
         }
