@@ -237,7 +237,8 @@ mod tests {
 
     #[actix_web::test]
     async fn a_shrunk_permit_gives_the_rest_back_and_entries_go_with_their_permits() {
-        let budget = AnswerBudget::new(MAX_PAGE_BYTES, 0, None).with_wait(Duration::from_millis(50));
+        let budget =
+            AnswerBudget::new(MAX_PAGE_BYTES, 0, None).with_wait(Duration::from_millis(50));
         let mut small = budget.reserve_page(&user(1)).await.unwrap();
         small.shrink_to(1000);
         assert_eq!(small.bytes(), 1000);
@@ -252,9 +253,8 @@ mod tests {
 
     #[actix_web::test]
     async fn a_waiting_request_gets_in_when_an_answer_drains() {
-        let budget = Arc::new(
-            AnswerBudget::new(MAX_PAGE_BYTES, 0, None).with_wait(Duration::from_secs(10)),
-        );
+        let budget =
+            Arc::new(AnswerBudget::new(MAX_PAGE_BYTES, 0, None).with_wait(Duration::from_secs(10)));
         let first = budget.reserve_page(&user(1)).await.unwrap();
         let waiting = {
             let budget = budget.clone();

@@ -29,6 +29,10 @@ pub mod defaults {
     pub const SEND_BURST: u32 = 1000;
     pub const READ_RATE: u32 = 100;
     pub const READ_BURST: u32 = 500;
+    pub const KEY_RATE: u32 = 1;
+    pub const KEY_BURST: u32 = 20;
+    pub const CONVERSATION_RATE: u32 = 10;
+    pub const CONVERSATION_BURST: u32 = 200;
     /// Four pages of 4 MiB.
     pub const ANSWER_BYTES_PER_USER: usize = 16 * 1024 * 1024;
     pub const ANSWER_BYTES_PER_NODE: usize = 256 * 1024 * 1024;
@@ -133,6 +137,24 @@ pub struct Settings {
     #[arg(long, env = "UNITED_READ_BURST", default_value_t = defaults::READ_BURST)]
     pub read_burst: u32,
 
+    /// Key publications per second per user (`POST /api/dm/keys`); 0 turns
+    /// the limit off.
+    #[arg(long, env = "UNITED_KEY_RATE", default_value_t = defaults::KEY_RATE)]
+    pub key_rate: u32,
+
+    /// Key publications a user may make in a burst.
+    #[arg(long, env = "UNITED_KEY_BURST", default_value_t = defaults::KEY_BURST)]
+    pub key_burst: u32,
+
+    /// Conversation creations per second per user (HTTP and WebSocket,
+    /// existing conversations included); 0 turns the limit off.
+    #[arg(long, env = "UNITED_CONVERSATION_RATE", default_value_t = defaults::CONVERSATION_RATE)]
+    pub conversation_rate: u32,
+
+    /// Conversation creations a user may make in a burst.
+    #[arg(long, env = "UNITED_CONVERSATION_BURST", default_value_t = defaults::CONVERSATION_BURST)]
+    pub conversation_burst: u32,
+
     /// Bytes of history and offline answers one user may have waiting to
     /// be read (a page takes up to 4 MiB); past it a page request waits,
     /// then gets 429. 0 turns the cap off.
@@ -144,9 +166,12 @@ pub struct Settings {
     #[arg(long, env = "UNITED_ANSWER_BYTES_PER_NODE", default_value_t = defaults::ANSWER_BYTES_PER_NODE)]
     pub answer_bytes_per_node: usize,
 
-    /// A reverse proxy whose `X-Forwarded-For` is believed for the client IP.
-    #[arg(long, env = "UNITED_TRUSTED_PROXY")]
-    pub trusted_proxy: Option<std::net::IpAddr>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed: addresses or
+    /// CIDR blocks, repeatable or comma-separated. The client is the last
+    /// forwarded hop that is not one of them; without any, the header is
+    /// ignored.
+    #[arg(long, env = "UNITED_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<crate::ratelimit::IpNet>,
 
     /// Origins allowed to open `/ws` (comma-separated); empty allows any.
     #[arg(long, env = "UNITED_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -194,9 +219,13 @@ impl Default for Settings {
             send_burst: defaults::SEND_BURST,
             read_rate: defaults::READ_RATE,
             read_burst: defaults::READ_BURST,
+            key_rate: defaults::KEY_RATE,
+            key_burst: defaults::KEY_BURST,
+            conversation_rate: defaults::CONVERSATION_RATE,
+            conversation_burst: defaults::CONVERSATION_BURST,
             answer_bytes_per_user: defaults::ANSWER_BYTES_PER_USER,
             answer_bytes_per_node: defaults::ANSWER_BYTES_PER_NODE,
-            trusted_proxy: None,
+            trusted_proxy: Vec::new(),
             allowed_origins: Vec::new(),
             database_url: None,
             nats_url: None,
@@ -530,7 +559,10 @@ mod tests {
                 "postgres://hub@db:5433/united?password=p4ss&sslmode=require",
                 "postgres://db:5433/united",
             ),
-            ("postgresql://hub:p%40ss@db/united", "postgres://db:5432/united"),
+            (
+                "postgresql://hub:p%40ss@db/united",
+                "postgres://db:5432/united",
+            ),
             (
                 "postgres://hub:p4ss@a:1,b:2/united?password=x",
                 "postgres://a:1,b:2/united",
@@ -544,7 +576,10 @@ mod tests {
 
     #[test]
     fn a_bad_database_url_is_refused_without_being_quoted() {
-        for raw in ["mysql://root:p4ss@db/x", "postgres://hub:p4ss@db/x?sslmode=bogus"] {
+        for raw in [
+            "mysql://root:p4ss@db/x",
+            "postgres://hub:p4ss@db/x?sslmode=bogus",
+        ] {
             let message = problems(|s| s.database_url = Some(raw.parse().unwrap()));
             assert!(message.contains("--database-url"), "{message}");
             assert!(!message.contains("p4ss"), "{message}");

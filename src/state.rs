@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::actors::directory::ConversationDirectory;
-use crate::answers::AnswerBudget;
 use crate::actors::registry::SessionRegistry;
+use crate::answers::AnswerBudget;
 use crate::auth::JwtKeys;
 use crate::cluster::ClusterNode;
 use crate::config::Settings;

@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::{DbError, LoginOutcome, MessageWrite, Purged, Skipped};
 use crate::model::{
-    take_page, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage,
-    User, PAGE_BODY_BYTES, PAGE_MESSAGE_OVERHEAD,
+    take_page, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
+    PAGE_BODY_BYTES, PAGE_MESSAGE_OVERHEAD,
 };
 
 /// Taken (per session) while migrating, so nodes that start together

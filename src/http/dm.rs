@@ -28,7 +28,7 @@ fn created_or_ok(created: bool) -> actix_web::HttpResponseBuilder {
 }
 
 #[utoipa::path(post, path = "/api/dm/keys", tag = "keys", security(("bearer" = [])), request_body = PublishKeyBody,
-    responses((status = 200, body = KeyJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson)))]
+    responses((status = 200, body = KeyJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn publish_key(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
@@ -56,7 +56,7 @@ pub async fn get_key(
 #[utoipa::path(post, path = "/api/dm/conversations", tag = "conversations", security(("bearer" = [])),
     request_body = CreateConversationBody,
     responses((status = 201, description = "created", body = ConversationJson), (status = 200, description = "already existed", body = ConversationJson),
-        (status = 400, description = "invalid_request or self_conversation", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson)))]
+        (status = 400, description = "invalid_request or self_conversation", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn create_conversation(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
@@ -81,7 +81,10 @@ pub async fn list_conversations(
 }
 
 /// A 200 JSON answer that holds `permit` until the connection has taken it.
-fn budgeted_json(body: &impl serde::Serialize, permit: AnswerPermit) -> Result<HttpResponse, ApiError> {
+fn budgeted_json(
+    body: &impl serde::Serialize,
+    permit: AnswerPermit,
+) -> Result<HttpResponse, ApiError> {
     let json = serde_json::to_vec(body).map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
@@ -151,7 +154,7 @@ impl HistoryQuery {
         ("before" = Option<u64>, Query, description = "newest first, server_sequence < before (not with after)", minimum = 1),
         ("after" = Option<u64>, Query, description = "oldest first, server_sequence > after"),
         ("limit" = Option<u32>, Query, description = "1 or more, default 50, served as at most 100", minimum = 1)),
-    responses((status = 200, body = HistoryJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 403, description = "not_participant", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson)))]
+    responses((status = 200, body = HistoryJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 403, description = "not_participant", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn history(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,
@@ -160,8 +163,7 @@ pub async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let conversation = parse_uuid(&path, "conversation_id")?;
     let (page, limit) = query.page()?;
-    let (history, permit) =
-        service::dm::history(&state, &user, conversation, page, limit).await?;
+    let (history, permit) = service::dm::history(&state, &user, conversation, page, limit).await?;
     let body = HistoryJson {
         messages: history.messages.iter().map(MessageJson::from).collect(),
         has_more: history.has_more,
@@ -176,7 +178,7 @@ pub struct OfflineQuery {
 
 #[utoipa::path(get, path = "/api/dm/offline", tag = "offline", security(("bearer" = [])),
     params(("limit" = Option<u32>, Query, description = "1 or more, default 1000, served as at most 1000", minimum = 1)),
-    responses((status = 200, description = "undelivered entries, oldest first; now marked delivered; has_more: call again", body = OfflineJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson)))]
+    responses((status = 200, description = "undelivered entries, oldest first; now marked delivered; has_more: call again", body = OfflineJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn offline(
     state: web::Data<AppState>,
     AuthUser(user): AuthUser,

@@ -26,6 +26,7 @@ pub async fn publish_key(
             "x25519_pubkey is a small-order point (the zero key among them)",
         ));
     }
+    state.limits.check_key(user)?;
     let (stored, changed) = state.store.upsert_dm_key(user.clone(), key).await?;
     if changed {
         let partners = state.store.partners_of(user.clone()).await?;
@@ -59,6 +60,7 @@ pub async fn create_conversation(
     if &recipient == caller {
         return Err(ApiError::SelfConversation);
     }
+    state.limits.check_conversation(caller)?;
     if state.store.user(recipient.clone()).await?.is_none() {
         return Err(ApiError::NotFound("no such user"));
     }

@@ -26,7 +26,7 @@ const IN_FLIGHT: usize = 64;
 /// client's address.
 async fn behind_proxy(auth_rate: u32, auth_burst: u32) -> TestApp {
     spawn_app_with(|s| {
-        s.trusted_proxy = Some("127.0.0.1".parse().unwrap());
+        s.trusted_proxy = vec!["127.0.0.1".parse().unwrap()];
         s.auth_rate = auth_rate;
         s.auth_burst = auth_burst;
     })

@@ -59,7 +59,7 @@ async fn a_trusted_proxy_keys_on_the_forwarded_client() {
     let app = spawn_app_with(|s| {
         s.auth_rate = 1;
         s.auth_burst = 2;
-        s.trusted_proxy = Some("127.0.0.1".parse().unwrap());
+        s.trusted_proxy = vec!["127.0.0.1".parse().unwrap()];
     })
     .await;
     for _ in 0..2 {

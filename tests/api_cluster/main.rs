@@ -25,6 +25,8 @@ mod auth;
 mod delivery;
 #[path = "../api/dm.rs"]
 mod dm;
+#[path = "../api/pages.rs"]
+mod pages;
 #[path = "../api/validation.rs"]
 mod validation;
 #[path = "../api/ws_first.rs"]

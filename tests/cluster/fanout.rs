@@ -50,7 +50,7 @@ async fn the_per_client_challenge_cap_counts_on_every_node() {
         nodes.push(
             spawn_app_with(|s| {
                 node_settings(s, &pg, &nats);
-                s.trusted_proxy = Some("127.0.0.1".parse().unwrap());
+                s.trusted_proxy = vec!["127.0.0.1".parse().unwrap()];
                 // The per-client limits are on only with an auth rate.
                 s.auth_rate = 1000;
                 s.auth_burst = 1000;
