@@ -17,5 +17,6 @@ mod helpers;
 mod crash;
 mod fanout;
 mod faults;
+mod secrets;
 mod store;
 mod support;
