@@ -12,6 +12,7 @@ pub mod defaults {
     pub const ACCESS_TOKEN_TTL: u64 = 900;
     pub const REFRESH_TOKEN_TTL: u64 = 7 * 24 * 3600;
     pub const CHALLENGE_TTL: u64 = 60;
+    pub const WS_TICKET_TTL: u64 = 30;
     pub const OFFLINE_TTL: u64 = 30 * 24 * 3600;
     pub const JANITOR_INTERVAL: u64 = 3600;
     pub const PING_INTERVAL: u64 = 10;
@@ -64,6 +65,10 @@ pub struct Settings {
     /// How long a login challenge can be answered, seconds.
     #[arg(long, env = "UNITED_CHALLENGE_TTL", default_value_t = defaults::CHALLENGE_TTL)]
     pub challenge_ttl: u64,
+
+    /// How long a WebSocket ticket (`POST /api/auth/ws-ticket`) can be used, seconds.
+    #[arg(long, env = "UNITED_WS_TICKET_TTL", default_value_t = defaults::WS_TICKET_TTL)]
+    pub ws_ticket_ttl: u64,
 
     /// How long an offline-queue entry is kept, seconds (30 days).
     #[arg(long, env = "UNITED_OFFLINE_TTL", default_value_t = defaults::OFFLINE_TTL)]
@@ -202,6 +207,7 @@ impl Default for Settings {
             access_token_ttl: defaults::ACCESS_TOKEN_TTL,
             refresh_token_ttl: defaults::REFRESH_TOKEN_TTL,
             challenge_ttl: defaults::CHALLENGE_TTL,
+            ws_ticket_ttl: defaults::WS_TICKET_TTL,
             offline_ttl: defaults::OFFLINE_TTL,
             janitor_interval: defaults::JANITOR_INTERVAL,
             ping_interval: defaults::PING_INTERVAL,
@@ -331,6 +337,7 @@ impl Settings {
             ("--access-token-ttl", self.access_token_ttl),
             ("--refresh-token-ttl", self.refresh_token_ttl),
             ("--challenge-ttl", self.challenge_ttl),
+            ("--ws-ticket-ttl", self.ws_ticket_ttl),
             ("--offline-ttl", self.offline_ttl),
             ("--janitor-interval", self.janitor_interval),
             ("--ping-interval", self.ping_interval),

@@ -227,3 +227,11 @@ pub struct ErrorDetailJson {
     pub code: String,
     pub message: String,
 }
+
+/// `POST /api/auth/ws-ticket`: a single-use ticket for `GET /ws?ticket=`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
+pub struct WsTicketJson {
+    pub ticket: String,
+    /// Unix ms.
+    pub expires_at: u64,
+}

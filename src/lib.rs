@@ -38,6 +38,7 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tickets;
 
 pub use config::Settings;
 pub use startup::{AppHandle, Application};

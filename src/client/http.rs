@@ -233,6 +233,15 @@ impl HubClient {
         Ok(tokens)
     }
 
+    /// A single-use ticket for `GET /ws?ticket=` (contract §8), so that a
+    /// socket can open without the access token in its URL.
+    pub async fn ws_ticket(&self) -> Result<WsTicketJson, ClientError> {
+        Ok(self
+            .call::<(), _>(Method::POST, "/api/auth/ws-ticket", None)
+            .await?
+            .1)
+    }
+
     pub async fn user(&self, pubkey: &str) -> Result<UserJson, ClientError> {
         self.get(&format!("/api/users/{pubkey}")).await
     }

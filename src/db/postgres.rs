@@ -17,6 +17,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{DbError, LoginOutcome, MessageWrite, Purged, Skipped};
+use crate::tickets::TicketHolder;
 use crate::model::{
     take_page, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
     PAGE_BODY_BYTES, PAGE_MESSAGE_OVERHEAD,
@@ -122,6 +123,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE auth_challenges ADD COLUMN client BYTEA;
     CREATE INDEX idx_auth_challenges_client ON auth_challenges(client, expires_at);
+    "#,
+    // 4: WebSocket tickets (contract §8), by hash: a ticket from one node
+    // opens a session on any node, once.
+    r#"
+    CREATE TABLE ws_tickets (
+        ticket_hash      BYTEA PRIMARY KEY,
+        user_pubkey      TEXT COLLATE "C" NOT NULL,
+        token_expires_at BIGINT NOT NULL,
+        expires_at       BIGINT NOT NULL
+    );
+    CREATE INDEX idx_ws_tickets_user ON ws_tickets(user_pubkey, expires_at);
+    CREATE INDEX idx_ws_tickets_expires ON ws_tickets(expires_at);
     "#,
 ];
 
@@ -349,13 +362,73 @@ pub async fn take_challenge(client: &Client, id: Uuid) -> Result<Option<([u8; 32
     )))
 }
 
+/// Purges expired challenges and WebSocket tickets; returns how many.
 pub async fn purge_challenges(client: &Client, now: u64) -> Result<u64, DbError> {
-    Ok(client
-        .execute(
-            "DELETE FROM auth_challenges WHERE expires_at <= $1",
-            &[&(now as i64)],
+    let now = now as i64;
+    let challenges = client
+        .execute("DELETE FROM auth_challenges WHERE expires_at <= $1", &[&now])
+        .await?;
+    let tickets = client
+        .execute("DELETE FROM ws_tickets WHERE expires_at <= $1", &[&now])
+        .await?;
+    Ok(challenges + tickets)
+}
+
+/// Stores a WebSocket ticket's hash, unless its user already holds `cap`
+/// live ones; says whether it was stored.
+pub async fn insert_ticket(
+    client: &Client,
+    hash: &[u8; 32],
+    holder: &TicketHolder,
+    expires_at: u64,
+    cap: i64,
+    now: u64,
+) -> Result<bool, DbError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO ws_tickets (ticket_hash, user_pubkey, token_expires_at, expires_at) \
+             SELECT $1, $2, $3, $4 \
+             WHERE (SELECT COUNT(*) FROM ws_tickets WHERE user_pubkey = $2 AND expires_at > $5) < $6",
         )
-        .await?)
+        .await?;
+    let inserted = client
+        .execute(
+            &stmt,
+            &[
+                &&hash[..],
+                &holder.user.as_str(),
+                &(holder.token_expires_at as i64),
+                &(expires_at as i64),
+                &(now as i64),
+                &cap,
+            ],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Removes a ticket and returns what it stood for, if it was live.
+pub async fn take_ticket(
+    client: &Client,
+    hash: &[u8; 32],
+    now: u64,
+) -> Result<Option<TicketHolder>, DbError> {
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM ws_tickets WHERE ticket_hash = $1 \
+             RETURNING user_pubkey, token_expires_at, expires_at",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&&hash[..]]).await? else {
+        return Ok(None);
+    };
+    if row.try_get::<_, i64>(2)? <= now as i64 {
+        return Ok(None);
+    }
+    Ok(Some(TicketHolder {
+        user: Pubkey::from_db(row.try_get(0)?),
+        token_expires_at: row.try_get::<_, i64>(1)? as u64,
+    }))
 }
 
 pub async fn user(client: &impl GenericClient, pubkey: &Pubkey) -> Result<Option<User>, DbError> {

@@ -2,9 +2,12 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::extract::AuthUser;
+use super::extract::{bearer_token, AuthUser};
 use crate::error::ApiError;
-use crate::json::{ChallengeResponse, ErrorJson, RefreshBody, TokenResponse, UserJson, VerifyBody};
+use crate::json::{
+    ChallengeResponse, ErrorJson, RefreshBody, TokenResponse, UserJson, VerifyBody, WsTicketJson,
+};
+use crate::tickets::TicketHolder;
 use crate::model::{parse_display_name, parse_uuid, Pubkey};
 use crate::service::{self, auth::VerifyRequest};
 use crate::state::AppState;
@@ -65,6 +68,22 @@ pub async fn verify(
     let request = parse_verify(body.into_inner())?;
     let session = service::auth::verify(&state.into_inner(), request).await?;
     Ok(token_response(session))
+}
+
+#[utoipa::path(post, path = "/api/auth/ws-ticket", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, description = "a single-use ticket for GET /ws?ticket=, valid 30 seconds", body = WsTicketJson),
+        (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
+pub async fn ws_ticket(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let token = bearer_token(&req).ok_or(ApiError::Unauthorized("missing access token"))?;
+    let (user, token_expires_at) = state.jwt.verify_with_expiry(token)?;
+    state.limits.check_auth(&req)?;
+    let holder = TicketHolder {
+        user,
+        token_expires_at,
+    };
+    let ttl = std::time::Duration::from_secs(state.settings.ws_ticket_ttl);
+    let (ticket, expires_at) = state.store.issue_ticket(holder, ttl).await?;
+    Ok(HttpResponse::Ok().json(WsTicketJson { ticket, expires_at }))
 }
 
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", request_body = RefreshBody,

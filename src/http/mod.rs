@@ -37,6 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
         .service(resource("/api/auth/challenge", "POST").route(web::post().to(auth::challenge)))
         .service(resource("/api/auth/verify", "POST").route(web::post().to(auth::verify)))
         .service(resource("/api/auth/refresh", "POST").route(web::post().to(auth::refresh)))
+        .service(resource("/api/auth/ws-ticket", "POST").route(web::post().to(auth::ws_ticket)))
         .service(resource("/api/users/{pubkey}", "GET").route(web::get().to(auth::user)))
         .service(resource("/api/dm/keys", "POST").route(web::post().to(dm::publish_key)))
         .service(resource("/api/dm/keys/{pubkey}", "GET").route(web::get().to(dm::get_key)))

@@ -24,6 +24,7 @@ use crate::json::*;
         super::auth::challenge,
         super::auth::verify,
         super::auth::refresh,
+        super::auth::ws_ticket,
         super::auth::user,
         super::dm::publish_key,
         super::dm::get_key,
@@ -37,7 +38,7 @@ use crate::json::*;
         openapi_json,
     ),
     components(schemas(
-        ChallengeResponse, VerifyBody, RefreshBody, UserJson, TokenResponse, PublishKeyBody, KeyJson,
+        ChallengeResponse, VerifyBody, RefreshBody, WsTicketJson, UserJson, TokenResponse, PublishKeyBody, KeyJson,
         CreateConversationBody, ConversationJson, ConversationListJson, SendMessageBody, MessageJson,
         HistoryJson, OfflineJson, AckBody, AckJson, ErrorJson, ErrorDetailJson
     )),

@@ -1,8 +1,11 @@
 //! `GET /ws`: authenticates, then upgrades to a `WsSession`.
 //!
-//! The token comes from `Authorization: Bearer` or, for browsers that cannot
-//! set headers on a WebSocket, `?access_token=`. A bad token gets a 401 JSON
-//! error and no session exists.
+//! The token comes from `Authorization: Bearer`, or, for browsers that
+//! cannot set headers on a WebSocket, from `?ticket=` (a single-use ticket
+//! from `POST /api/auth/ws-ticket`, so no token is put in a URL) or
+//! `?access_token=`. A bad token or ticket gets a 401 JSON error and no
+//! session exists; a session opened with a ticket lasts as long as the token
+//! that asked for the ticket.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -16,10 +19,12 @@ use crate::state::AppState;
 #[derive(Deserialize)]
 struct TokenQuery {
     access_token: Option<String>,
+    ticket: Option<String>,
 }
 
 #[utoipa::path(get, path = "/ws", tag = "websocket", security(("bearer" = [])),
-    params(("access_token" = Option<String>, Query, description = "the access token, for clients that cannot set headers")),
+    params(("access_token" = Option<String>, Query, description = "the access token, for clients that cannot set headers"),
+        ("ticket" = Option<String>, Query, description = "a single-use ticket from POST /api/auth/ws-ticket (browsers: keeps the token out of URLs)")),
     responses((status = 101, description = "switching to the WebSocket protocol (docs/protocol.md)"),
         (status = 400, description = "invalid_request: not a WebSocket upgrade request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson),
         (status = 403, description = "forbidden_origin", body = ErrorJson)))]
@@ -28,14 +33,21 @@ pub async fn upgrade(
     stream: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let from_query = web::Query::<TokenQuery>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.into_inner().access_token);
-    let token = bearer_token(&req)
-        .map(str::to_owned)
-        .or(from_query)
-        .ok_or(ApiError::Unauthorized("missing access token"))?;
-    let (user, expires_at) = state.jwt.verify_with_expiry(&token)?;
+    let query = web::Query::<TokenQuery>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or(TokenQuery {
+            access_token: None,
+            ticket: None,
+        });
+    let (user, expires_at) = match (bearer_token(&req), query.access_token, query.ticket) {
+        (Some(token), _, _) => state.jwt.verify_with_expiry(token)?,
+        (None, Some(token), _) => state.jwt.verify_with_expiry(&token)?,
+        (None, None, Some(ticket)) => {
+            let holder = state.store.take_ticket(&ticket).await?;
+            (holder.user, holder.token_expires_at)
+        }
+        (None, None, None) => return Err(ApiError::Unauthorized("missing access token")),
+    };
     check_origin(&req, &state.settings.allowed_origins)?;
     if state.registry.is_closing() {
         return Err(ApiError::ShuttingDown);

@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::auth::IssuedChallenge;
 use crate::db::{DbError, LoginOutcome, Purged};
 use crate::error::ApiError;
+use crate::tickets::TicketHolder;
 use crate::model::{
     Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
@@ -135,9 +136,30 @@ impl Store {
         }
     }
 
-    /// Drops expired challenges; returns how many.
+    /// Drops expired challenges and WebSocket tickets; returns how many.
     pub async fn purge_challenges(&self) -> Result<u64, DbError> {
         dispatch!(self.purge_challenges())
+    }
+
+    /// A new WebSocket ticket for `holder`, valid `ttl`: the ticket and its
+    /// expiry (ms).
+    pub async fn issue_ticket(
+        &self,
+        holder: TicketHolder,
+        ttl: Duration,
+    ) -> Result<(String, u64), ApiError> {
+        match self {
+            Store::Sqlite(s) => s.tickets().issue(holder, ttl),
+            Store::Postgres(s) => s.issue_ticket(holder, ttl).await,
+        }
+    }
+
+    /// Takes a WebSocket ticket: once, within its lifetime (else 401).
+    pub async fn take_ticket(&self, ticket: &str) -> Result<TicketHolder, ApiError> {
+        match self {
+            Store::Sqlite(s) => s.tickets().take(ticket),
+            Store::Postgres(s) => s.take_ticket(ticket).await,
+        }
     }
 
     pub async fn login_user(

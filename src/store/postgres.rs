@@ -27,6 +27,7 @@ use crate::auth::IssuedChallenge;
 use crate::db::postgres as sql;
 use crate::db::{CommitMessages, DbError, LoginOutcome, Purged, Skipped};
 use crate::error::ApiError;
+use crate::tickets::TicketHolder;
 use crate::metrics::Metrics;
 use crate::model::{
     now_ms, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
@@ -246,6 +247,34 @@ impl PgStore {
             return Err(ApiError::ChallengeExpired);
         }
         Ok(bytes)
+    }
+
+    /// Stores a new ticket's hash; a user holds at most
+    /// `tickets::MAX_TICKETS_PER_USER` live ones across the cluster.
+    pub async fn issue_ticket(
+        &self,
+        holder: TicketHolder,
+        ttl: Duration,
+    ) -> Result<(String, u64), ApiError> {
+        let (ticket, hash) = crate::tickets::new_ticket();
+        let now = now_ms();
+        let expires_at = now + ttl.as_millis() as u64;
+        let cap = crate::tickets::MAX_TICKETS_PER_USER as i64;
+        let stored = with_client!(self, |c| sql::insert_ticket(
+            &c, &hash, &holder, expires_at, cap, now
+        ))?;
+        if !stored {
+            return Err(ApiError::RateLimited {
+                retry_after: ttl.as_secs().max(1) as u32,
+            });
+        }
+        Ok((ticket, expires_at))
+    }
+
+    pub async fn take_ticket(&self, ticket: &str) -> Result<TicketHolder, ApiError> {
+        let hash = crate::tickets::ticket_hash(ticket).ok_or_else(crate::tickets::refused)?;
+        with_client!(self, |c| sql::take_ticket(&c, &hash, now_ms()))?
+            .ok_or_else(crate::tickets::refused)
     }
 
     pub async fn purge_challenges(&self) -> Result<u64, DbError> {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use rusqlite::Connection;
+
+use crate::tickets::TicketStore;
 use uuid::Uuid;
 
 use crate::actors::checkpointer::Checkpointer;
@@ -44,6 +46,8 @@ pub struct SqliteStore {
     /// The last health check and when it ran; held while one runs.
     health: tokio::sync::Mutex<Option<(Instant, bool)>>,
     challenges: ChallengeStore,
+    /// WebSocket tickets, in memory like the challenges.
+    tickets: TicketStore,
     /// Stopped (taken) at shutdown.
     checkpointer: Mutex<Option<Checkpointer>>,
     metrics: Arc<Metrics>,
@@ -73,6 +77,7 @@ impl SqliteStore {
             pending_writes: AtomicUsize::new(0),
             health: tokio::sync::Mutex::new(None),
             challenges: ChallengeStore::new(challenge_ttl),
+            tickets: TicketStore::default(),
             checkpointer: Mutex::new(Some(checkpointer)),
             metrics,
         }
@@ -183,7 +188,11 @@ impl SqliteStore {
     }
 
     pub async fn purge_challenges(&self) -> Result<u64, DbError> {
-        Ok(self.challenges.purge_expired() as u64)
+        Ok((self.challenges.purge_expired() + self.tickets.purge_expired()) as u64)
+    }
+
+    pub fn tickets(&self) -> &TicketStore {
+        &self.tickets
     }
 
     pub async fn login_user(

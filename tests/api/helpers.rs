@@ -433,6 +433,25 @@ impl TestUser {
             .expect("ws connect")
     }
 
+    /// A new session on the next of the user's nodes, opened with a ticket
+    /// from the user's home node (no token on the socket at all).
+    pub async fn ws_with_ticket(&self) -> WsClient {
+        let ticket = self.client.ws_ticket().await.expect("a ticket").ticket;
+        let i = self.next_ws.get();
+        self.next_ws.set(i + 1);
+        let url = format!("{}?ticket={ticket}", self.ws_urls[i % self.ws_urls.len()]);
+        WsClient::connect_with(&url, None)
+            .await
+            .expect("ws connect with a ticket")
+    }
+
+    /// The `/ws` URL of the user's next node.
+    pub fn next_ws_url(&self) -> String {
+        let i = self.next_ws.get();
+        self.next_ws.set(i + 1);
+        self.ws_urls[i % self.ws_urls.len()].clone()
+    }
+
     /// A session that has answered one request, so it is registered and gets
     /// every later push.
     pub async fn live_ws(&self) -> WsClient {

@@ -21,6 +21,7 @@ mod internet;
 mod openapi;
 mod ops;
 mod pages;
+mod tickets;
 mod validation;
 mod websocket;
 mod writer;

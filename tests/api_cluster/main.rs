@@ -27,6 +27,8 @@ mod delivery;
 mod dm;
 #[path = "../api/pages.rs"]
 mod pages;
+#[path = "../api/tickets.rs"]
+mod tickets;
 #[path = "../api/validation.rs"]
 mod validation;
 #[path = "../api/ws_first.rs"]
