@@ -169,7 +169,10 @@ mod tests {
         assert!(expires_at > crate::model::now_ms());
         assert_eq!(ticket.len(), 43);
         assert_eq!(store.take(&ticket).unwrap(), holder(1));
-        assert!(matches!(store.take(&ticket), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(
+            store.take(&ticket),
+            Err(ApiError::Unauthorized(_))
+        ));
         assert!(store.take("not a ticket").is_err());
         assert!(store.take(&new_ticket().0).is_err(), "unknown");
         assert!(store.is_empty());
@@ -200,6 +203,8 @@ mod tests {
         ));
         store.issue(holder(2), TICKET_TTL).expect("another user");
         store.take(&tickets[0]).unwrap();
-        store.issue(holder(1), TICKET_TTL).expect("a used ticket gives its place back");
+        store
+            .issue(holder(1), TICKET_TTL)
+            .expect("a used ticket gives its place back");
     }
 }

@@ -13,6 +13,7 @@ const KEY_SEED = 'united.seed';
 const KEY_NAME = 'united.name';
 const KEY_OPEN = 'united.open';
 const KEY_PENDING = 'united.pending';
+const KEY_PEERS = 'united.peers'; // conversation id -> the peer key it was opened with
 const PAGE = 50;
 
 const state = {
@@ -27,7 +28,12 @@ const state = {
   nextRequest: 1,
   conversations: new Map(), // id -> DmConversation (JSON)
   open: null, // { id, peer, peerName, messages: Map(seq -> el), oldest, newest, hasMore, keyOk }
-  pending: new Map(), // client id -> { conversation_id, payload, nonce, ephemeral, timestamp, text }
+  // client id -> { conversation_id, payload, nonce, ephemeral, timestamp }: the
+  // sealed request only, as kept in localStorage (never the plaintext).
+  pending: new Map(),
+  // conversation id -> peer key, remembered the first time the page saw it:
+  // the hub may never change who a conversation is with.
+  peers: new Map(),
   peerKeys: new Map(), // peer pubkey -> { ok, x }
 };
 
@@ -42,14 +48,29 @@ function loadIdentity() {
   state.me = dm.identity(dm.fromHex(seedHex));
   state.name = store.getItem(KEY_NAME) || '';
   try {
-    for (const [id, p] of JSON.parse(store.getItem(KEY_PENDING) || '[]')) state.pending.set(id, p);
+    for (const [id, p] of JSON.parse(store.getItem(KEY_PENDING) || '[]')) {
+      // Older pages kept the text too: drop it.
+      delete p.text;
+      state.pending.set(id, p);
+    }
+    savePending();
   } catch {
     store.removeItem(KEY_PENDING);
   }
+  try {
+    for (const [id, key] of JSON.parse(store.getItem(KEY_PEERS) || '[]')) state.peers.set(id, key);
+  } catch {
+    store.removeItem(KEY_PEERS);
+  }
 }
 
+/// Only what a resend needs: the sealed request under its id.
 function savePending() {
   store.setItem(KEY_PENDING, JSON.stringify([...state.pending]));
+}
+
+function savePeers() {
+  store.setItem(KEY_PEERS, JSON.stringify([...state.peers]));
 }
 
 function importSeed(input) {
@@ -61,6 +82,7 @@ function importSeed(input) {
   store.setItem(KEY_SEED, value);
   store.removeItem(KEY_PENDING);
   store.removeItem(KEY_OPEN);
+  store.removeItem(KEY_PEERS);
   window.location.reload();
 }
 
@@ -146,10 +168,22 @@ function setStatus(s) {
   document.body.dataset.connection = s;
 }
 
-function connect() {
+/// Opens the socket with a single-use ticket (contract §8): the access token
+/// never goes into a URL, which proxies and load balancers log.
+async function connect() {
+  let ticket;
+  try {
+    ({ ticket } = await api('POST', '/api/auth/ws-ticket'));
+  } catch {
+    setStatus('offline');
+    const delay = state.reconnectDelay;
+    state.reconnectDelay = Math.min(5000, delay * 2);
+    setTimeout(reconnect, delay);
+    return;
+  }
   const url = new URL('/ws', window.location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  url.searchParams.set('access_token', state.access);
+  url.searchParams.set('ticket', ticket);
   const ws = new WebSocket(url);
   ws.binaryType = 'arraybuffer';
   state.ws = ws;
@@ -208,7 +242,7 @@ async function reconnect() {
       return;
     }
   }
-  connect();
+  await connect();
 }
 
 function onEnvelope(env) {
@@ -236,8 +270,28 @@ function peerOf(c) {
     : { key: c.participant_a_pubkey, name: c.participant_a_display_name };
 }
 
+/// Whether the hub's conversation `c` is one of mine, with the peer this page
+/// first saw it with. A conversation that is not mine is dropped; one whose
+/// peer changed is kept, marked, and shown with a warning.
+function checkConversation(c) {
+  const me = state.me.pubkey;
+  if (c.participant_a_pubkey !== me && c.participant_b_pubkey !== me) return false;
+  const peer = peerOf(c).key;
+  const known = state.peers.get(c.id);
+  if (known === undefined) {
+    state.peers.set(c.id, peer);
+    savePeers();
+  } else if (known !== peer) {
+    c.peerChanged = known;
+  }
+  return true;
+}
+
 function upsertConversation(c) {
+  if (!checkConversation(c)) return;
   const old = state.conversations.get(c.id);
+  // Once the hub changed a conversation's peer, the page keeps saying so.
+  if (old?.peerChanged) c.peerChanged = old.peerChanged;
   if (old && old.last_message_at > c.last_message_at) c.last_message_at = old.last_message_at;
   state.conversations.set(c.id, c);
   renderConversations();
@@ -262,7 +316,8 @@ function renderConversations() {
       if (c.unread) button.dataset.unread = 'true';
       const name = document.createElement('span');
       name.className = 'name';
-      name.textContent = peer.name || `${peer.key.slice(0, 8)}…`;
+      name.textContent = peer.name || groupKey(peer.key);
+      if (c.peerChanged) button.dataset.peerChanged = 'true';
       const meta = document.createElement('span');
       meta.className = 'when';
       meta.textContent = c.last_message_at ? formatTime(c.last_message_at) : 'new';
@@ -291,6 +346,17 @@ async function openByPubkey(value) {
   }
   try {
     const c = await api('POST', '/api/dm/conversations', { recipient_pubkey: pubkey });
+    // The hub must answer with exactly {me, the key typed}: never trust its
+    // choice of peer.
+    const pair = [c.participant_a_pubkey, c.participant_b_pubkey].sort();
+    const want = [state.me.pubkey, pubkey].sort();
+    if (pair[0] !== want[0] || pair[1] !== want[1]) {
+      showError(
+        'The hub answered with a conversation with someone other than the key you typed. It was not opened.',
+      );
+      document.body.dataset.refused = String(Number(document.body.dataset.refused || 0) + 1);
+      return;
+    }
     upsertConversation(c);
     $('peer-input').value = '';
     showError('');
@@ -307,7 +373,9 @@ async function openConversation(c) {
     id: c.id,
     peer: peer.key,
     peerName: peer.name,
-    messages: new Map(),
+    peerChanged: c.peerChanged,
+    messages: new Map(), // seq -> { id, el }
+    ids: new Set(),
     oldest: 0,
     newest: 0,
     hasMore: false,
@@ -317,11 +385,17 @@ async function openConversation(c) {
   $('chat').hidden = false;
   $('empty').hidden = true;
   $('peer-name').textContent = peer.name || 'Unnamed';
-  $('peer-key').textContent = peer.key;
+  $('peer-key').textContent = groupKey(peer.key);
   $('message-list').replaceChildren();
   $('key-warning').replaceChildren();
+  if (c.peerChanged) {
+    keyWarning(
+      'peer',
+      'The hub now says this conversation is with someone else than when you first opened it. Compare the key above with the person, out loud, before you trust it.',
+    );
+  }
   renderConversations();
-  for (const [id, p] of state.pending) if (p.conversation_id === c.id) renderPending(id, p);
+  for (const [id, p] of state.pending) if (p.conversation_id === c.id) renderPending(id, pendingText(p));
   checkPeerKey(peer.key).catch(() => {});
   const open = state.open;
   const page = await api('GET', `/api/dm/messages/${c.id}?limit=${PAGE}`);
@@ -378,6 +452,20 @@ async function catchUp() {
 
 // ---------- keys ----------
 
+/// A key in groups of four, in full, to read out and compare.
+function groupKey(key) {
+  return key.match(/.{1,4}/g).join(' ');
+}
+
+function keyWarning(kind, message) {
+  const w = document.createElement('p');
+  w.className = 'warning';
+  w.dataset.testid = 'warning';
+  w.dataset.kind = kind;
+  w.textContent = message;
+  $('key-warning').append(w);
+}
+
 /// The key check (ENCRYPTION.md): the hub's X25519 key for `peer` must be
 /// the one derived from their identity. `fresh` asks the hub again (before
 /// every send); offline, the last checked key serves.
@@ -400,16 +488,12 @@ async function checkPeerKey(peer, fresh = false) {
     }
   }
   if (state.open?.peer === peer) {
-    const box = $('key-warning');
-    box.replaceChildren();
+    for (const old of $('key-warning').querySelectorAll('[data-kind="key"]')) old.remove();
     if (!known.ok) {
-      const w = document.createElement('p');
-      w.className = 'warning';
-      w.dataset.testid = 'warning';
-      w.dataset.kind = 'key';
-      w.textContent =
-        "The hub gave a key for this person that does not belong to their identity. Nothing is sent: someone may be trying to read your messages.";
-      box.append(w);
+      keyWarning(
+        'key',
+        'The hub gave a key for this person that does not belong to their identity. Nothing is sent: someone may be trying to read your messages.',
+      );
     }
   }
   return known;
@@ -447,10 +531,18 @@ function onMessage(m) {
   }
   const open = state.open;
   if (!open || open.id !== m.conversation_id) return;
+  // The same message twice (a push and a page) is shown once, by id; a
+  // different message under a sequence already shown is the hub lying.
+  if (open.ids.has(m.id)) return;
+  open.ids.add(m.id);
   const seq = m.server_sequence;
-  if (open.messages.has(seq)) return;
+  if (open.messages.has(seq)) {
+    const clash = renderMessage(m, 'The hub sent two different messages under this number. This one is not shown.');
+    placeMessage(clash, m.id);
+    return;
+  }
   const el = renderMessage(m);
-  open.messages.set(seq, el);
+  open.messages.set(seq, { id: m.id, el });
   open.newest = Math.max(open.newest, seq);
   open.oldest = open.oldest ? Math.min(open.oldest, seq) : seq;
   placeMessage(el, m.id);
@@ -483,9 +575,14 @@ function formatTime(ms) {
 }
 
 /// One row: the bubble (`message`, text = the plaintext, or `warning`) and
-/// its meta line outside it.
-function renderMessage(m) {
+/// its meta line outside it. Only a v2 message sealed by me or by this
+/// conversation's peer is shown; anything else is a warning.
+function renderMessage(m, forced = null) {
   const out = m.sender_pubkey === state.me.pubkey;
+  // The peer this page first saw the conversation with (pinned), even if
+  // the hub names another since.
+  const peer =
+    state.peers.get(m.conversation_id) ?? (state.open?.id === m.conversation_id ? state.open.peer : null);
   const row = document.createElement('div');
   row.className = `row ${out ? 'out' : 'in'}`;
   row.dataset.seq = String(m.server_sequence);
@@ -502,8 +599,17 @@ function renderMessage(m) {
   } catch {
     problem = 'This message could not be verified: it was not sealed by its sender, or it was altered. Its content is not shown.';
   }
+  if (!forced && opened && !out && m.sender_pubkey !== peer) {
+    forced = 'This message was sealed by someone who is not in this conversation. Its content is not shown.';
+  }
   let bubble;
-  if (opened && opened.scheme === 'v2') {
+  if (forced) {
+    bubble = document.createElement('p');
+    bubble.className = 'bubble warning';
+    bubble.dataset.testid = 'warning';
+    bubble.dataset.kind = 'sender';
+    bubble.textContent = forced;
+  } else if (opened && opened.scheme === 'v2') {
     bubble = document.createElement('p');
     bubble.className = 'bubble';
     bubble.dataset.testid = 'message';
@@ -526,7 +632,25 @@ function renderMessage(m) {
   return row;
 }
 
-function renderPending(id, p) {
+/// The text of a message of mine waiting to be sent: opened again from its
+/// sealed form (v2 lets the sender open what it sealed), so no plaintext is
+/// ever stored.
+function pendingText(p) {
+  try {
+    const opened = dm.open(state.me, {
+      payload: dm.fromB64(p.payload),
+      nonce: dm.fromB64(p.nonce),
+      ephemeral: dm.fromB64(p.ephemeral),
+      conversationId: p.conversation_id,
+      senderPubkey: state.me.pubkey,
+    });
+    return text.decode(opened.plaintext);
+  } catch {
+    return '(a message waiting to be sent)';
+  }
+}
+
+function renderPending(id, body) {
   const row = document.createElement('div');
   row.className = 'row out pending';
   row.dataset.clientId = id;
@@ -536,7 +660,7 @@ function renderPending(id, p) {
   bubble.dataset.seq = '';
   bubble.dataset.direction = 'out';
   bubble.dataset.status = 'sending';
-  bubble.textContent = p.text;
+  bubble.textContent = body;
   const meta = document.createElement('span');
   meta.className = 'meta';
   meta.textContent = 'sending…';
@@ -570,7 +694,7 @@ async function send() {
     showError(e.status === 404 ? 'This person has not published a key yet.' : e.message);
     return;
   }
-  if (!key.ok) return;
+  if (!key.ok || open.peerChanged) return;
   const sealed = dm.seal(state.me, key.x, open.id, utf8.encode(body));
   const id = dm.uuidv7();
   const p = {
@@ -579,12 +703,11 @@ async function send() {
     nonce: dm.toB64(sealed.nonce),
     ephemeral: dm.toB64(sealed.ephemeral),
     timestamp: Date.now(),
-    text: body,
   };
   state.pending.set(id, p);
   savePending();
   input.value = '';
-  renderPending(id, p);
+  renderPending(id, body);
   sendPending(id, p); // when offline, the reconnect resends it
 }
 
@@ -609,7 +732,7 @@ async function start() {
   }
   showApp();
   await loadConversations().catch(() => {});
-  connect();
+  await connect();
   const last = store.getItem(KEY_OPEN);
   const c = last && state.conversations.get(last);
   if (c) await openConversation(c);

@@ -23,7 +23,7 @@ use super::{
     DEFAULT_URL,
 };
 use crate::client::crypto::Identity;
-use crate::client::{read_json, reconnect, ClientError, HubClient, Incoming};
+use crate::client::{read_json, read_json_in, reconnect, ClientError, HubClient, Incoming};
 use crate::json::MessageJson;
 use crate::proto::Payload;
 
@@ -199,17 +199,25 @@ async fn newest_sequences(client: &HubClient) -> anyhow::Result<HashMap<String, 
     Ok(newest)
 }
 
-/// The other side's display name in each of our conversations.
-async fn peer_names(client: &HubClient, me: &Identity) -> anyhow::Result<HashMap<String, String>> {
+/// The other side (display name and public key) of each of our conversations.
+async fn peer_names(
+    client: &HubClient,
+    me: &Identity,
+) -> anyhow::Result<HashMap<String, (String, String)>> {
     Ok(client
         .conversations()
         .await?
         .iter()
-        .map(|c| (c.id.clone(), other_side(me, c).0))
+        .map(|c| (c.id.clone(), other_side(me, c)))
         .collect())
 }
 
-fn show(me: &Identity, how: &str, m: &MessageJson, peers: &HashMap<String, String>) {
-    let peer = peers.get(&m.conversation_id).map(String::as_str);
-    println!("{}", render(how, m, &read_json(me, m), peer));
+/// Prints a message; in a conversation we know, only one sealed by us or
+/// its peer verifies ([`read_json_in`]).
+fn show(me: &Identity, how: &str, m: &MessageJson, peers: &HashMap<String, (String, String)>) {
+    let (reading, peer) = match peers.get(&m.conversation_id) {
+        Some((name, key)) => (read_json_in(me, m, key), Some(name.as_str())),
+        None => (read_json(me, m), None),
+    };
+    println!("{}", render(how, m, &reading, peer));
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use super::{other_side, parse_peer, printable, render, short, sign_in, IdentityFile, DEFAULT_URL};
-use crate::client::read_json;
+use crate::client::read_json_in;
 
 #[derive(clap::Args)]
 pub struct HistoryArgs {
@@ -57,7 +57,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
         }
     );
     for m in &messages {
-        println!("{}", render("", m, &read_json(&id, m), None));
+        println!("{}", render("", m, &read_json_in(&id, m, &peer), None));
     }
     Ok(())
 }

@@ -29,7 +29,9 @@ use super::{
     IdentityFile, DEFAULT_URL,
 };
 use crate::client::crypto::{self, Identity};
-use crate::client::{connect_live, read_json, ClientError, Events, HubClient, Incoming, WsClient};
+use crate::client::{
+    connect_live, read_json_in, ClientError, Events, HubClient, Incoming, WsClient,
+};
 use crate::json::MessageJson;
 use crate::proto::{dm, Envelope, Payload};
 
@@ -406,7 +408,7 @@ impl Chat {
         if self.mine.remove(&m.id) {
             self.acknowledged(&m.id, m.server_sequence);
         } else {
-            self.say(&render("", m, &read_json(&self.id, m), None));
+            self.say(&render("", m, &read_json_in(&self.id, m, &self.peer), None));
         }
     }
 

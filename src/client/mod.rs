@@ -21,7 +21,7 @@ mod ws;
 
 pub use catch_up::{catch_up, connect_live, reconnect};
 pub use http::{send_body, ClientError, HubClient};
-pub use verify::{check_peer_key, read_json, read_proto, Reading};
+pub use verify::{check_peer_key, read_json, read_json_in, read_proto, Reading};
 pub use ws::{Events, Incoming, WsClient};
 
 use actix_service::{Service, ServiceExt};

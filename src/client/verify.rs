@@ -77,6 +77,19 @@ pub fn read_json(me: &Identity, m: &MessageJson) -> Reading {
     }
 }
 
+/// Reads a message of the conversation between `me` and `peer_pubkey`. One
+/// sealed by anyone else (which only the hub could have put there) is
+/// [`Reading::Unverifiable`], whether or not it opens: a third identity can
+/// seal a v2 message to us that verifies as its own.
+pub fn read_json_in(me: &Identity, m: &MessageJson, peer_pubkey: &str) -> Reading {
+    if m.sender_pubkey != me.public_key_hex() && m.sender_pubkey != peer_pubkey {
+        return Reading::Unverifiable {
+            reason: "sealed by someone who is not in this conversation".into(),
+        };
+    }
+    read_json(me, m)
+}
+
 /// Reads a message to or from `me`, in its protobuf form (WebSocket).
 pub fn read_proto(me: &Identity, m: &EncryptedDmMessage) -> Reading {
     read_parts(
@@ -128,5 +141,44 @@ fn read_parts(
 fn malformed(why: &str) -> Reading {
     Reading::Unverifiable {
         reason: format!("malformed: {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_sealed_by_a_third_identity_is_not_shown_as_the_peers() {
+        let (alice, bob, mallory) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let conversation = uuid::Uuid::new_v4().to_string();
+        let sealed =
+            crypto::seal(&mallory, &alice.x25519_public(), &conversation, b"trust me").unwrap();
+        let m = MessageJson {
+            id: uuid::Uuid::new_v4().to_string(),
+            conversation_id: conversation.clone(),
+            sender_pubkey: mallory.public_key_hex(),
+            encrypted_payload: B64.encode(&sealed.ciphertext),
+            nonce: B64.encode(sealed.nonce),
+            ephemeral_pubkey: Some(B64.encode(sealed.ephemeral_pubkey)),
+            timestamp: 1,
+            server_sequence: 1,
+            sender_display_name: "Bob".into(),
+        };
+        // It verifies as Mallory's own message...
+        assert!(read_json(&alice, &m).verified_text().is_some());
+        // ...so in Alice's conversation with Bob it is refused.
+        let reading = read_json_in(&alice, &m, &bob.public_key_hex());
+        assert!(
+            matches!(reading, Reading::Unverifiable { .. }),
+            "{reading:?}"
+        );
+        assert!(read_json_in(&alice, &m, &mallory.public_key_hex())
+            .verified_text()
+            .is_some());
     }
 }

@@ -17,11 +17,11 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{DbError, LoginOutcome, MessageWrite, Purged, Skipped};
-use crate::tickets::TicketHolder;
 use crate::model::{
     take_page, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
     PAGE_BODY_BYTES, PAGE_MESSAGE_OVERHEAD,
 };
+use crate::tickets::TicketHolder;
 
 /// Taken (per session) while migrating, so nodes that start together
 /// migrate one after the other. The number is arbitrary but fixed.
@@ -366,7 +366,10 @@ pub async fn take_challenge(client: &Client, id: Uuid) -> Result<Option<([u8; 32
 pub async fn purge_challenges(client: &Client, now: u64) -> Result<u64, DbError> {
     let now = now as i64;
     let challenges = client
-        .execute("DELETE FROM auth_challenges WHERE expires_at <= $1", &[&now])
+        .execute(
+            "DELETE FROM auth_challenges WHERE expires_at <= $1",
+            &[&now],
+        )
         .await?;
     let tickets = client
         .execute("DELETE FROM ws_tickets WHERE expires_at <= $1", &[&now])

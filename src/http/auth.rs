@@ -7,10 +7,10 @@ use crate::error::ApiError;
 use crate::json::{
     ChallengeResponse, ErrorJson, RefreshBody, TokenResponse, UserJson, VerifyBody, WsTicketJson,
 };
-use crate::tickets::TicketHolder;
 use crate::model::{parse_display_name, parse_uuid, Pubkey};
 use crate::service::{self, auth::VerifyRequest};
 use crate::state::AppState;
+use crate::tickets::TicketHolder;
 
 #[utoipa::path(post, path = "/api/auth/challenge", tag = "auth",
     responses((status = 200, body = ChallengeResponse), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
@@ -73,7 +73,10 @@ pub async fn verify(
 #[utoipa::path(post, path = "/api/auth/ws-ticket", tag = "auth", security(("bearer" = [])),
     responses((status = 200, description = "a single-use ticket for GET /ws?ticket=, valid 30 seconds", body = WsTicketJson),
         (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
-pub async fn ws_ticket(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn ws_ticket(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let token = bearer_token(&req).ok_or(ApiError::Unauthorized("missing access token"))?;
     let (user, token_expires_at) = state.jwt.verify_with_expiry(token)?;
     state.limits.check_auth(&req)?;

@@ -38,10 +38,10 @@ use crate::metrics::Metrics;
 use crate::auth::IssuedChallenge;
 use crate::db::{DbError, LoginOutcome, Purged};
 use crate::error::ApiError;
-use crate::tickets::TicketHolder;
 use crate::model::{
     Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
+use crate::tickets::TicketHolder;
 
 /// The hub's storage, whichever engine holds it. Cheap to clone.
 #[derive(Clone)]

@@ -27,11 +27,11 @@ use crate::auth::IssuedChallenge;
 use crate::db::postgres as sql;
 use crate::db::{CommitMessages, DbError, LoginOutcome, Purged, Skipped};
 use crate::error::ApiError;
-use crate::tickets::TicketHolder;
 use crate::metrics::Metrics;
 use crate::model::{
     now_ms, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
+use crate::tickets::TicketHolder;
 
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;

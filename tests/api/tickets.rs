@@ -55,7 +55,10 @@ async fn unknown_expired_and_missing_tickets_are_refused_with_401() {
         assert_eq!(err.status(), Some(401), "ticket {ticket:?}");
     }
     // No ticket and no token.
-    let err = WsClient::connect_with(&alice.next_ws_url(), None).await.err().unwrap();
+    let err = WsClient::connect_with(&alice.next_ws_url(), None)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.status(), Some(401));
     // A ticket is only given for a valid access token.
     let res = app
@@ -85,7 +88,8 @@ async fn another_users_ticket_opens_only_that_users_session() {
         .await
         .unwrap_err();
     assert_eq!(answer.status(), Some(403), "not Alice's session");
-    bob.send_http(&alice, &conversation, "not for Mallory").await;
+    bob.send_http(&alice, &conversation, "not for Mallory")
+        .await;
     assert_silent(&mut ws, Duration::from_millis(500)).await;
 }
 

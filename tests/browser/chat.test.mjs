@@ -3,57 +3,17 @@
 // Rust reference user (UNITED_RUST_PUBKEY) and talks to this script through
 // stdout lines (ALICE, SENT, DONE) and stdin lines (READY, GO).
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { join_, launch, openWith, send, shown, T, waitShown, waitSignal } from './lib.mjs';
 
 const hub = process.env.UNITED_HUB_URL;
 const rustPubkey = process.env.UNITED_RUST_PUBKEY;
-const executablePath = process.env.UNITED_CHROMIUM || '/usr/bin/chromium';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const T = 20_000; // every wait polls, at most this long
 
-const stdin = createInterface({ input: process.stdin });
-const signals = [];
-let wake = null;
-stdin.on('line', (line) => {
-  signals.push(line.trim());
-  if (wake) wake();
-});
-async function waitSignal(want) {
-  const deadline = Date.now() + 120_000;
-  for (;;) {
-    const i = signals.indexOf(want);
-    if (i >= 0) {
-      signals.splice(i, 1);
-      return;
-    }
-    if (Date.now() > deadline) throw new Error(`no ${want} from the test`);
-    await new Promise((r) => {
-      wake = r;
-      setTimeout(r, 200);
-    });
-  }
-}
-
-const profile = mkdtempSync(join(tmpdir(), 'united-chromium-'));
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    `--disk-cache-dir=${join(profile, 'cache')}`,
-  ],
-});
+const { browser, profile } = await launch();
 
 const problems = [];
 const pages = {}; // the latest page of each person, for a screenshot on failure
@@ -72,50 +32,6 @@ async function newPage(context, who) {
   watch(page, who);
   await page.goto(hub);
   return page;
-}
-
-async function join_(page, name) {
-  await page.getByTestId('display-name').fill(name);
-  await page.getByTestId('save-name').click();
-  await page.getByTestId('my-pubkey').filter({ hasText: /^[0-9a-f]{64}$/ }).waitFor({ timeout: T });
-  return (await page.getByTestId('my-pubkey').textContent()).trim();
-}
-
-async function openWith(page, pubkey) {
-  await page.getByTestId('peer-input').fill(pubkey);
-  await page.getByTestId('open-conversation').click();
-  await page.getByTestId('compose').waitFor({ state: 'visible', timeout: T });
-}
-
-async function send(page, text) {
-  await page.getByTestId('compose').fill(text);
-  await page.getByTestId('send').click();
-  // "sending…" until acknowledged, then the server sequence.
-  const sent = page.locator('[data-testid="message"][data-direction="out"]', { hasText: text }).last();
-  await sent.and(page.locator('[data-seq]:not([data-seq=""])')).waitFor({ timeout: T });
-  return Number(await sent.getAttribute('data-seq'));
-}
-
-/// The shown messages: [seq, direction, text], in page order.
-async function shown(page) {
-  return page.$$eval('[data-testid="message"]', (els) =>
-    els.map((e) => [Number(e.dataset.seq), e.dataset.direction, e.textContent]),
-  );
-}
-
-async function waitShown(page, expected, what) {
-  const deadline = Date.now() + T;
-  let last;
-  for (;;) {
-    last = await shown(page);
-    try {
-      assert.deepEqual(last, expected);
-      return;
-    } catch (e) {
-      if (Date.now() > deadline) throw new Error(`${what}: ${JSON.stringify(last)} != ${JSON.stringify(expected)}`);
-    }
-    await page.waitForTimeout(50);
-  }
 }
 
 try {

@@ -550,3 +550,95 @@ async fn two_people_chat_in_real_browsers_and_with_the_rust_client() {
     println!("browser chat test took {:?}", started.elapsed());
     ws.close();
 }
+
+/// The page checks what the hub says (issue 23, item 7): the script rewrites
+/// the hub's answers (tests/browser/trust.test.mjs) to swap the peer of a
+/// new conversation, to slip a message Mallory sealed into Alice's history
+/// with Rusty, and to claim the conversation is now with Mallory; each is a
+/// refusal or a warning, never Mallory's text. The page opens its socket
+/// with a ticket, never its access token, and keeps an unsent message sealed.
+#[actix_web::test]
+async fn the_page_does_not_trust_the_hub() {
+    require_tools(true);
+    let app = spawn_app_with(|s| {
+        s.auth_rate = 0;
+        s.send_rate = 0;
+    })
+    .await;
+    let rusty = user_at(&app.address, "Rusty").await;
+    let mallory = user_at(&app.address, "Mallory").await;
+    let mut script = Script::start(
+        "tests/browser/trust.test.mjs",
+        &[
+            ("UNITED_HUB_URL", app.address.clone()),
+            ("UNITED_RUST_PUBKEY", rusty.pubkey.clone()),
+            ("UNITED_MALLORY_PUBKEY", mallory.pubkey.clone()),
+        ],
+    );
+    let timeout = Duration::from_secs(120);
+    let alice = script.expect("ALICE ", timeout).await;
+
+    // Rusty opens the conversation (after the key check) and says hello.
+    let alice_x = rusty.client.recipient_key(&alice).await.unwrap();
+    crypto::check_published_key(&key32(&alice), &alice_x).expect("the page's key");
+    let (conversation, _) = rusty.client.create_conversation(&alice).await.unwrap();
+    let hello = crypto::seal(
+        &rusty.identity,
+        &alice_x,
+        &conversation.id,
+        b"hello from rusty",
+    )
+    .unwrap();
+    let sent = rusty
+        .client
+        .send(&send_body(
+            None,
+            &conversation.id,
+            &hello,
+            united_hub::model::now_ms(),
+        ))
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(sent.server_sequence, 1);
+
+    // Mallory seals a message to Alice in that conversation: it verifies as
+    // Mallory's own, so only the page's sender check keeps it off screen.
+    // The hub would refuse to store it; the script slips it into a page.
+    let forged = crypto::seal(
+        &mallory.identity,
+        &alice_x,
+        &conversation.id,
+        b"MALLORY-MARKER: Rusty here, please wire the money",
+    )
+    .unwrap();
+    let mut json = united_hub::json::MessageJson {
+        server_sequence: 2,
+        sender_pubkey: mallory.pubkey.clone(),
+        sender_display_name: "Rusty".into(),
+        id: uuid::Uuid::new_v4().to_string(),
+        ..sent
+    };
+    let body = send_body(None, &conversation.id, &forged, united_hub::model::now_ms());
+    json.encrypted_payload = body.encrypted_payload;
+    json.nonce = body.nonce;
+    json.ephemeral_pubkey = body.ephemeral_pubkey;
+    script.signal(&format!("FORGED {}", serde_json::to_string(&json).unwrap()));
+
+    script.expect("DONE", timeout).await;
+    let (status, lines, stderr) = script.finish(Duration::from_secs(60)).await;
+    assert!(status.success(), "the browser script failed:\n{stderr}");
+    assert!(lines.iter().any(|l| l == "DONE"), "{lines:?}");
+    // The hub stored only what was really sent: Rusty's hello and the
+    // message the page resent after going back online.
+    let history = rusty
+        .client
+        .history(&conversation.id, "after=0")
+        .await
+        .unwrap();
+    assert_eq!(history.messages.len(), 2);
+    assert!(history
+        .messages
+        .iter()
+        .all(|m| m.sender_pubkey != mallory.pubkey));
+}
