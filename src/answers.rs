@@ -26,8 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::ApiError;
 use crate::model::Pubkey;
 
-/// The most bytes one history or offline page may encode to.
-pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+pub use crate::model::MAX_PAGE_BYTES;
 
 /// How long a request waits for room before it gets 429.
 pub const WAIT: Duration = Duration::from_secs(5);

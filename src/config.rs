@@ -176,7 +176,7 @@ pub struct Settings {
     /// forwarded hop that is not one of them; without any, the header is
     /// ignored.
     #[arg(long, env = "UNITED_TRUSTED_PROXY", value_delimiter = ',')]
-    pub trusted_proxy: Vec<crate::ratelimit::IpNet>,
+    pub trusted_proxy: Vec<crate::net::IpNet>,
 
     /// Origins allowed to open `/ws` (comma-separated); empty allows any.
     #[arg(long, env = "UNITED_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -375,7 +375,7 @@ impl Settings {
             ("--answer-bytes-per-user", self.answer_bytes_per_user),
             ("--answer-bytes-per-node", self.answer_bytes_per_node),
         ] {
-            let page = crate::answers::MAX_PAGE_BYTES;
+            let page = crate::model::MAX_PAGE_BYTES;
             let most = tokio::sync::Semaphore::MAX_PERMITS;
             if bytes != 0 && !(page..=most).contains(&bytes) {
                 problems.push(format!(

@@ -31,6 +31,7 @@ pub mod load;
 pub mod localcluster;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod proto;
 pub mod ratelimit;
 pub mod service;

@@ -293,10 +293,12 @@ pub const MAX_OFFLINE_LIMIT: u32 = 1000;
 /// message, so one estimate bounds both transports.
 pub const PAGE_MESSAGE_OVERHEAD: usize = 1024;
 
+/// The most bytes one history or offline page may encode to (contract §8).
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// The most a page's messages may add up to by [`page_bytes`]: a page's
-/// encoded body stays below [`crate::answers::MAX_PAGE_BYTES`] (4 MiB,
-/// contract §8) with room for its envelope.
-pub const PAGE_BODY_BYTES: usize = crate::answers::MAX_PAGE_BYTES - 4096;
+/// encoded body stays below [`MAX_PAGE_BYTES`] with room for its envelope.
+pub const PAGE_BODY_BYTES: usize = MAX_PAGE_BYTES - 4096;
 
 /// The most bytes a message with `payload_len` bytes of ciphertext takes in
 /// a JSON or protobuf page.

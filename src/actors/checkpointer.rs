@@ -320,8 +320,13 @@ mod tests {
         let wal = std::fs::metadata(dir.path().join("t.db-wal"))
             .unwrap()
             .len();
-        // Without the reset the WAL would hold every frame written.
-        let bound = 10 * restart_frames as u64 * (4096 + 24);
+        // Without the reset the WAL would hold every frame written. How far
+        // past the bound it grows between two resets depends on how much CPU
+        // the checkpointer gets beside the writer (10 bounds when alone, up
+        // to 19 beside the other unit tests on 2 cores): a quarter of what
+        // was written still tells a reset WAL from one never reset.
+        let bound =
+            (written as u64 * (4096 + 24) / 4).max(10 * restart_frames as u64 * (4096 + 24));
         assert!(written > 4 * restart_frames, "only {rows} rows written");
         assert!(restarts >= 1, "{restarts} restarts for {rows} rows");
         assert!(syncs >= 1, "the database file was never flushed");

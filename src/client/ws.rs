@@ -20,7 +20,7 @@ use crate::proto::{Envelope, Payload};
 
 /// Largest frame the client accepts: a history or offline page, which the
 /// hub keeps below 4 MiB (contract §8), plus room.
-const MAX_FRAME: usize = crate::answers::MAX_PAGE_BYTES + 64 * 1024;
+const MAX_FRAME: usize = crate::model::MAX_PAGE_BYTES + 64 * 1024;
 
 /// What the hub sent that was not the answer to a pending request.
 #[derive(Debug, Clone, PartialEq)]
