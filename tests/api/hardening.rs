@@ -329,6 +329,7 @@ async fn the_origin_allow_list_is_enforced() {
 
 #[actix_web::test]
 async fn endless_continuation_frames_close_the_session_without_growing_memory() {
+    let _measuring = measuring().await;
     let hub = ProcessHub::start(&[]).await;
     let user = user_at(&hub.address, "Frag").await;
     let mut ws = user.ws().await;
@@ -394,6 +395,7 @@ async fn abuse_on_one_socket_does_not_disturb_others() {
 
 #[actix_web::test]
 async fn a_recipient_that_stops_reading_is_cut_off_and_loses_nothing() {
+    let _measuring = measuring().await;
     // Its own process, so the memory figure is the hub's alone. The buffer is
     // small, so the stuck session is found quickly; still above the bursts a
     // healthy session gets here (100 of its own events at a time).
@@ -569,6 +571,7 @@ async fn purged_entries_leave_no_bytes_behind() {
 /// +68 MiB, and this test fails.
 #[actix_web::test]
 async fn sessions_that_never_read_hold_at_most_their_byte_budget() {
+    let _measuring = measuring().await;
     const STUCK: usize = 50;
     const PER_USER: usize = 30;
     const BUDGET: usize = 256 * 1024;
@@ -784,6 +787,7 @@ async fn session_caps_per_user_and_per_ip_answer_429() {
 /// 47 ms in a debug build with a benchmark running beside it).
 #[actix_web::test]
 async fn a_read_flood_does_not_slow_other_users_sends() {
+    let _measuring = measuring().await;
     use std::cell::Cell;
     use std::rc::Rc;
     let app = spawn_app_with(|s| s.send_rate = 0).await;

@@ -24,6 +24,16 @@ use crate::CLUSTER;
 /// Nodes of the cluster `spawn_app` starts in cluster mode.
 pub const CLUSTER_NODES: usize = 3;
 
+/// Tests that measure time or a process's memory, or that load the machine
+/// heavily, hold this while they run, so that they neither measure nor
+/// disturb each other (the harness runs tests in parallel on 2 cores).
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for the other measuring tests to finish; hold the guard to the end.
+pub async fn measuring() -> tokio::sync::MutexGuard<'static, ()> {
+    MEASURING.lock().await
+}
+
 /// Logs print only with `TEST_LOG` set.
 fn init_tracing() {
     if std::env::var_os("TEST_LOG").is_some() {

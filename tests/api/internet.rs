@@ -75,6 +75,7 @@ fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
 /// rest wait and get 429, and everyone else is served as before.
 #[actix_web::test]
 async fn two_hundred_unread_history_pages_hold_only_the_users_budget() {
+    let _measuring = measuring().await;
     const SOCKETS: usize = 200;
     let hub = ProcessHub::start(&[]).await;
     let alice = user_at(&hub.address, "Alice").await;
@@ -156,6 +157,7 @@ fn ws_frame(envelope: &Envelope) -> Vec<u8> {
 /// that never reads.
 #[actix_web::test]
 async fn two_hundred_pipelined_history_requests_on_an_unread_websocket_stay_bounded() {
+    let _measuring = measuring().await;
     let hub = ProcessHub::start(&[]).await;
     let alice = user_at(&hub.address, "Alice").await;
     let bob = user_at(&hub.address, "Bob").await;
@@ -206,6 +208,7 @@ async fn two_hundred_pipelined_history_requests_on_an_unread_websocket_stay_boun
 /// delivered, so every entry reaches Bob exactly once.
 #[actix_web::test]
 async fn unread_offline_fetches_are_refused_without_losing_an_entry() {
+    let _measuring = measuring().await;
     const COUNT: usize = 100;
     const SOCKETS: usize = 10;
     let hub = ProcessHub::start(&["--answer-bytes-per-user", "4194304"]).await;

@@ -44,6 +44,7 @@ async fn get_raw(app: &TestApp, user: &TestUser, path: &str) -> (u16, Vec<u8>) {
 
 #[actix_web::test]
 async fn history_pages_stop_before_4_mib_and_paging_sees_every_message_once() {
+    let _measuring = measuring().await;
     let app = spawn_app().await;
     let alice = app.user("Alice").await;
     let bob = app.user("Bob").await;
@@ -119,6 +120,7 @@ async fn history_pages_stop_before_4_mib_and_paging_sees_every_message_once() {
 
 #[actix_web::test]
 async fn offline_pages_stop_before_4_mib_and_hand_out_each_entry_once() {
+    let _measuring = measuring().await;
     let app = spawn_app().await;
     let alice = app.user("Alice").await;
     let bob = app.user("Bob").await;
