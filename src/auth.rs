@@ -463,6 +463,13 @@ pub fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
             Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
         }
     }
+    load_secret(path)
+}
+
+/// Reads the secret at `path`: its bytes less trailing whitespace, at least
+/// [`MIN_SECRET_BYTES`]. Never creates it (cluster nodes must share one).
+pub fn load_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context as _;
     let mut secret =
         fs::read(path).with_context(|| format!("reading the JWT secret {}", path.display()))?;
     while secret.last().is_some_and(|b| b.is_ascii_whitespace()) {

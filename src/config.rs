@@ -50,7 +50,9 @@ pub struct Settings {
     #[arg(long, env = "UNITED_DATA_DIR", default_value = defaults::DATA_DIR)]
     pub data_dir: PathBuf,
 
-    /// HS256 key file [default: <data-dir>/jwt_secret, generated on first start].
+    /// HS256 key file [default: <data-dir>/jwt_secret, generated on first
+    /// start]. Required in cluster mode, the same file on every node: it
+    /// also seals the bus, and is never generated there.
     #[arg(long, env = "UNITED_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
 
@@ -187,10 +189,16 @@ pub struct Settings {
     #[arg(long, env = "UNITED_DATABASE_URL")]
     pub database_url: Option<DatabaseUrl>,
 
-    /// NATS for cluster mode (`nats://host:port`): carries events between
-    /// nodes that share --database-url.
+    /// NATS for cluster mode: carries events between nodes that share
+    /// --database-url. `nats://[user:password@]host:port`, `tls://…` for
+    /// TLS; several URLs, comma-separated, are one NATS cluster.
     #[arg(long, env = "UNITED_NATS_URL")]
-    pub nats_url: Option<String>,
+    pub nats_url: Option<NatsUrl>,
+
+    /// A PEM file of the CA that signed the NATS servers' certificates
+    /// [default: the system's roots].
+    #[arg(long, env = "UNITED_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
 
     /// HTTP worker threads [default: one per core].
     #[arg(long, env = "UNITED_WORKERS")]
@@ -235,6 +243,7 @@ impl Default for Settings {
             allowed_origins: Vec::new(),
             database_url: None,
             nats_url: None,
+            nats_ca_file: None,
             workers: None,
         }
     }
@@ -261,8 +270,11 @@ impl DatabaseUrl {
         if !(self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")) {
             return Some("--database-url must be postgres://user:password@host:port/dbname");
         }
-        if self.0.parse::<tokio_postgres::Config>().is_err() {
-            return Some("--database-url is not a valid postgres:// URL");
+        if crate::pg_tls::parse(&self.0).is_err() {
+            return Some(
+                "--database-url is not a valid postgres:// URL (sslmode: disable, prefer, \
+                 require, verify-ca or verify-full)",
+            );
         }
         None
     }
@@ -278,9 +290,10 @@ impl std::str::FromStr for DatabaseUrl {
 impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use tokio_postgres::config::Host;
-        let Ok(config) = self.0.parse::<tokio_postgres::Config>() else {
+        let Ok(connect) = crate::pg_tls::parse(&self.0) else {
             return write!(f, "postgres://(an invalid URL)");
         };
+        let config = connect.config;
         let ports = config.get_ports();
         let hosts: Vec<String> = config
             .get_hosts()
@@ -311,6 +324,118 @@ impl std::fmt::Debug for DatabaseUrl {
         write!(f, "DatabaseUrl({self})")
     }
 }
+
+/// `--nats-url`: one or more NATS servers, comma-separated, with optional
+/// credentials. Its `Debug` and `Display` leave the credentials out.
+#[derive(Clone)]
+pub struct NatsUrl {
+    /// `scheme://host:port` of each server, without credentials.
+    servers: Vec<String>,
+    user: Option<(String, String)>,
+    problem: Option<&'static str>,
+}
+
+impl NatsUrl {
+    /// The servers, without credentials.
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// User and password, when the URL has them (percent-decoded).
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.user.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// Whether every server is asked for TLS (`tls://`).
+    pub fn tls(&self) -> bool {
+        self.servers.iter().all(|s| s.starts_with("tls://"))
+    }
+}
+
+/// `%XX` escapes decoded (a password may hold `@`, `:` or `/` that way).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl std::str::FromStr for NatsUrl {
+    type Err = std::convert::Infallible;
+    /// Keeps any string, so that clap never quotes a password in an error:
+    /// `Settings::validate` names what is wrong.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut url = NatsUrl {
+            servers: Vec::new(),
+            user: None,
+            problem: None,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((scheme, rest)) = part.split_once("://") else {
+                url.problem = Some("--nats-url must be nats://host:port or tls://host:port");
+                continue;
+            };
+            if !matches!(scheme, "nats" | "tls") {
+                url.problem = Some("--nats-url must be nats://host:port or tls://host:port");
+            }
+            let (userinfo, host) = match rest.rsplit_once('@') {
+                Some((u, h)) => (Some(u), h),
+                None => (None, rest),
+            };
+            if host.is_empty() || (host.contains('/') && !host.ends_with('/')) {
+                url.problem = Some("--nats-url names a server without a host:port");
+            }
+            if let Some(userinfo) = userinfo {
+                let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                let creds = (percent_decode(user), percent_decode(pass));
+                if url.user.as_ref().is_some_and(|c| *c != creds) {
+                    url.problem =
+                        Some("--nats-url gives different credentials for different servers");
+                }
+                url.user = Some(creds);
+            }
+            url.servers
+                .push(format!("{scheme}://{}", host.trim_end_matches('/')));
+        }
+        if url.servers.is_empty() {
+            url.problem = Some("--nats-url names no server");
+        }
+        Ok(url)
+    }
+}
+
+impl std::fmt::Display for NatsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.servers.join(","))
+    }
+}
+
+impl std::fmt::Debug for NatsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NatsUrl({self})")
+    }
+}
+
+/// Why a cluster node will not start without `--jwt-secret-file`.
+pub const CLUSTER_NEEDS_SECRET: &str = "cluster mode (--database-url) needs --jwt-secret-file: \
+     every node of a cluster must be given the same secret file (at least 32 bytes, for example \
+     made once with `openssl rand -hex 32 > jwt_secret`, mode 0600); it signs tokens and seals \
+     the bus, and is never kept in the database";
 
 /// The bounds `Settings::validate` enforces.
 pub mod limits {
@@ -386,6 +511,12 @@ impl Settings {
         }
         if let Some(problem) = self.database_url.as_ref().and_then(DatabaseUrl::problem) {
             problems.push(problem.to_owned());
+        }
+        if let Some(problem) = self.nats_url.as_ref().and_then(|u| u.problem) {
+            problems.push(problem.to_owned());
+        }
+        if self.database_url.is_some() && self.jwt_secret_file.is_none() {
+            problems.push(CLUSTER_NEEDS_SECRET.to_owned());
         }
         if self.send_timeout == 0 {
             problems.push("--send-timeout 0 would refuse every send; it must be at least 1".into());
@@ -578,6 +709,30 @@ mod tests {
             let url: DatabaseUrl = raw.parse().unwrap();
             assert_eq!(url.to_string(), shown);
             assert!(url.problem().is_none(), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_nats_url_keeps_its_credentials_out_of_sight() {
+        let url: NatsUrl = "nats://hub:p%40ss@a:4222, nats://hub:p%40ss@b:4223"
+            .parse()
+            .unwrap();
+        assert_eq!(url.servers(), ["nats://a:4222", "nats://b:4223"]);
+        assert_eq!(url.credentials(), Some(("hub", "p@ss")));
+        assert_eq!(url.to_string(), "nats://a:4222,nats://b:4223");
+        assert!(!format!("{url:?}").contains("ss"));
+        assert!(url.problem.is_none() && !url.tls());
+        let tls: NatsUrl = "tls://n1:4222".parse().unwrap();
+        assert!(tls.tls() && tls.credentials().is_none());
+        for bad in [
+            "",
+            "http://x:1",
+            "nats://u:p1@a:1,nats://u:p2@b:2",
+            "a:4222",
+        ] {
+            let message = problems(|s| s.nats_url = Some(bad.parse().unwrap()));
+            assert!(message.contains("--nats-url"), "{bad}: {message}");
+            assert!(!message.contains("p1"), "{message}");
         }
     }
 

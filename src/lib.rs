@@ -32,6 +32,7 @@ pub mod localcluster;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod pg_tls;
 pub mod proto;
 pub mod ratelimit;
 pub mod service;

@@ -133,6 +133,18 @@ impl LocalPostgres {
         Ok(pg)
     }
 
+    /// A secret file for the hub nodes that share this database: cluster
+    /// mode needs every node to be given the same `--jwt-secret-file`.
+    /// Made on first use (64 random hex characters, mode 0600).
+    pub fn secret_file(&self) -> PathBuf {
+        let path = self.dir.path().join("cluster_secret");
+        if !path.exists() {
+            crate::auth::load_or_create_secret(&path)
+                .expect("a secret file in the server's directory");
+        }
+        path
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/united`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.port)

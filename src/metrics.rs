@@ -41,6 +41,9 @@ pub struct Metrics {
     pub cluster_publish_dropped: IntCounter,
     /// Cluster mode: NATS slow-consumer events.
     pub cluster_slow_consumer: IntCounter,
+    /// Cluster mode: bus messages dropped because they failed the check
+    /// (label `reason`: malformed, bad_mac, stale, replayed).
+    pub cluster_rejected: prometheus::IntCounterVec,
     /// Messages assigned again because another node committed their
     /// sequence first (or an earlier message of the batch failed).
     pub sequence_retries: IntCounter,
@@ -178,6 +181,13 @@ impl Metrics {
             cluster_publish_dropped: register!(IntCounter::new(
                 "cluster_publish_dropped_total",
                 "Publications dropped while the bus was too far behind"
+            )),
+            cluster_rejected: register!(prometheus::IntCounterVec::new(
+                Opts::new(
+                    "cluster_rejected_total",
+                    "Bus messages dropped because they failed the cluster's check"
+                ),
+                &["reason"]
             )),
             cluster_slow_consumer: register!(IntCounter::new(
                 "cluster_slow_consumer_total",

@@ -18,7 +18,7 @@ use crate::actors::janitor::{JanitorActor, StopJanitor};
 use crate::actors::registry::{SessionLimits, SessionRegistry};
 use crate::actors::write_batcher::Appender;
 use crate::auth::JwtKeys;
-use crate::cluster::ClusterNode;
+use crate::cluster::{ClusterNode, NatsSettings};
 use crate::config::Settings;
 use crate::http;
 use crate::metrics::Metrics;
@@ -112,7 +112,19 @@ impl Application {
         } = Store::open(&settings, &metrics).await?;
         let cluster = match (&settings.nats_url, &store) {
             (Some(nats), Store::Postgres(pg)) => {
-                Some(ClusterNode::start(nats, pg.clone(), registry.clone(), metrics.clone()).await?)
+                let bus = NatsSettings {
+                    url: nats.clone(),
+                    ca_file: settings.nats_ca_file.clone(),
+                };
+                let node = ClusterNode::start(
+                    &bus,
+                    &jwt_secret,
+                    pg.clone(),
+                    registry.clone(),
+                    metrics.clone(),
+                )
+                .await?;
+                Some(node)
             }
             _ => None,
         };

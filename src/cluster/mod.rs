@@ -21,8 +21,10 @@
 
 pub mod feed;
 pub mod presence;
+pub mod sealing;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -35,7 +37,9 @@ use uuid::Uuid;
 
 use self::feed::{Event, Feeds, Repair};
 use self::presence::{RemotePresence, Reply};
+use self::sealing::{BusSeal, Rejected};
 use crate::actors::registry::SessionRegistry;
+use crate::config::NatsUrl;
 use crate::db::MessageWrite;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -65,6 +69,46 @@ const SNAPSHOT_PART: usize = 2000;
 /// Publications waiting for NATS; past this they are dropped and repaired.
 const OUTBOX: usize = 65_536;
 
+/// How this node reaches NATS: `--nats-url` and `--nats-ca-file`.
+pub struct NatsSettings {
+    pub url: NatsUrl,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl NatsSettings {
+    /// Credentials and TLS as the settings ask.
+    fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = self.url.credentials() {
+            options = options.user_and_password(user.to_owned(), password.to_owned());
+        }
+        if let Some(ca) = &self.ca_file {
+            anyhow::ensure!(
+                ca.is_file(),
+                "--nats-ca-file {} is not a readable file",
+                ca.display()
+            );
+            options = options.add_root_certificates(ca.clone());
+        }
+        if self.url.tls() {
+            options = options.require_tls(true);
+        }
+        Ok(options)
+    }
+
+    /// The servers, without credentials.
+    fn servers(&self) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+        self.url
+            .servers()
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| anyhow::anyhow!("--nats-url: {s} is not a server address: {e}"))
+            })
+            .collect()
+    }
+}
+
 fn user_subject(user: &Pubkey) -> String {
     format!("united.user.{user}")
 }
@@ -90,6 +134,8 @@ pub struct ClusterNode {
     recently_gone: Mutex<HashMap<Pubkey, Instant>>,
     outbox: mpsc::Sender<(String, Bytes)>,
     snapshot_id: AtomicU64,
+    /// Seals what this node publishes, checks what it receives.
+    seal: Arc<BusSeal>,
 }
 
 /// Keeps a user watched while a session of theirs lives; unwatches on drop.
@@ -106,9 +152,12 @@ impl Drop for WatchGuard {
 
 impl ClusterNode {
     /// Connects to NATS and starts presence, the publisher and the repair
-    /// loop. Fails if NATS cannot be reached at start.
+    /// loop. Fails if NATS cannot be reached at start. Every message on the
+    /// bus is sealed with a key derived from `secret`, the cluster's shared
+    /// secret ([`sealing`]).
     pub async fn start(
-        nats_url: &str,
+        bus: &NatsSettings,
+        secret: &[u8],
         store: Arc<PgStore>,
         registry: Arc<SessionRegistry>,
         metrics: Arc<Metrics>,
@@ -118,7 +167,9 @@ impl ClusterNode {
         let id = Uuid::new_v4().simple().to_string();
         let slot: Arc<OnceLock<Weak<ClusterNode>>> = Arc::new(OnceLock::new());
         let events = slot.clone();
-        let options = async_nats::ConnectOptions::new()
+        let options = bus
+            .options()
+            .context("--nats-url")?
             .name(format!("united-hub {}", &id[..8]))
             .no_echo()
             .max_reconnects(None)
@@ -134,14 +185,15 @@ impl ClusterNode {
                     }
                 }
             });
-        let url = nats_url.to_owned();
+        let servers = bus.servers()?;
         let nats = runtime
             .handle()
-            .spawn(async move { options.connect(url).await })
+            .spawn(async move { options.connect(servers).await })
             .await
             .context("the NATS task failed")?
-            .context("connecting to NATS (--nats-url)")?;
+            .with_context(|| format!("connecting to NATS at {}", bus.url))?;
         let (outbox, outgoing) = mpsc::channel(OUTBOX);
+        let seal = Arc::new(BusSeal::new(secret, id.clone()));
         let node = Arc::new(ClusterNode {
             id,
             runtime,
@@ -155,6 +207,7 @@ impl ClusterNode {
             recently_gone: Mutex::new(HashMap::new()),
             outbox,
             snapshot_id: AtomicU64::new(1),
+            seal,
         });
         let _ = slot.set(Arc::downgrade(&node));
 
@@ -164,7 +217,7 @@ impl ClusterNode {
             .await
             .context("subscribing to presence")?;
         let handle = node.runtime.handle();
-        handle.spawn(publisher(node.nats.clone(), outgoing));
+        handle.spawn(publisher(node.nats.clone(), node.seal.clone(), outgoing));
         handle.spawn(read_presence(Arc::downgrade(&node), presence));
         handle.spawn(ticker(Arc::downgrade(&node)));
         node.announce(Kind::Hello, Vec::new());
@@ -217,6 +270,19 @@ impl ClusterNode {
             }
             other => tracing::debug!(event = %other, "NATS event"),
         }
+    }
+
+    /// Counts and logs a bus message that failed the check, without its
+    /// payload or subject (which names a user).
+    fn rejected(&self, why: Rejected) {
+        self.metrics
+            .cluster_rejected
+            .with_label_values(&[why.label()])
+            .inc();
+        tracing::warn!(
+            reason = why.label(),
+            "dropped a bus message that failed the cluster's check"
+        );
     }
 
     // -- publishing ------------------------------------------------------------
@@ -690,10 +756,15 @@ fn message_envelope(m: &StoredMessage) -> Bytes {
     }))
 }
 
-/// Publishes the outbox in order.
-async fn publisher(nats: async_nats::Client, mut outgoing: mpsc::Receiver<(String, Bytes)>) {
+/// Seals and publishes the outbox in order (so counters leave in order).
+async fn publisher(
+    nats: async_nats::Client,
+    seal: Arc<BusSeal>,
+    mut outgoing: mpsc::Receiver<(String, Bytes)>,
+) {
     while let Some((subject, payload)) = outgoing.recv().await {
-        if let Err(e) = nats.publish(subject, payload).await {
+        let frame = seal.seal(&subject, payload);
+        if let Err(e) = nats.publish(subject, frame).await {
             tracing::warn!(error = %e, "NATS publish failed; the repair poll covers it");
         }
     }
@@ -704,7 +775,10 @@ async fn read_user(node: Weak<ClusterNode>, user: Pubkey, mut sub: async_nats::S
         let Some(node) = node.upgrade() else {
             return;
         };
-        node.on_user_events(&user, &msg.payload);
+        match node.seal.open(msg.subject.as_str(), &msg.payload) {
+            Ok((_, payload)) => node.on_user_events(&user, &payload),
+            Err(why) => node.rejected(why),
+        }
     }
 }
 
@@ -713,9 +787,22 @@ async fn read_presence(node: Weak<ClusterNode>, mut sub: async_nats::Subscriber)
         let Some(node) = node.upgrade() else {
             return;
         };
-        let Ok(presence) = Presence::decode(&msg.payload[..]) else {
+        let (sender, payload) = match node.seal.open(msg.subject.as_str(), &msg.payload) {
+            Ok(opened) => opened,
+            Err(why) => {
+                node.rejected(why);
+                continue;
+            }
+        };
+        let Ok(presence) = Presence::decode(&payload[..]) else {
+            node.rejected(Rejected::Malformed);
             continue;
         };
+        // A node speaks only for itself.
+        if presence.node != sender {
+            node.rejected(Rejected::Malformed);
+            continue;
+        }
         if presence.node == node.id {
             continue;
         }

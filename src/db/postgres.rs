@@ -136,6 +136,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX idx_ws_tickets_user ON ws_tickets(user_pubkey, expires_at);
     CREATE INDEX idx_ws_tickets_expires ON ws_tickets(expires_at);
     "#,
+    // 5: the JWT key is no longer kept in the database (contract §8): every
+    // node reads it from --jwt-secret-file. The key earlier versions stored
+    // is deleted, so a reader of the database cannot mint tokens with it.
+    r#"
+    DELETE FROM cluster_secrets WHERE name = 'jwt';
+    "#,
 ];
 
 /// The schema version this build expects.
@@ -217,7 +223,6 @@ async fn migrate_locked(client: &mut Client) -> Result<u32, DbError> {
     Ok(applied)
 }
 
-/// The cluster's shared HS256 key: the first node to ask generates it.
 /// The cluster's secret called `name`: the stored one, or `generated` if
 /// this node is the first to ask.
 pub async fn shared_secret(

@@ -275,6 +275,8 @@ impl Target {
             pg.url(),
             "--nats-url".to_owned(),
             nats.url(),
+            "--jwt-secret-file".to_owned(),
+            pg.secret_file().display().to_string(),
         ];
         // Dropping the half-started target on error stops what did start.
         let mut target = Target {

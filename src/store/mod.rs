@@ -354,6 +354,13 @@ async fn open_postgres(
     url: &DatabaseUrl,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<(Arc<PgStore>, u32, Vec<u8>)> {
+    // Checked before the database is touched; `Settings::validate` has
+    // already refused a cluster node without the flag.
+    let path = settings
+        .jwt_secret_file
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!(crate::config::CLUSTER_NEEDS_SECRET))?;
+    let secret = crate::auth::load_secret(path)?;
     let (store, applied) = PgStore::connect(
         url.expose(),
         Duration::from_secs(settings.challenge_ttl),
@@ -361,16 +368,5 @@ async fn open_postgres(
     )
     .await
     .with_context(|| format!("opening {url}"))?;
-    let secret = match &settings.jwt_secret_file {
-        Some(path) => load_or_create_secret(path)?,
-        None => {
-            let generated = crate::auth::new_secret();
-            store
-                .jwt_secret(generated)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e:#}"))
-                .context("reading the cluster's JWT key")?
-        }
-    };
     Ok((store, applied, secret))
 }

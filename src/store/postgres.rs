@@ -12,14 +12,12 @@
 //! clients see as 503 `unavailable` with `Retry-After`.
 
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rand_core::{OsRng, RngCore};
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use crate::actors::write_batcher::CommitTarget;
@@ -111,17 +109,20 @@ impl PgStore {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Arc<PgStore>, u32)> {
         use anyhow::Context as _;
-        let mut config = tokio_postgres::Config::from_str(url)
-            .context("--database-url is not a valid postgres:// URL")?;
+        let connect = crate::pg_tls::parse(url)?;
+        let tls = crate::pg_tls::connector(&connect)?;
+        let mut config = connect.config;
         config
             .connect_timeout(Duration::from_secs(3))
-            .options("-c statement_timeout=10000")
-            .application_name("united-hub");
+            .options("-c statement_timeout=10000");
+        if config.get_application_name().is_none() {
+            config.application_name("united-hub");
+        }
         let runtime =
             OwnedRuntime::new("united-pg", 2).context("starting the PostgreSQL runtime")?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -181,11 +182,6 @@ impl PgStore {
 
     pub fn commit_target(&self) -> CommitTarget {
         CommitTarget::Actor(self.committer.clone().recipient())
-    }
-
-    /// The cluster's shared JWT key (`generated` if this node is the first).
-    pub async fn jwt_secret(&self, generated: Vec<u8>) -> Result<Vec<u8>, DbError> {
-        with_client!(self, |c| sql::shared_secret(&c, "jwt", &generated))
     }
 
     pub async fn health(&self) -> Result<(), DbError> {

@@ -88,7 +88,8 @@ async fn spawn_cluster_with(configure: impl Fn(&mut Settings)) -> TestApp {
         apps.push(
             spawn_app_in(dir, |s| {
                 s.database_url = Some(pg.url().parse().expect("a postgres URL"));
-                s.nats_url = Some(nats.url());
+                s.nats_url = Some(nats.url().parse().expect("a NATS URL"));
+                s.jwt_secret_file = Some(pg.secret_file());
                 configure(s);
             })
             .await,
@@ -104,22 +105,10 @@ async fn spawn_cluster_with(configure: impl Fn(&mut Settings)) -> TestApp {
         .map(|a| (a.address.clone(), a.handle.clone(), a.state.clone()))
         .collect();
     let mut first = apps.swap_remove(0);
-    first.jwt_secret = cluster_secret(&pg).await;
+    first.jwt_secret =
+        united_hub::auth::load_secret(&pg.secret_file()).expect("the cluster's secret");
     first.cluster = Some(ClusterParts { nodes, pg, nats });
     first
-}
-
-/// The cluster's shared JWT key, as the first node stored it.
-async fn cluster_secret(pg: &LocalPostgres) -> Vec<u8> {
-    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    actix_web::rt::spawn(connection);
-    client
-        .query_one("SELECT value FROM cluster_secrets WHERE name = 'jwt'", &[])
-        .await
-        .expect("the cluster's key")
-        .get(0)
 }
 
 /// Starts a hub on an existing data directory (for restart tests).

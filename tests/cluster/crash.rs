@@ -44,7 +44,14 @@ fn spawn_node(port: u16, dir: &std::path::Path, pg: &LocalPostgres, nats: &Local
     ProcessHub::spawn(
         dir,
         port,
-        &["--database-url", &pg.url(), "--nats-url", &nats.url()],
+        &[
+            "--database-url",
+            &pg.url(),
+            "--nats-url",
+            &nats.url(),
+            "--jwt-secret-file",
+            &pg.secret_file().display().to_string(),
+        ],
     )
 }
 

@@ -25,7 +25,12 @@ fn free_port() -> u16 {
 }
 
 /// Starts the binary with `url` and every log on; the log file's path.
-fn start(url: &str, dir: &std::path::Path, port: u16) -> (std::process::Child, std::path::PathBuf) {
+fn start(
+    url: &str,
+    secret: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+) -> (std::process::Child, std::path::PathBuf) {
     let log = dir.join("hub.log");
     let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_united-hub"))
@@ -37,6 +42,8 @@ fn start(url: &str, dir: &std::path::Path, port: u16) -> (std::process::Child, s
         ])
         .arg(dir)
         .args(["--database-url", url])
+        .arg("--jwt-secret-file")
+        .arg(secret)
         .env("RUST_LOG", "trace")
         .stdout(file.try_clone().unwrap())
         .stderr(file)
@@ -71,7 +78,7 @@ async fn no_database_password_reaches_the_log() {
     for url in [with_userinfo, with_param] {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let (mut child, log) = start(&url, dir.path(), port);
+        let (mut child, log) = start(&url, &pg.secret_file(), dir.path(), port);
         wait_healthy(&format!("http://127.0.0.1:{port}")).await;
         let _ = child.kill();
         let _ = child.wait();
@@ -89,7 +96,7 @@ async fn no_database_password_reaches_the_log() {
         "postgres://hub:UnreachableSecret3@127.0.0.1:{}/united?password=UnreachableSecret4",
         free_port()
     );
-    let (mut child, log) = start(&unreachable, dir.path(), free_port());
+    let (mut child, log) = start(&unreachable, &pg.secret_file(), dir.path(), free_port());
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

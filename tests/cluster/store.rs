@@ -61,6 +61,7 @@ impl Engine {
         let settings = Settings {
             data_dir: dir.path().to_path_buf(),
             database_url: Some(pg.url().parse().expect("a postgres URL")),
+            jwt_secret_file: Some(pg.secret_file()),
             ..Settings::default()
         };
         let store = open(&settings).await;

@@ -19,7 +19,8 @@ pub struct Cluster {
 /// Settings of one node of the cluster: rate limits off, short timers.
 pub fn node_settings(s: &mut Settings, pg: &LocalPostgres, nats: &LocalNats) {
     s.database_url = Some(pg.url().parse().expect("a postgres URL"));
-    s.nats_url = Some(nats.url());
+    s.nats_url = Some(nats.url().parse().expect("a NATS URL"));
+    s.jwt_secret_file = Some(pg.secret_file());
     s.auth_rate = 0;
     s.send_rate = 0;
 }
