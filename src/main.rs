@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub (the default).
-    Serve(Settings),
+    Serve(Box<Settings>),
     /// Play a short story against an embedded (or --url) hub, every step checked.
     Demo(demo::DemoArgs),
     /// Create or show an identity file.
@@ -48,13 +48,15 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Serve(Box::new(cli.serve)));
     if matches!(command, Command::Serve(_)) {
         telemetry::init();
     }
     let system = actix_web::rt::System::new();
     match command {
-        Command::Serve(settings) => system.block_on(serve(settings)),
+        Command::Serve(settings) => system.block_on(serve(*settings)),
         Command::Demo(args) => {
             let all_held = system.block_on(demo::run(args))?;
             std::process::exit(if all_held { 0 } else { 1 });
