@@ -63,6 +63,9 @@ pub struct LocalPostgres {
     /// uid and gid the PostgreSQL binaries run as, when this process is root.
     run_as: Option<(u32, u32)>,
     running: bool,
+    /// Serves TLS (`ssl=on`) with `server.crt` and `server.key` in the data
+    /// directory.
+    tls: bool,
 }
 
 impl LocalPostgres {
@@ -90,6 +93,7 @@ impl LocalPostgres {
             port: 0,
             run_as,
             running: false,
+            tls: false,
         };
 
         let mut initdb = pg.command("initdb");
@@ -130,6 +134,27 @@ impl LocalPostgres {
             .arg(pg.port.to_string())
             .args(["-U", "postgres", DATABASE]);
         pg.run(cmd, "createdb")?;
+        Ok(pg)
+    }
+
+    /// The same, serving TLS with `cert_pem` and `key_pem` (`ssl=on`; clients
+    /// choose with `sslmode`).
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> anyhow::Result<LocalPostgres> {
+        let mut pg = LocalPostgres::start()?;
+        pg.pg_ctl_stop("fast")?;
+        for (name, pem, mode) in [
+            ("server.crt", cert_pem, 0o644),
+            ("server.key", key_pem, 0o600),
+        ] {
+            let path = pg.data.join(name);
+            fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+            if let Some((uid, gid)) = pg.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        pg.tls = true;
+        pg.pg_ctl_start()?;
         Ok(pg)
     }
 
@@ -177,12 +202,15 @@ impl LocalPostgres {
     }
 
     fn pg_ctl_start(&mut self) -> anyhow::Result<()> {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on \
              -c max_connections=200 -c shared_buffers=128MB",
             self.port,
             shell_quote(&self.dir.path().to_string_lossy()),
         );
+        if self.tls {
+            opts.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let mut cmd = self.command("pg_ctl");
         cmd.arg("-D")
             .arg(&self.data)
@@ -293,12 +321,27 @@ pub struct LocalNats {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    options: NatsOptions,
+}
+
+/// How a [`LocalNats`] is run: with a user and password, and with TLS.
+#[derive(Clone, Debug, Default)]
+pub struct NatsOptions {
+    /// Clients must log in as this user with this password.
+    pub user: Option<(String, String)>,
+    /// PEM files of the server's certificate and key: clients must use TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl LocalNats {
     /// Starts `nats-server -a 127.0.0.1 -p <free port>` and waits until it
     /// greets a TCP client with `INFO`.
     pub fn start() -> anyhow::Result<LocalNats> {
+        Self::start_with(NatsOptions::default())
+    }
+
+    /// The same, with a user and password and/or TLS.
+    pub fn start_with(options: NatsOptions) -> anyhow::Result<LocalNats> {
         let bin = find_nats().ok_or_else(|| anyhow!(NATS_NOT_FOUND))?;
         let dir = tempfile::Builder::new()
             .prefix("united-nats-")
@@ -309,6 +352,7 @@ impl LocalNats {
             dir,
             port: 0,
             child: None,
+            options,
         };
         let mut attempt = 0;
         loop {
@@ -324,9 +368,19 @@ impl LocalNats {
         }
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (`tls://` with TLS), with the user and
+    /// password when the server asks for them.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls.is_some() {
+            "tls"
+        } else {
+            "nats"
+        };
+        let user = match &self.options.user {
+            Some((user, password)) => format!("{user}:{password}@"),
+            None => String::new(),
+        };
+        format!("{scheme}://{user}127.0.0.1:{}", self.port)
     }
 
     /// The TCP port the server listens on (127.0.0.1 only).
@@ -405,10 +459,20 @@ impl LocalNats {
             .append(true)
             .open(log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
-        Command::new(&self.bin)
-            .args(["-a", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .current_dir(self.dir.path())
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string());
+        if let Some((user, password)) = &self.options.user {
+            cmd.args(["--user", user, "--pass", password]);
+        }
+        if let Some((cert, key)) = &self.options.tls {
+            cmd.arg("--tls")
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
+        }
+        cmd.current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

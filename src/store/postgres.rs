@@ -78,11 +78,19 @@ pub struct PgStore {
     client_salt: Vec<u8>,
 }
 
-/// Checks a connection out of the pool; failing to is `Unavailable`.
+/// Checks a connection out of the pool; failing to is `Unavailable`, with
+/// every cause (a TLS handshake's says which certificate check failed).
 async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Object, DbError> {
-    pool.get()
-        .await
-        .map_err(|e| DbError::Unavailable(e.to_string()))
+    pool.get().await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why.push_str(": ");
+            why.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        DbError::Unavailable(why)
+    })
 }
 
 /// Runs `$body` with a pooled client `$c` on the store's runtime.

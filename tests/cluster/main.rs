@@ -20,3 +20,4 @@ mod faults;
 mod secrets;
 mod store;
 mod support;
+mod trust;

@@ -29,6 +29,11 @@ pub fn node_settings(s: &mut Settings, pg: &LocalPostgres, nats: &LocalNats) {
 pub async fn cluster(n: usize) -> Cluster {
     let pg = LocalPostgres::start().expect("PostgreSQL starts");
     let nats = LocalNats::start().expect("nats-server starts");
+    cluster_on(n, pg, nats).await
+}
+
+/// `n` nodes on the given PostgreSQL and NATS, started and healthy.
+pub async fn cluster_on(n: usize, pg: LocalPostgres, nats: LocalNats) -> Cluster {
     let mut nodes = Vec::new();
     for _ in 0..n {
         nodes.push(spawn_app_with(|s| node_settings(s, &pg, &nats)).await);
