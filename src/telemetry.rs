@@ -5,9 +5,10 @@
 use tracing_subscriber::EnvFilter;
 
 /// Libraries that see raw requests (headers, request lines with query
-/// strings) or raw data (statement parameters, bus payloads and subjects)
-/// stay at `info` whatever `RUST_LOG` says: their debug and trace output
-/// could carry a token, a public key or ciphertext.
+/// strings), raw data (statement parameters, bus payloads and subjects) or
+/// TLS handshakes (randoms, session ids, key shares) stay at `info` whatever
+/// `RUST_LOG` says: their debug and trace output could carry a token, a
+/// public key, ciphertext or key material.
 const CLAMPED: &[&str] = &[
     "actix_http",
     "actix_web",
@@ -19,6 +20,9 @@ const CLAMPED: &[&str] = &[
     "postgres_protocol",
     "deadpool_postgres",
     "async_nats",
+    "rustls",
+    "tokio_rustls",
+    "tokio_postgres_rustls",
 ];
 
 pub fn init() {

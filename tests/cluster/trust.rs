@@ -359,3 +359,41 @@ async fn a_cluster_node_needs_the_secret_file_and_the_key_stays_out_of_the_datab
         .get(0);
     assert_eq!(stored, 0, "no JWT key in the database");
 }
+
+#[actix_web::test]
+async fn several_nats_urls_are_one_nats_cluster_and_a_dead_one_is_skipped() {
+    let pg = LocalPostgres::start().expect("PostgreSQL starts");
+    let nats = LocalNats::start_with(NatsOptions {
+        user: Some((NATS_USER.0.into(), NATS_USER.1.into())),
+        tls: None,
+    })
+    .expect("nats-server starts");
+    let dead = united_hub::localcluster::free_port();
+    let urls = format!(
+        "nats://{}:{}@127.0.0.1:{dead},{}",
+        NATS_USER.0,
+        NATS_USER.1,
+        nats.url()
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let urls = urls.clone();
+        nodes.push(
+            spawn_app_with(|s| {
+                node_settings(s, &pg, &nats);
+                s.nats_url = Some(urls.parse().unwrap());
+            })
+            .await,
+        );
+    }
+    let c = Cluster { pg, nats, nodes };
+    c.wait_for_peers().await;
+    let alice = c.user(0, "Alice").await;
+    let bob = c.user(1, "Bob").await;
+    let mut alice_ws = c.ws_at(&alice, 0).await;
+    let conversation = bob.open_conversation(&alice).await;
+    bob.send_http(&alice, &conversation, "through the live server")
+        .await;
+    let got = collect_messages(&mut alice_ws, 1, Duration::from_secs(10)).await;
+    assert_eq!(alice.open_proto(&got[0]), "through the live server");
+}
