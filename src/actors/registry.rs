@@ -16,10 +16,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use actix::{Addr, Message};
+use actix::Message;
 use bytes::Bytes;
 
-use super::session::WsSession;
 use crate::metrics::Metrics;
 use crate::model::Pubkey;
 use crate::ratelimit::ClientKey;
@@ -57,16 +56,33 @@ pub mod close_code {
     pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
+/// Why a session did not take a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// It is `--session-buffer` events behind.
+    Full,
+    /// It has stopped.
+    Closed,
+}
+
+/// How the registry reaches a session. `actors::session` implements it for
+/// the session's address, so the registry names no session type (and the
+/// session and the registry do not import each other).
+pub trait SessionSink: Send + Sync {
+    /// Hands a push over without waiting.
+    fn deliver(&self, msg: Deliver) -> Result<(), Refused>;
+    /// Asks the session to close; gets through even when it is full.
+    fn kick(&self, msg: Kick);
+}
+
 /// What the registry keeps of one session.
 #[derive(Clone)]
 pub struct SessionHandle {
     pub id: u64,
-    /// The session's address: `try_send` of a [`Deliver`] fails when the
-    /// session is `--session-buffer` behind; `do_send` of a [`Kick`] always
-    /// gets through. One address, not a `Recipient` per message type: each
-    /// `Recipient` is a boxed sender with two allocations of its own, about
-    /// 110 bytes a session.
-    pub addr: Addr<WsSession>,
+    /// The session's address, behind [`SessionSink`]: one address, not a
+    /// `Recipient` per message type (each `Recipient` is a boxed sender with
+    /// two allocations of its own, about 110 bytes a session).
+    pub sink: Arc<dyn SessionSink>,
     /// Bytes handed to the session and not yet written by it: at most
     /// `--session-buffer-bytes`, or the session is cut off like a full one.
     pub pending_bytes: Arc<AtomicUsize>,
@@ -262,12 +278,12 @@ impl SessionRegistry {
                     Err(true)
                 } else {
                     session
-                        .addr
-                        .try_send(Deliver {
+                        .sink
+                        .deliver(Deliver {
                             event: event.clone(),
                             queued_at,
                         })
-                        .map_err(|e| matches!(e, actix::prelude::SendError::Full(_)))
+                        .map_err(|why| why == Refused::Full)
                 };
                 match sent {
                     Ok(()) => pushed.delivered += 1,
@@ -281,7 +297,7 @@ impl SessionRegistry {
                             );
                             // `do_send` ignores the full mailbox; sent once,
                             // since the session leaves the registry below.
-                            session.addr.do_send(Kick {
+                            session.sink.kick(Kick {
                                 code: close_code::TRY_AGAIN_LATER,
                                 drain: false,
                             });
@@ -305,7 +321,7 @@ impl SessionRegistry {
         self.closing.store(true, Ordering::Release);
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
         for session in users.values().flatten() {
-            session.addr.do_send(Kick {
+            session.sink.kick(Kick {
                 code: close_code::GOING_AWAY,
                 drain: true,
             });

@@ -20,7 +20,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, HandshakeError, Protoco
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
-use super::registry::{close_code, Admission, Deliver, Kick, SessionHandle};
+use super::registry::{close_code, Admission, Deliver, Kick, Refused, SessionHandle, SessionSink};
 use crate::answers::AnswerPermit;
 use crate::cluster::WatchGuard;
 use crate::error::ApiError;
@@ -296,7 +296,7 @@ impl Actor for WsSession {
         ctx.set_mailbox_capacity(self.state.settings.session_buffer);
         let handle = SessionHandle {
             id: self.id,
-            addr: ctx.address(),
+            sink: Arc::new(ctx.address()),
             pending_bytes: self.pending_bytes.clone(),
         };
         if !self.state.registry.register(&self.user, handle) {
@@ -391,6 +391,19 @@ impl Handler<Kick> for WsSession {
             };
             self.close(ctx, msg.code, reason);
         }
+    }
+}
+
+impl SessionSink for Addr<WsSession> {
+    fn deliver(&self, msg: Deliver) -> Result<(), Refused> {
+        self.try_send(msg).map_err(|e| match e {
+            SendError::Full(_) => Refused::Full,
+            SendError::Closed(_) => Refused::Closed,
+        })
+    }
+
+    fn kick(&self, msg: Kick) {
+        self.do_send(msg);
     }
 }
 

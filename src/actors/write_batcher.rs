@@ -33,30 +33,11 @@ use crate::actors::db_executor::{DbExecutor, Lane, Writer};
 use crate::cluster::ClusterNode;
 use crate::db::{CommitMessages, DbError, MessageWrite, Skipped};
 use crate::metrics::Metrics;
+use crate::store::commit::CommitTarget;
 
 /// Most messages in one transaction. Measured here: 128 rows per transaction
 /// reach ~70,000 rows/s; larger batches add latency for little gain.
 pub const MAX_BATCH: usize = 512;
-
-/// Where group commits go.
-#[derive(Clone)]
-pub enum CommitTarget {
-    /// SQLite: the writer's commit lane, ahead of every other write.
-    Writer(Writer),
-    /// An actor that commits: `store::postgres::PgCommitter`, or a test's
-    /// stand-in.
-    Actor(Recipient<CommitMessages>),
-}
-
-impl CommitTarget {
-    /// Commits one batch; each result says whether that message was written.
-    pub async fn commit(self, msg: CommitMessages) -> Result<Vec<Result<(), Skipped>>, DbError> {
-        match self {
-            CommitTarget::Writer(writer) => writer.call(Lane::Commit, msg).await,
-            CommitTarget::Actor(actor) => actor.send(msg).await?,
-        }
-    }
-}
 
 /// Where a conversation's assigned messages go to be committed.
 #[derive(Clone)]

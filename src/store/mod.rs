@@ -15,6 +15,7 @@
 //! committed one: both engines refuse anything else, so the table never has
 //! a gap or a duplicate, whoever assigned the number.
 
+pub mod commit;
 pub mod postgres;
 pub mod sqlite;
 
@@ -25,11 +26,11 @@ use actix::SyncArbiter;
 use anyhow::Context as _;
 use uuid::Uuid;
 
+use self::commit::CommitTarget;
 use self::postgres::PgStore;
 use self::sqlite::SqliteStore;
 use crate::actors::checkpointer::Checkpointer;
 use crate::actors::db_executor::{DbExecutor, Lanes, Writer};
-use crate::actors::write_batcher::CommitTarget;
 use crate::auth::load_or_create_secret;
 use crate::config::{DatabaseUrl, Settings};
 use crate::db::{self, migrations};

@@ -20,7 +20,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rand_core::{OsRng, RngCore};
 use uuid::Uuid;
 
-use crate::actors::write_batcher::CommitTarget;
 use crate::auth::IssuedChallenge;
 use crate::db::postgres as sql;
 use crate::db::{CommitMessages, DbError, LoginOutcome, Purged, Skipped};
@@ -29,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     now_ms, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
+use crate::store::commit::CommitTarget;
 use crate::tickets::TicketHolder;
 
 /// Connections in the pool.

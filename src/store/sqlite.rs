@@ -20,7 +20,6 @@ use crate::actors::db_executor::{
     AckOffline, CreateConversation, DbExecutor, Lane, LoginUser, MarkDelivered, Ping, PurgeExpired,
     QueueOffline, RotateRefreshToken, StoreRefreshToken, UpsertDmKey, Writer,
 };
-use crate::actors::write_batcher::CommitTarget;
 use crate::auth::{ChallengeStore, IssuedChallenge};
 use crate::db::{reads, DbError, LoginOutcome, Pool, Purged};
 use crate::error::ApiError;
@@ -28,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
+use crate::store::commit::CommitTarget;
 
 /// Writes (other than group commits) that may wait for the writer at once;
 /// past this, a request gets 503 `unavailable` instead of a place in an
