@@ -1,15 +1,14 @@
 //! Domain types shared by storage, actors and both transports.
 //!
 //! They are plain data: parsing from the wire lives in `http` and
-//! `actors::session`, conversion to protobuf is the `to_proto` methods here.
+//! `actors::session`, conversion to protobuf in `proto` (`From` impls and
+//! the event encoders), next to the protobuf types.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use uuid::Uuid;
-
-use crate::proto;
 
 /// Why client input was refused. The domain's own error: the boundary turns
 /// it into `ApiError` (400 `invalid_request` or 413 `payload_too_large`).
@@ -134,19 +133,6 @@ impl Conversation {
     pub fn has_participant(&self, user: &Pubkey) -> bool {
         &self.participant_a == user || &self.participant_b == user
     }
-
-    pub fn to_proto(&self) -> proto::dm::DmConversation {
-        proto::dm::DmConversation {
-            id: self.id.to_string(),
-            participant_a_pubkey: self.participant_a.to_string(),
-            participant_b_pubkey: self.participant_b.to_string(),
-            participant_a_display_name: self.participant_a_display_name.clone(),
-            participant_b_display_name: self.participant_b_display_name.clone(),
-            created_at: self.created_at,
-            last_message_at: self.last_message_at,
-            last_message_preview: String::new(),
-        }
-    }
 }
 
 /// A message as stored: ciphertext the hub never reads.
@@ -166,23 +152,6 @@ pub struct StoredMessage {
 }
 
 impl StoredMessage {
-    pub fn to_proto(&self) -> proto::dm::EncryptedDmMessage {
-        proto::dm::EncryptedDmMessage {
-            id: self.id.to_string(),
-            conversation_id: self.conversation_id.to_string(),
-            sender_pubkey: self.sender.to_string(),
-            encrypted_payload: self.encrypted_payload.clone(),
-            nonce: Bytes::copy_from_slice(&self.nonce),
-            ephemeral_pubkey: self
-                .ephemeral_pubkey
-                .map(|k| Bytes::copy_from_slice(&k))
-                .unwrap_or_default(),
-            timestamp: self.timestamp,
-            server_sequence: self.server_sequence,
-            sender_display_name: self.sender_display_name.clone(),
-        }
-    }
-
     /// True when `new` is a resend of this message (same id): the rule of the
     /// contract's idempotency section.
     pub fn same_content(&self, new: &NewMessage, sender: &Pubkey) -> bool {

@@ -45,7 +45,7 @@ use crate::db::{MessageWrite, Skipped};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Conversation, NewMessage, Pubkey, StoredMessage};
-use crate::proto::{self, Payload};
+use crate::proto;
 use crate::store::Store;
 
 /// How often an actor checks whether it has been idle long enough to stop.
@@ -372,9 +372,7 @@ impl ConversationActor {
         let handles = &self.handles;
         handles.metrics.messages_accepted.inc();
         let message = entry.message;
-        let event = proto::encode_event(Payload::DmMessageEvent(proto::dm::DmMessageEvent {
-            message: Some(message.to_proto()),
-        }));
+        let event = proto::message_event(&message);
         let recipient = entry.recipient;
         if entry.offline_queued {
             handles.metrics.offline_queued.inc();

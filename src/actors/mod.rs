@@ -18,3 +18,4 @@ pub mod janitor;
 pub mod registry;
 pub mod session;
 pub mod write_batcher;
+pub mod ws_codec;

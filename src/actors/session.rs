@@ -21,11 +21,11 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
 use super::registry::{close_code, Admission, Deliver, Kick, Refused, SessionHandle, SessionSink};
+use super::ws_codec;
 use crate::answers::AnswerPermit;
 use crate::cluster::WatchGuard;
 use crate::error::ApiError;
 use crate::model::Pubkey;
-use crate::service;
 use crate::state::AppState;
 
 /// Bad frames in a row (text, undecodable, server-only) before closing with 1008.
@@ -169,7 +169,7 @@ impl WsSession {
         };
         match answer {
             Ok(bytes) => ctx.binary(bytes),
-            Err(e) => ctx.binary(service::ws::error_envelope(request_id, &e)),
+            Err(e) => ctx.binary(ws_codec::error_envelope(request_id, &e)),
         }
     }
 
@@ -197,7 +197,7 @@ impl WsSession {
     /// Answers a frame the hub cannot use; closes after too many in a row.
     fn bad_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>, request_id: &str, why: &str) {
         self.bad_frames += 1;
-        ctx.binary(service::ws::error_envelope(
+        ctx.binary(ws_codec::error_envelope(
             request_id,
             &ApiError::invalid(why),
         ));
@@ -207,7 +207,7 @@ impl WsSession {
     }
 
     fn on_message(&mut self, ctx: &mut ws::WebsocketContext<Self>, data: Bytes) {
-        let (request_id, payload) = match service::ws::decode_frame(data) {
+        let (request_id, payload) = match ws_codec::decode_frame(data) {
             Ok(frame) => frame,
             Err(bad) => return self.bad_frame(ctx, &bad.request_id, bad.why),
         };
@@ -217,18 +217,17 @@ impl WsSession {
         }
         if self.closing.is_some() {
             let err = ApiError::ShuttingDown;
-            ctx.binary(service::ws::error_envelope(&request_id, &err));
+            ctx.binary(ws_codec::error_envelope(&request_id, &err));
             return;
         }
         if self.in_flight >= MAX_IN_FLIGHT {
             let err = ApiError::RateLimited { retry_after: 1 };
-            ctx.binary(service::ws::error_envelope(&request_id, &err));
+            ctx.binary(ws_codec::error_envelope(&request_id, &err));
             return;
         }
         self.in_flight += 1;
         let started = std::time::Instant::now();
-        let request =
-            service::ws::handle(self.state.clone(), self.user.clone(), request_id, payload);
+        let request = ws_codec::handle(self.state.clone(), self.user.clone(), request_id, payload);
         request
             .into_actor(self)
             .map(move |(answer, permit), act, ctx| {

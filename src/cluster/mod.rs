@@ -44,8 +44,8 @@ use crate::db::MessageWrite;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{HistoryPage, Pubkey, StoredMessage};
+use crate::proto;
 use crate::proto::cluster::{presence::Kind, ClusterEvent, ClusterEvents, Presence};
-use crate::proto::{self, Payload};
 use crate::store::postgres::{OwnedRuntime, PgStore};
 
 /// The presence subject.
@@ -347,7 +347,7 @@ impl ClusterNode {
                 (&write.recipient, &m.sender)
             };
             let event = ClusterEvent {
-                envelope: message_envelope(m),
+                envelope: proto::message_event(m),
                 conversation_id: Bytes::copy_from_slice(m.conversation_id.as_bytes()),
                 server_sequence: m.server_sequence,
                 participant_a: a.to_string(),
@@ -730,7 +730,7 @@ impl ClusterNode {
                 offline_queued: true,
                 local: false,
                 repaired: true,
-                envelope: message_envelope(&m),
+                envelope: proto::message_event(&m),
             });
         }
         Ok(())
@@ -747,13 +747,6 @@ impl ClusterNode {
         )
         .await;
     }
-}
-
-/// The `DmMessageEvent` envelope of a stored message.
-fn message_envelope(m: &StoredMessage) -> Bytes {
-    proto::encode_event(Payload::DmMessageEvent(proto::dm::DmMessageEvent {
-        message: Some(m.to_proto()),
-    }))
 }
 
 /// Seals and publishes the outbox in order (so counters leave in order).

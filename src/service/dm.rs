@@ -11,7 +11,7 @@ use crate::model::{
     is_small_order_x25519, Conversation, DmKey, History, HistoryPage, NewMessage, OfflinePage,
     Pubkey, MAX_HISTORY_LIMIT, MAX_OFFLINE_LIMIT,
 };
-use crate::proto::{self, Payload};
+use crate::proto;
 use crate::state::AppState;
 
 /// Publishes the caller's X25519 key. When it changes, the caller's sessions
@@ -30,11 +30,7 @@ pub async fn publish_key(
     let (stored, changed) = state.store.upsert_dm_key(user.clone(), key).await?;
     if changed {
         let partners = state.store.partners_of(user.clone()).await?;
-        let event = proto::encode_event(Payload::DmKeyRotatedEvent(proto::dm::DmKeyRotatedEvent {
-            user_pubkey: user.to_string(),
-            new_x25519_pubkey: bytes::Bytes::copy_from_slice(&stored.x25519_pubkey),
-            timestamp: stored.published_at,
-        }));
+        let event = proto::key_rotated_event(user, &stored);
         let mut to = partners;
         to.push(user.clone());
         push_event(state, &to, event);
@@ -71,11 +67,7 @@ pub async fn create_conversation(
     };
     let (conversation, created) = state.store.create_conversation(a, b).await?;
     if created {
-        let event = proto::encode_event(Payload::DmConversationCreatedEvent(
-            proto::dm::DmConversationCreatedEvent {
-                conversation: Some(conversation.to_proto()),
-            },
-        ));
+        let event = proto::conversation_created_event(&conversation);
         let to = [
             conversation.participant_a.clone(),
             conversation.participant_b.clone(),

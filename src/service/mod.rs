@@ -5,4 +5,3 @@
 
 pub mod auth;
 pub mod dm;
-pub mod ws;

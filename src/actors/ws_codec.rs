@@ -1,5 +1,7 @@
-//! WebSocket requests: one `Envelope` in, exactly one `Envelope` out with the
-//! same `request_id`, through the same `service` functions as HTTP.
+//! The WebSocket's wire, beside the session: one binary `Envelope` in, its
+//! request validated and run through the same `service` functions as HTTP,
+//! exactly one `Envelope` out with the same `request_id`. The services know
+//! nothing of frames or protobuf; this codec and `proto`'s conversions do.
 
 use std::sync::Arc;
 
@@ -148,7 +150,7 @@ pub async fn handle(
 }
 
 fn messages(list: &[StoredMessage]) -> Vec<dm::EncryptedDmMessage> {
-    list.iter().map(StoredMessage::to_proto).collect()
+    list.iter().map(dm::EncryptedDmMessage::from).collect()
 }
 
 async fn execute(
@@ -160,7 +162,7 @@ async fn execute(
         Request::Send(message) => {
             let outcome = service::dm::send(state, user, message).await?;
             Payload::DmSendResponse(dm::DmSendResponse {
-                message: Some(outcome.message.to_proto()),
+                message: Some(outcome.message.as_ref().into()),
             })
         }
         Request::History {
@@ -179,14 +181,14 @@ async fn execute(
         Request::ListConversations => {
             let list = service::dm::list_conversations(state, user).await?;
             Payload::DmConversationListResponse(dm::DmConversationListResponse {
-                conversations: list.iter().map(|c| c.to_proto()).collect(),
+                conversations: list.iter().map(dm::DmConversation::from).collect(),
             })
         }
         Request::CreateConversation(recipient) => {
             let (conversation, created) =
                 service::dm::create_conversation(state, user, recipient).await?;
             Payload::DmConversationCreateResponse(dm::DmConversationCreateResponse {
-                conversation: Some(conversation.to_proto()),
+                conversation: Some((&conversation).into()),
                 created,
             })
         }
