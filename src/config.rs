@@ -200,6 +200,15 @@ pub struct Settings {
     #[arg(long, env = "UNITED_NATS_CA_FILE")]
     pub nats_ca_file: Option<PathBuf>,
 
+    /// PEM certificate chain to serve HTTPS and `wss://` with (with
+    /// --tls-key) [default: plain HTTP].
+    #[arg(long, env = "UNITED_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "UNITED_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// HTTP worker threads [default: one per core].
     #[arg(long, env = "UNITED_WORKERS")]
     pub workers: Option<usize>,
@@ -244,6 +253,8 @@ impl Default for Settings {
             database_url: None,
             nats_url: None,
             nats_ca_file: None,
+            tls_cert: None,
+            tls_key: None,
             workers: None,
         }
     }
@@ -514,6 +525,9 @@ impl Settings {
         }
         if let Some(problem) = self.nats_url.as_ref().and_then(|u| u.problem) {
             problems.push(problem.to_owned());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            problems.push("--tls-cert and --tls-key go together".to_owned());
         }
         if self.database_url.is_some() && self.jwt_secret_file.is_none() {
             problems.push(CLUSTER_NEEDS_SECRET.to_owned());

@@ -41,6 +41,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tickets;
+pub mod tls;
 
 pub use config::Settings;
 pub use startup::{AppHandle, Application};

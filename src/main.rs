@@ -54,6 +54,9 @@ fn main() -> anyhow::Result<()> {
     if matches!(command, Command::Serve(_)) {
         telemetry::init();
     }
+    if !matches!(command, Command::Serve(_)) {
+        trust_ca_file()?;
+    }
     let system = actix_web::rt::System::new();
     match command {
         Command::Serve(settings) => system.block_on(serve(*settings)),
@@ -76,6 +79,20 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(if report.ok { 0 } else { 1 });
         }
     }
+}
+
+/// The client commands trust the CA in `UNITED_CA_FILE` (PEM) besides the
+/// system's: a hub whose certificate a private CA signed.
+fn trust_ca_file() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let Some(path) = std::env::var_os("UNITED_CA_FILE") else {
+        return Ok(());
+    };
+    let pem = std::fs::read(&path)
+        .with_context(|| format!("reading UNITED_CA_FILE {}", path.to_string_lossy()))?;
+    united_hub::client::trust_ca_pem(&pem)
+        .with_context(|| format!("UNITED_CA_FILE {}", path.to_string_lossy()))?;
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

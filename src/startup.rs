@@ -188,15 +188,28 @@ impl Application {
         if let Some(workers) = state.settings.workers {
             server = server.workers(workers.max(1));
         }
-        let server = server.listen(listener)?.run();
+        let scheme = match (&state.settings.tls_cert, &state.settings.tls_key) {
+            (Some(cert), Some(key)) => {
+                server =
+                    server.listen_rustls_0_23(listener, crate::tls::server_config(cert, key)?)?;
+                "https"
+            }
+            _ => {
+                server = server.listen(listener)?;
+                "http"
+            }
+        };
+        let server = server.run();
         match &state.settings.database_url {
             None => tracing::info!(
+                scheme,
                 addr = %format!("{}:{port}", state.settings.bind.ip()),
                 data_dir = %state.settings.data_dir.display(),
                 migrations_applied,
                 "united-hub listening"
             ),
             Some(url) => tracing::info!(
+                scheme,
                 addr = %format!("{}:{port}", state.settings.bind.ip()),
                 database = %url,
                 cluster = state.cluster.is_some(),

@@ -46,5 +46,58 @@ pub fn connector() -> awc::Connector<
             connection
         },
     );
-    awc::Connector::new().connector(tcp)
+    awc::Connector::new()
+        .connector(tcp)
+        .rustls_0_23(tls_config())
+}
+
+/// CAs trusted besides the system's ([`trust_ca_pem`]).
+static EXTRA_ROOTS: std::sync::RwLock<Vec<rustls_pki_types::CertificateDer<'static>>> =
+    std::sync::RwLock::new(Vec::new());
+
+/// Trusts the CA certificates in `pem` too, for every client made after
+/// this call (a hub with a private CA, a test's). `chat`'s `--ca-file`.
+pub fn trust_ca_pem(pem: &[u8]) -> Result<(), ClientError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Transport(format!("not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(ClientError::Transport(
+            "no certificate in the CA file".into(),
+        ));
+    }
+    EXTRA_ROOTS
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(certs);
+    Ok(())
+}
+
+/// TLS for `https://` and `wss://`: the system's roots and the CAs given to
+/// [`trust_ca_pem`], HTTP/1.1. Built once, and again only after a CA was
+/// added (the load generator makes thousands of clients).
+fn tls_config() -> std::sync::Arc<rustls::ClientConfig> {
+    type Cached = Option<(usize, std::sync::Arc<rustls::ClientConfig>)>;
+    static CACHED: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+    let extra = EXTRA_ROOTS.read().unwrap_or_else(|e| e.into_inner());
+    let mut cached = CACHED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((n, config)) = cached.as_ref() {
+        if *n == extra.len() {
+            return config.clone();
+        }
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    roots.add_parsable_certificates(extra.iter().cloned());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = std::sync::Arc::new(config);
+    *cached = Some((extra.len(), config.clone()));
+    config
 }

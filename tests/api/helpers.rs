@@ -121,8 +121,13 @@ pub async fn spawn_app_in(dir: Arc<TempDir>, configure: impl FnOnce(&mut Setting
         ..Settings::default()
     };
     configure(&mut settings);
+    let scheme = if settings.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let app = Application::build(settings).await.expect("the hub starts");
-    let address = format!("http://127.0.0.1:{}", app.port());
+    let address = format!("{scheme}://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let state = app.state();
     let migrations_applied = app.migrations_applied();

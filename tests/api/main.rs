@@ -22,6 +22,7 @@ mod openapi;
 mod ops;
 mod pages;
 mod tickets;
+mod tls;
 mod validation;
 mod websocket;
 mod writer;
