@@ -363,29 +363,6 @@ impl NatsUrl {
     }
 }
 
-/// `%XX` escapes decoded (a password may hold `@`, `:` or `/` that way).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 impl std::str::FromStr for NatsUrl {
     type Err = std::convert::Infallible;
     /// Keeps any string, so that clap never quotes a password in an error:
@@ -413,7 +390,10 @@ impl std::str::FromStr for NatsUrl {
             }
             if let Some(userinfo) = userinfo {
                 let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                let creds = (percent_decode(user), percent_decode(pass));
+                let creds = (
+                    crate::net::percent_decode(user),
+                    crate::net::percent_decode(pass),
+                );
                 if url.user.as_ref().is_some_and(|c| *c != creds) {
                     url.problem =
                         Some("--nats-url gives different credentials for different servers");

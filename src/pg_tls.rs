@@ -72,7 +72,9 @@ pub fn parse(url: &str) -> anyhow::Result<PgConnect> {
     for param in query.split('&').filter(|p| !p.is_empty()) {
         match param.split_once('=') {
             Some(("sslmode", value)) => mode = value.parse()?,
-            Some(("sslrootcert", value)) => root_cert = Some(PathBuf::from(decode(value))),
+            Some(("sslrootcert", value)) => {
+                root_cert = Some(PathBuf::from(crate::net::percent_decode(value)))
+            }
             _ => rest.push(param),
         }
     }
@@ -92,30 +94,6 @@ pub fn parse(url: &str) -> anyhow::Result<PgConnect> {
         mode,
         root_cert,
     })
-}
-
-/// `%XX` escapes decoded (a path in a URL parameter).
-fn decode(value: &str) -> String {
-    let mut out = Vec::new();
-    let bytes = value.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn provider() -> Arc<CryptoProvider> {

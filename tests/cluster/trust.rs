@@ -230,13 +230,23 @@ async fn nodes_talk_over_nats_with_tls_and_a_private_ca() {
     let err = Application::build(settings).await.err().expect("refused");
     assert!(format!("{err:#}").contains("NATS"), "{err:#}");
 
+    two_nodes_talk(pg, nats, |s| s.nats_ca_file = Some(ca.clone()), "over TLS").await;
+}
+
+/// Two nodes on `pg` and `nats`, `configure`d beyond `node_settings`: a
+/// message from a user of node 1 reaches a session on node 0 over the bus.
+async fn two_nodes_talk(
+    pg: LocalPostgres,
+    nats: LocalNats,
+    configure: impl Fn(&mut Settings),
+    text: &str,
+) {
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let ca = ca.clone();
         nodes.push(
             spawn_app_with(|s| {
                 node_settings(s, &pg, &nats);
-                s.nats_ca_file = Some(ca.clone());
+                configure(s);
             })
             .await,
         );
@@ -247,9 +257,9 @@ async fn nodes_talk_over_nats_with_tls_and_a_private_ca() {
     let bob = c.user(1, "Bob").await;
     let mut alice_ws = c.ws_at(&alice, 0).await;
     let conversation = bob.open_conversation(&alice).await;
-    bob.send_http(&alice, &conversation, "over TLS").await;
+    bob.send_http(&alice, &conversation, text).await;
     let got = collect_messages(&mut alice_ws, 1, Duration::from_secs(10)).await;
-    assert_eq!(alice.open_proto(&got[0]), "over TLS");
+    assert_eq!(alice.open_proto(&got[0]), text);
 }
 
 #[actix_web::test]
@@ -375,25 +385,11 @@ async fn several_nats_urls_are_one_nats_cluster_and_a_dead_one_is_skipped() {
         NATS_USER.1,
         nats.url()
     );
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let urls = urls.clone();
-        nodes.push(
-            spawn_app_with(|s| {
-                node_settings(s, &pg, &nats);
-                s.nats_url = Some(urls.parse().unwrap());
-            })
-            .await,
-        );
-    }
-    let c = Cluster { pg, nats, nodes };
-    c.wait_for_peers().await;
-    let alice = c.user(0, "Alice").await;
-    let bob = c.user(1, "Bob").await;
-    let mut alice_ws = c.ws_at(&alice, 0).await;
-    let conversation = bob.open_conversation(&alice).await;
-    bob.send_http(&alice, &conversation, "through the live server")
-        .await;
-    let got = collect_messages(&mut alice_ws, 1, Duration::from_secs(10)).await;
-    assert_eq!(alice.open_proto(&got[0]), "through the live server");
+    two_nodes_talk(
+        pg,
+        nats,
+        |s| s.nats_url = Some(urls.parse().unwrap()),
+        "through the live server",
+    )
+    .await;
 }
