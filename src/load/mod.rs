@@ -308,13 +308,63 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     }
 }
 
+/// File descriptors a run needs in this process: one socket per session,
+/// and as many again for the hub's side when the hub is a child (it
+/// inherits this limit), plus room for HTTP clients, files and the runtime.
+fn descriptors_needed(args: &LoadArgs, hub_is_local: bool) -> u64 {
+    let sessions = (2 * args.pairs * args.sessions_per_user + args.idle) as u64;
+    let hub = if hub_is_local { sessions } else { 0 };
+    sessions + hub + 256
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to what the run needs (up to the hard
+/// limit), or says, before anything starts, how to raise it. Running out
+/// half-way showed as "Too many open files" after the hub had started.
+fn ensure_descriptors(needed: u64) -> anyhow::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Ok(()); // unknown: let the run try
+    }
+    if limit.rlim_cur >= needed {
+        return Ok(());
+    }
+    if limit.rlim_max >= needed {
+        let raised = libc::rlimit {
+            rlim_cur: needed,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            eprintln!(
+                "load: raised the open-file limit from {} to {needed}",
+                limit.rlim_cur
+            );
+            return Ok(());
+        }
+    }
+    anyhow::bail!(
+        "this run needs about {needed} open files (a socket per session, and the hub's side when \
+         it runs here), but the limit is {} (hard limit {}): raise it first, for example with \
+         `ulimit -n {needed}` in this shell (as root, or after raising the hard limit in \
+         /etc/security/limits.conf), or ask for fewer sessions",
+        limit.rlim_cur,
+        limit.rlim_max
+    )
+}
+
 async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(
         args.pairs > 0 || args.idle > 0,
         "nothing to do: give --pairs or --idle"
     );
-    // Before any hub starts: a payload too small to seal is refused here.
+    // Before any hub starts: a payload too small to seal is refused here, and
+    // so is a run this process has too few file descriptors for.
     let template = Rc::new(Template::new(args.payload, args.payload_bytes)?);
+    ensure_descriptors(descriptors_needed(&args, args.url.is_empty()))?;
     let hub = match (args.cluster, args.url.is_empty()) {
         (Some(n), _) => hub::Target::cluster(n.into()).await?,
         (None, false) => hub::Target::attach(&args.url, &args.hub_pid).await?,

@@ -886,3 +886,31 @@ async fn chat_reconnects_catches_up_and_sends_what_was_typed_while_the_hub_was_d
         .unwrap();
     assert_eq!(count, 1);
 }
+
+/// Issue 26, goal 3: a run this process has too few file descriptors for
+/// is refused before any hub starts, with how to raise the limit; one the
+/// hard limit allows raises the soft limit itself.
+#[actix_web::test]
+async fn load_checks_the_open_file_limit_before_it_starts() {
+    let low = |sessions: &str| {
+        let script = format!(
+            "ulimit -Sn 300 && ulimit -Hn 400 && exec {BIN} load --pairs {sessions} --duration 1 --warmup 0"
+        );
+        actix_web::rt::task::spawn_blocking(move || {
+            Command::new("sh").args(["-c", &script]).output().unwrap()
+        })
+    };
+    let out = low("1000").await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ulimit -n"), "{stderr}");
+    assert!(
+        !stderr.contains("load: hub at"),
+        "refused before a hub started: {stderr}"
+    );
+    // 30 pairs need 120 + 256: over the soft limit, under the hard one.
+    let out = low("30").await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("raised the open-file limit"), "{stderr}");
+}
