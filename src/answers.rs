@@ -126,13 +126,6 @@ impl AnswerBudget {
     pub fn users_held(&self) -> usize {
         self.users.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
-
-    /// Bytes of the node's budget held now (0 when the node cap is off).
-    pub fn node_held(&self, per_node: usize) -> usize {
-        self.node
-            .as_ref()
-            .map_or(0, |s| per_node.saturating_sub(s.available_permits()))
-    }
 }
 
 async fn acquire(semaphore: &Arc<Semaphore>, bytes: usize) -> Option<OwnedSemaphorePermit> {

@@ -165,11 +165,6 @@ impl BusSeal {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
     }
-
-    /// (node, subject) pairs remembered (for tests).
-    pub fn remembered(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 #[cfg(test)]
