@@ -5,7 +5,7 @@
 #   BASE=/path/to/old/united-hub NEW=target/release/united-hub \
 #     scripts/ab-hubs.sh latency|throughput RUNS
 #
-# latency:    load --payload random --pairs 1000 --rate 5000 --duration 20 --warmup 2
+# latency:    load --payload random --pairs 1000 --rate 5000 --duration 60 --warmup 2
 # throughput: load --payload random --pairs 1000 --rate 0 --window 8 --duration 12 --warmup 2
 # The generator is NEW's binary (GEN= overrides). Prints each run's summary.
 set -euo pipefail
@@ -15,7 +15,7 @@ runs=${2:-3}
 NEW=${NEW:-target/release/united-hub}
 GEN=${GEN:-$NEW}
 case $mode in
-  latency) args="--payload random --pairs 1000 --rate 5000 --duration 20 --warmup 2" ;;
+  latency) args="--payload random --pairs 1000 --rate 5000 --duration 60 --warmup 2" ;;
   throughput) args="--payload random --pairs 1000 --rate 0 --window 8 --duration 12 --warmup 2" ;;
   *) echo "mode is latency or throughput" >&2; exit 2 ;;
 esac
