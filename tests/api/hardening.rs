@@ -687,30 +687,9 @@ fn established_from_port(port: u16) -> usize {
 /// that hangs on a slow link. The handshake is done by hand on a plain
 /// socket.
 fn stalled_websocket(address: &str, token: &str) -> std::net::TcpStream {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = address.trim_start_matches("http://").parse().unwrap();
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let mut stream: std::net::TcpStream = socket.into();
-    write!(
-        stream,
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Authorization: Bearer {token}\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut stream = unread_request(address, &ws_upgrade_request(token));
+    let head = read_http_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     stream
 }
 

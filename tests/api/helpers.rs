@@ -613,3 +613,39 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// A socket with a 4 KiB receive buffer that sends `request` and reads
+/// nothing unless asked: the hub's side stops being writable after a few
+/// KiB, as with a client that hangs on a slow link.
+pub fn unread_request(address: &str, request: &[u8]) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let addr: std::net::SocketAddr = address.trim_start_matches("http://").parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.write_all(request).unwrap();
+    stream
+}
+
+/// The raw `GET /ws` upgrade of `token`, handshake by hand.
+pub fn ws_upgrade_request(token: &str) -> Vec<u8> {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Reads an HTTP response's head (through the blank line) from `stream`.
+pub fn read_http_head(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read as _;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}

@@ -26,18 +26,6 @@ async fn large_messages(alice: &TestUser, bob: &TestUser, count: usize) -> Strin
     conversation
 }
 
-/// A socket with a 4 KiB receive buffer that sends one request and never
-/// reads: the hub's side stops being writable after a few KiB.
-fn unread_request(address: &str, request: &[u8]) -> TcpStream {
-    let addr: std::net::SocketAddr = address.trim_start_matches("http://").parse().unwrap();
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream.write_all(request).unwrap();
-    stream
-}
-
 fn get_request(path: &str, token: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {token}\r\n\r\n")
         .into_bytes()
@@ -48,13 +36,7 @@ fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = read_http_head(stream);
     let status = head[9..12].parse().unwrap();
     let length: usize = head
         .lines()
@@ -168,13 +150,7 @@ async fn two_hundred_pipelined_history_requests_on_an_unread_websocket_stay_boun
         .unwrap();
     let before = hub.rss_kib();
 
-    let upgrade = format!(
-        "GET /ws HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Authorization: Bearer {}\r\n\r\n",
-        bob.token()
-    );
-    let mut socket = unread_request(&hub.address, upgrade.as_bytes());
+    let mut socket = unread_request(&hub.address, &ws_upgrade_request(bob.token()));
     let mut requests = Vec::new();
     for i in 0..200 {
         requests.extend(ws_frame(&Envelope {
