@@ -9,7 +9,13 @@ then `service::ws::handle`). Comments and string literals are left out.
 Prints the strongly connected components of the module graph with the edges
 inside each, then `cycles: N`. Exit status 1 when there is a cycle that is
 not allowed by --allow (a pair `a,b` of modules that may import each other,
-repeatable). Run from the repository root: scripts/import-cycles.py"""
+repeatable).
+
+Also checks the storage seam: no module outside the storage layer (`store`,
+`db` and their children) may name an engine, that is import an engine's
+module (`store::sqlite`, `store::postgres`, `db::reads`, ...) or use an
+engine's crate (`rusqlite`, `tokio_postgres`, ...), unless --allow-engine
+names it. Run from the repository root: scripts/import-cycles.py"""
 import argparse
 import os
 import re
@@ -18,6 +24,8 @@ import sys
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--allow", action="append", default=[],
                     help="a pair 'a,b' of modules allowed to import each other")
+parser.add_argument("--allow-engine", action="append", default=[],
+                    help="a module outside the storage layer allowed to name an engine")
 parser.add_argument("--root", default="src")
 args = parser.parse_args()
 
@@ -114,9 +122,26 @@ def use_items(prefix, group):
             yield full, m.group(3) or m.group(1).split('::')[-1]
 
 
+ENGINE_MODULES = ('store::sqlite', 'store::postgres', 'db::reads', 'db::writes',
+                  'db::migrations', 'db::postgres')
+ENGINE_CRATES = re.compile(r'\b(rusqlite|r2d2_sqlite|r2d2|tokio_postgres|deadpool_postgres)::')
+
+
+def in_layer(module, layer):
+    return module == layer or module.startswith(layer + '::')
+
+
+def storage_layer(module):
+    return in_layer(module, 'store') or in_layer(module, 'db')
+
+
+engine_names = []
 graph = {}
 for p, src in files.items():
     cur = modpath(p)
+    if not storage_layer(cur) and cur not in args.allow_engine:
+        for m in ENGINE_CRATES.finditer(src):
+            engine_names.append((cur, m.group(1)))
     deps = set()
     aliases = {}
     for m in USE.finditer(src):
@@ -143,6 +168,10 @@ for p, src in files.items():
                 deps.add(target)
     deps.discard(cur)
     graph[cur] = deps
+    if not storage_layer(cur) and cur not in args.allow_engine:
+        for dep in sorted(deps):
+            if any(in_layer(dep, e) for e in ENGINE_MODULES):
+                engine_names.append((cur, dep))
 
 sys.setrecursionlimit(10000)
 index, low, stack, on, sccs, counter = {}, {}, [], set(), [], [0]
@@ -186,4 +215,8 @@ for comp in sccs:
             if b in comp:
                 print('  ', a, '->', b)
 print('cycles:', len(sccs), '(not allowed: %d)' % failing)
-sys.exit(1 if failing else 0)
+for module, name in sorted(set(engine_names)):
+    print('  ', module or 'crate root', 'names an engine:', name)
+print('modules outside the storage layer that name an engine:',
+      len({m for m, _ in engine_names}))
+sys.exit(1 if failing or engine_names else 0)

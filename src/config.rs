@@ -281,7 +281,7 @@ impl DatabaseUrl {
         if !(self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")) {
             return Some("--database-url must be postgres://user:password@host:port/dbname");
         }
-        if crate::pg_tls::parse(&self.0).is_err() {
+        if crate::store::postgres::tls::parse(&self.0).is_err() {
             return Some(
                 "--database-url is not a valid postgres:// URL (sslmode: disable, prefer, \
                  require, verify-ca or verify-full)",
@@ -301,7 +301,7 @@ impl std::str::FromStr for DatabaseUrl {
 impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use tokio_postgres::config::Host;
-        let Ok(connect) = crate::pg_tls::parse(&self.0) else {
+        let Ok(connect) = crate::store::postgres::tls::parse(&self.0) else {
             return write!(f, "postgres://(an invalid URL)");
         };
         let config = connect.config;

@@ -16,7 +16,6 @@ use crate::actors::conversation::ConversationHandles;
 use crate::actors::directory::ConversationDirectory;
 use crate::actors::janitor::{JanitorActor, StopJanitor};
 use crate::actors::registry::{SessionLimits, SessionRegistry};
-use crate::actors::write_batcher::Appender;
 use crate::auth::JwtKeys;
 use crate::cluster::{ClusterNode, NatsSettings};
 use crate::config::Settings;
@@ -24,6 +23,7 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::state::AppState;
+use crate::store::commit::CommitListener;
 use crate::store::{Opened, Store};
 
 /// The kernel send buffer of every accepted connection. Linux would grow it
@@ -110,8 +110,8 @@ impl Application {
             migrations_applied,
             jwt_secret,
         } = Store::open(&settings, &metrics).await?;
-        let cluster = match (&settings.nats_url, &store) {
-            (Some(nats), Store::Postgres(pg)) => {
+        let cluster = match &settings.nats_url {
+            Some(nats) => {
                 let bus = NatsSettings {
                     url: nats.clone(),
                     ca_file: settings.nats_ca_file.clone(),
@@ -119,16 +119,16 @@ impl Application {
                 let node = ClusterNode::start(
                     &bus,
                     &jwt_secret,
-                    pg.clone(),
+                    store.clone(),
                     registry.clone(),
                     metrics.clone(),
                 )
                 .await?;
                 Some(node)
             }
-            _ => None,
+            None => None,
         };
-        let appender = Appender::start(store.commit_target(), cluster.clone(), metrics.clone());
+        let appender = store.appender(cluster.clone().map(|node| node as Arc<dyn CommitListener>));
         let conversations = ConversationDirectory::new(ConversationHandles {
             store: store.clone(),
             appender,

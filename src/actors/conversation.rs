@@ -7,7 +7,7 @@
 //!    membership, claims a client-chosen id, assigns `next_seq`, decides
 //!    whether the recipient is offline, and appends the message to the next
 //!    group commit without waiting: the next message can be assigned at once.
-//! 2. The group commit (`write_batcher`) writes it with others in one
+//! 2. The group commit (`store::commit`) writes it with others in one
 //!    transaction and sends back [`MessagesCommitted`], in sequence order.
 //! 3. Only then the actor answers the sender and pushes `DmMessageEvent` to
 //!    every live session of both participants. A recipient that had a session
@@ -39,13 +39,13 @@ use uuid::Uuid;
 
 use super::claims::{Claim, IdClaims};
 use super::registry::SessionRegistry;
-use super::write_batcher::{AppendMessage, Appender, CommitFailure, MessagesCommitted};
 use crate::cluster::ClusterNode;
 use crate::db::{MessageWrite, Skipped};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Conversation, NewMessage, Pubkey, StoredMessage};
 use crate::proto;
+use crate::store::commit::{AppendMessage, Appender, CommitFailure, MessagesCommitted};
 use crate::store::Store;
 
 /// How often an actor checks whether it has been idle long enough to stop.

@@ -46,7 +46,9 @@ use crate::metrics::Metrics;
 use crate::model::{HistoryPage, Pubkey, StoredMessage};
 use crate::proto;
 use crate::proto::cluster::{presence::Kind, ClusterEvent, ClusterEvents, Presence};
-use crate::store::postgres::{OwnedRuntime, PgStore};
+use crate::runtime::OwnedRuntime;
+use crate::store::commit::CommitListener;
+use crate::store::Store;
 
 /// The presence subject.
 const PRESENCE: &str = "united.presence";
@@ -125,7 +127,7 @@ pub struct ClusterNode {
     id: String,
     runtime: OwnedRuntime,
     nats: async_nats::Client,
-    store: Arc<PgStore>,
+    store: Store,
     registry: Arc<SessionRegistry>,
     metrics: Arc<Metrics>,
     presence: RemotePresence,
@@ -150,6 +152,12 @@ impl Drop for WatchGuard {
     }
 }
 
+impl CommitListener for ClusterNode {
+    fn committed(&self, writes: &[&MessageWrite]) {
+        self.publish_committed(writes);
+    }
+}
+
 impl ClusterNode {
     /// Connects to NATS and starts presence, the publisher and the repair
     /// loop. Fails if NATS cannot be reached at start. Every message on the
@@ -158,7 +166,7 @@ impl ClusterNode {
     pub async fn start(
         bus: &NatsSettings,
         secret: &[u8],
-        store: Arc<PgStore>,
+        store: Store,
         registry: Arc<SessionRegistry>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<ClusterNode>> {

@@ -92,7 +92,7 @@ fn poll_busy(tries: i32) -> bool {
 
 /// Opens a connection that writes (the `DbExecutor`'s, the checkpointer's),
 /// with the pragmas applied. It never checkpoints on commit:
-/// `actors::checkpointer` does that on its own thread.
+/// `store::sqlite::checkpointer` does that on its own thread.
 pub fn open_writer(path: &Path) -> Result<Connection, DbError> {
     let conn = Connection::open(path)?;
     conn.execute_batch(CONNECTION_PRAGMAS)?;

@@ -1159,3 +1159,20 @@ pub async fn purge_expired(
         refresh_tokens,
     }))
 }
+
+/// Checks a connection out of the pool; failing to is `Unavailable`, with
+/// every cause (a TLS handshake's says which certificate check failed).
+pub async fn checkout(
+    pool: &deadpool_postgres::Pool,
+) -> Result<deadpool_postgres::Object, DbError> {
+    pool.get().await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why.push_str(": ");
+            why.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        DbError::Unavailable(why)
+    })
+}

@@ -2,15 +2,17 @@
 //!
 //! - **SQLite** (the default, embedded in `--data-dir`): WAL with
 //!   `synchronous=FULL`; reads go through the r2d2 pool, every write through
-//!   the one connection owned by `actors::DbExecutor` ([`sqlite::SqliteStore`]).
+//!   the one connection owned by its `DbExecutor` ([`sqlite`]: the writer,
+//!   its commit lane and the checkpointer).
 //! - **PostgreSQL** (`--database-url`, cluster mode): a connection pool on a
-//!   runtime of its own ([`postgres::PgStore`]).
+//!   runtime of its own, and its committer ([`postgres`]).
 //!
-//! Actors, services and HTTP handlers only see [`Store`]: they never know
-//! which engine answers.
+//! Actors, services, the cluster and HTTP handlers only see [`Store`], whose
+//! engine is private: they cannot tell which engine answers, and no module
+//! outside `store/` and `db/` names one (`scripts/import-cycles.py` checks).
 //!
 //! # Architecture Invariant
-//! A message is written only by a group commit ([`Store::commit_target`]),
+//! A message is written only by a group commit ([`Store::appender`]),
 //! and only if its `server_sequence` follows the conversation's last
 //! committed one: both engines refuse anything else, so the table never has
 //! a gap or a duplicate, whoever assigned the number.
@@ -26,18 +28,18 @@ use actix::SyncArbiter;
 use anyhow::Context as _;
 use uuid::Uuid;
 
-use self::commit::CommitTarget;
+use self::commit::{Appender, CommitListener};
 use self::postgres::PgStore;
+use self::sqlite::checkpointer::Checkpointer;
+use self::sqlite::writer::{DbExecutor, Lanes, Writer};
 use self::sqlite::SqliteStore;
-use crate::actors::checkpointer::Checkpointer;
-use crate::actors::db_executor::{DbExecutor, Lanes, Writer};
 use crate::auth::load_or_create_secret;
 use crate::config::{DatabaseUrl, Settings};
 use crate::db::{self, migrations};
 use crate::metrics::Metrics;
 
 use crate::auth::IssuedChallenge;
-use crate::db::{DbError, LoginOutcome, Purged};
+use crate::db::{DbError, LoginOutcome, MessageWrite, Purged, Skipped};
 use crate::error::ApiError;
 use crate::model::{
     Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
@@ -46,9 +48,12 @@ use crate::tickets::TicketHolder;
 
 /// The hub's storage, whichever engine holds it. Cheap to clone.
 #[derive(Clone)]
-pub enum Store {
-    Sqlite(Arc<sqlite::SqliteStore>),
-    Postgres(Arc<postgres::PgStore>),
+pub struct Store(Engine);
+
+#[derive(Clone)]
+enum Engine {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PgStore>),
 }
 
 /// A store as [`Store::open`] returns it.
@@ -63,9 +68,9 @@ pub struct Opened {
 /// Calls the same method on whichever engine this is.
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match $self {
-            Store::Sqlite(s) => s.$method($($arg),*).await,
-            Store::Postgres(s) => s.$method($($arg),*).await,
+        match &$self.0 {
+            Engine::Sqlite(s) => s.$method($($arg),*).await,
+            Engine::Postgres(s) => s.$method($($arg),*).await,
         }
     };
 }
@@ -85,7 +90,7 @@ impl Store {
             }
             Some(url) => {
                 let (pg, applied, secret) = open_postgres(settings, url, metrics).await?;
-                (Store::Postgres(pg), applied, secret)
+                (Store(Engine::Postgres(pg)), applied, secret)
             }
         };
         Ok(Opened {
@@ -97,18 +102,38 @@ impl Store {
 
     /// A short name for logs and metrics: `sqlite` or `postgres`.
     pub fn engine(&self) -> &'static str {
-        match self {
-            Store::Sqlite(_) => "sqlite",
-            Store::Postgres(_) => "postgres",
+        match &self.0 {
+            Engine::Sqlite(_) => "sqlite",
+            Engine::Postgres(_) => "postgres",
         }
     }
 
-    /// Where the `WriteBatcher` sends its batches.
-    pub fn commit_target(&self) -> CommitTarget {
-        match self {
-            Store::Sqlite(s) => s.commit_target(),
-            Store::Postgres(s) => s.commit_target(),
+    /// The SQLite engine, if this is one: for tests that look inside it.
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        match &self.0 {
+            Engine::Sqlite(s) => Some(s),
+            Engine::Postgres(_) => None,
         }
+    }
+
+    /// Where conversations send their assigned messages to be committed in
+    /// groups. `listener` (the cluster node) hears what each batch wrote.
+    pub fn appender(&self, listener: Option<Arc<dyn CommitListener>>) -> Appender {
+        match &self.0 {
+            Engine::Sqlite(s) => s.appender(listener),
+            Engine::Postgres(s) => s.appender(listener),
+        }
+    }
+
+    /// Commits one batch of messages now, as one group commit; each result
+    /// says whether that message was written. Conversations go through
+    /// [`Store::appender`]; this is for tests and tools that hold a whole
+    /// batch.
+    pub async fn commit(
+        &self,
+        writes: Vec<MessageWrite>,
+    ) -> Result<Vec<Result<(), Skipped>>, DbError> {
+        dispatch!(self.commit(writes))
     }
 
     /// Answers when the database can take a write and a read.
@@ -123,17 +148,17 @@ impl Store {
         &self,
         client: Option<crate::ratelimit::ClientKey>,
     ) -> Result<IssuedChallenge, ApiError> {
-        match self {
-            Store::Sqlite(s) => s.issue_challenge(client),
-            Store::Postgres(s) => s.issue_challenge(client).await,
+        match &self.0 {
+            Engine::Sqlite(s) => s.issue_challenge(client),
+            Engine::Postgres(s) => s.issue_challenge(client).await,
         }
     }
 
     /// Consumes a challenge; see `auth::ChallengeStore::take`.
     pub async fn take_challenge(&self, id: Uuid) -> Result<[u8; 32], ApiError> {
-        match self {
-            Store::Sqlite(s) => s.take_challenge(&id),
-            Store::Postgres(s) => s.take_challenge(id).await,
+        match &self.0 {
+            Engine::Sqlite(s) => s.take_challenge(&id),
+            Engine::Postgres(s) => s.take_challenge(id).await,
         }
     }
 
@@ -149,17 +174,17 @@ impl Store {
         holder: TicketHolder,
         ttl: Duration,
     ) -> Result<(String, u64), ApiError> {
-        match self {
-            Store::Sqlite(s) => s.tickets().issue(holder, ttl),
-            Store::Postgres(s) => s.issue_ticket(holder, ttl).await,
+        match &self.0 {
+            Engine::Sqlite(s) => s.tickets().issue(holder, ttl),
+            Engine::Postgres(s) => s.issue_ticket(holder, ttl).await,
         }
     }
 
     /// Takes a WebSocket ticket: once, within its lifetime (else 401).
     pub async fn take_ticket(&self, ticket: &str) -> Result<TicketHolder, ApiError> {
-        match self {
-            Store::Sqlite(s) => s.tickets().take(ticket),
-            Store::Postgres(s) => s.take_ticket(ticket).await,
+        match &self.0 {
+            Engine::Sqlite(s) => s.tickets().take(ticket),
+            Engine::Postgres(s) => s.take_ticket(ticket).await,
         }
     }
 
@@ -234,6 +259,18 @@ impl Store {
         dispatch!(self.conversations_of(user))
     }
 
+    /// The conversations of `user` with their last committed sequences
+    /// (for the cluster's baselines).
+    pub async fn sequences_of(&self, user: Pubkey) -> Result<Vec<(Uuid, u64)>, DbError> {
+        dispatch!(self.sequences_of(user))
+    }
+
+    /// The last committed sequences of those of `ids` that exist (for the
+    /// cluster's repairs).
+    pub async fn last_sequences(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, u64)>, DbError> {
+        dispatch!(self.last_sequences(ids))
+    }
+
     /// Everyone who shares a conversation with `user`.
     pub async fn partners_of(&self, user: Pubkey) -> Result<Vec<Pubkey>, DbError> {
         dispatch!(self.partners_of(user))
@@ -298,7 +335,7 @@ impl Store {
 
     /// Stops background work (the SQLite checkpointer) at shutdown.
     pub fn close(&self) {
-        if let Store::Sqlite(s) = self {
+        if let Engine::Sqlite(s) = &self.0 {
             s.close();
         }
     }
@@ -344,7 +381,7 @@ fn open_sqlite(
         checkpointer,
         metrics.clone(),
     );
-    Ok((Store::Sqlite(Arc::new(store)), applied, secret))
+    Ok((Store(Engine::Sqlite(Arc::new(store))), applied, secret))
 }
 
 /// Connects to PostgreSQL (`--database-url`), migrated. The JWT key is

@@ -13,7 +13,6 @@ use united_hub::auth::{
 use united_hub::client::crypto::Identity;
 use united_hub::json::{ChallengeResponse, VerifyBody};
 use united_hub::ratelimit::{client_key, PRUNE_INTERVAL};
-use united_hub::store::Store;
 
 use crate::helpers::*;
 
@@ -56,10 +55,8 @@ async fn verify_as(app: &TestApp, client: &str, id: &Identity, challenge: &Value
 
 /// The hub's challenge store.
 fn challenge_store(app: &TestApp) -> &ChallengeStore {
-    match &app.state.store {
-        Store::Sqlite(s) => s.challenges(),
-        Store::Postgres(_) => panic!("these tests run on SQLite"),
-    }
+    let sqlite = app.state.store.sqlite();
+    sqlite.expect("these tests run on SQLite").challenges()
 }
 
 /// `2001:db8:hhhh:llll::1`: a different /64 for each `n`.

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use awc::ws::Message;
 use prost::Message as _;
 use serde_json::Value;
-use united_hub::actors::db_executor::DurabilitySettings;
 use united_hub::client::crypto::Identity;
 use united_hub::client::{send_body, Incoming};
 use united_hub::json::VerifyBody;
@@ -244,15 +243,12 @@ async fn another_user_gets_nothing_of_a_conversation_by_any_route() {
 #[actix_web::test]
 async fn every_connection_runs_wal_and_synchronous_full() {
     let app = spawn_app().await;
-    let united_hub::store::Store::Sqlite(sqlite) = &app.state.store else {
-        panic!("the default store is SQLite");
-    };
-    let (mode, sync) = sqlite
-        .writer()
-        .send(DurabilitySettings)
-        .await
-        .unwrap()
-        .unwrap();
+    let sqlite = app
+        .state
+        .store
+        .sqlite()
+        .expect("the default store is SQLite");
+    let (mode, sync) = sqlite.writer_durability().await.unwrap();
     assert_eq!((mode.as_str(), sync), ("wal", 2), "the writer");
     // Hold every pooled connection at once, so each is checked.
     let size = sqlite.pool().max_size() as usize;

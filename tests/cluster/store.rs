@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tempfile::TempDir;
-use united_hub::db::{CommitMessages, LoginOutcome, MessageWrite, Purged, Skipped};
+use united_hub::db::{LoginOutcome, MessageWrite, Purged, Skipped};
 use united_hub::error::ApiError;
 use united_hub::localcluster::LocalPostgres;
 use united_hub::metrics::Metrics;
@@ -197,13 +197,9 @@ fn write(message: &StoredMessage, recipient: &Pubkey, offline_queued: bool) -> M
     }
 }
 
-/// Sends one group commit to the store's commit target.
+/// Runs one group commit.
 async fn commit(store: &Store, batch: Vec<MessageWrite>) -> Vec<Result<(), Skipped>> {
-    store
-        .commit_target()
-        .commit(CommitMessages(batch))
-        .await
-        .expect("the batch commits")
+    store.commit(batch).await.expect("the batch commits")
 }
 
 fn seqs(messages: &[StoredMessage]) -> Vec<u64> {

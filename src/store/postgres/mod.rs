@@ -11,86 +11,43 @@
 //! 5 s. A failure to reach the server is [`DbError::Unavailable`], which
 //! clients see as 503 `unavailable` with `Retry-After`.
 
+mod committer;
+pub mod tls;
+
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rand_core::{OsRng, RngCore};
 use uuid::Uuid;
 
+use self::committer::PgCommitter;
 use crate::auth::IssuedChallenge;
-use crate::db::postgres as sql;
-use crate::db::{CommitMessages, DbError, LoginOutcome, Purged, Skipped};
+use crate::db::postgres::{self as sql, checkout};
+use crate::db::{CommitMessages, DbError, LoginOutcome, MessageWrite, Purged, Skipped};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{
     now_ms, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
-use crate::store::commit::CommitTarget;
+use crate::runtime::OwnedRuntime;
+use crate::store::commit::{Appender, CommitListener, WriteBatcher};
 use crate::tickets::TicketHolder;
 
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;
-/// How often a group commit that lost a race (deadlock, an id inserted
-/// meanwhile) is run again before its messages fail.
-const COMMIT_TRIES: usize = 3;
-
-/// A tokio runtime that shuts down without blocking when dropped (it may be
-/// dropped on an async thread, where a blocking shutdown would panic).
-pub struct OwnedRuntime(Option<tokio::runtime::Runtime>);
-
-impl OwnedRuntime {
-    /// A multi-threaded runtime with `threads` workers named `name`.
-    pub fn new(name: &str, threads: usize) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name(name)
-            .enable_all()
-            .build()?;
-        Ok(OwnedRuntime(Some(runtime)))
-    }
-
-    pub fn handle(&self) -> tokio::runtime::Handle {
-        match &self.0 {
-            Some(rt) => rt.handle().clone(),
-            None => unreachable!("the runtime lives until drop"),
-        }
-    }
-}
-
-impl Drop for OwnedRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
 
 pub struct PgStore {
     runtime: OwnedRuntime,
     pool: Pool,
     committer: Addr<PgCommitter>,
+    metrics: Arc<Metrics>,
     challenge_ttl: Duration,
     /// Keys the hash that stands for a client in `auth_challenges`; shared
     /// by the cluster, so that the per-client cap counts on every node.
     client_salt: Vec<u8>,
-}
-
-/// Checks a connection out of the pool; failing to is `Unavailable`, with
-/// every cause (a TLS handshake's says which certificate check failed).
-async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Object, DbError> {
-    pool.get().await.map_err(|e| {
-        let mut why = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            why.push_str(": ");
-            why.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        DbError::Unavailable(why)
-    })
 }
 
 /// Runs `$body` with a pooled client `$c` on the store's runtime.
@@ -117,8 +74,8 @@ impl PgStore {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Arc<PgStore>, u32)> {
         use anyhow::Context as _;
-        let connect = crate::pg_tls::parse(url)?;
-        let tls = crate::pg_tls::connector(&connect)?;
+        let connect = crate::store::postgres::tls::parse(url)?;
+        let tls = crate::store::postgres::tls::connector(&connect)?;
         let mut config = connect.config;
         config
             .connect_timeout(Duration::from_secs(3))
@@ -151,13 +108,14 @@ impl PgStore {
         let committer = PgCommitter {
             handle: runtime.handle(),
             pool: pool.clone(),
-            metrics,
+            metrics: metrics.clone(),
         }
         .start();
         let mut store = PgStore {
             runtime,
             pool,
             committer,
+            metrics,
             challenge_ttl,
             client_salt: Vec::new(),
         };
@@ -188,8 +146,20 @@ impl PgStore {
             .map_err(|e| DbError::Other(format!("database task failed: {e}")))?
     }
 
-    pub fn commit_target(&self) -> CommitTarget {
-        CommitTarget::Actor(self.committer.clone().recipient())
+    pub async fn commit(
+        &self,
+        writes: Vec<MessageWrite>,
+    ) -> Result<Vec<Result<(), Skipped>>, DbError> {
+        self.committer.send(CommitMessages(writes)).await?
+    }
+
+    /// Group commits through a `WriteBatcher` in front of the committer.
+    pub fn appender(&self, listener: Option<Arc<dyn CommitListener>>) -> Appender {
+        let batcher = WriteBatcher::with_target(self.committer.clone().recipient())
+            .telling(listener)
+            .measuring(self.metrics.clone())
+            .start();
+        Appender::new(batcher)
     }
 
     pub async fn health(&self) -> Result<(), DbError> {
@@ -435,53 +405,5 @@ impl PgStore {
             now_ms(),
             interval_ms
         ))
-    }
-}
-
-/// Group commits on PostgreSQL: the `WriteBatcher`'s target in cluster
-/// mode. It keeps no state; the batcher keeps one batch in flight per node.
-pub struct PgCommitter {
-    handle: tokio::runtime::Handle,
-    pool: Pool,
-    metrics: Arc<Metrics>,
-}
-
-impl Actor for PgCommitter {
-    type Context = Context<Self>;
-}
-
-impl Handler<CommitMessages> for PgCommitter {
-    type Result = ResponseFuture<Result<Vec<Result<(), Skipped>>, DbError>>;
-
-    fn handle(&mut self, msg: CommitMessages, _: &mut Context<Self>) -> Self::Result {
-        let pool = self.pool.clone();
-        let metrics = self.metrics.clone();
-        let task = self.handle.spawn(async move {
-            let started = Instant::now();
-            let mut tries = 0;
-            let result = loop {
-                tries += 1;
-                let attempt = async {
-                    let mut client = checkout(&pool).await?;
-                    sql::commit_messages(&mut client, &msg.0, now_ms()).await
-                }
-                .await;
-                match attempt {
-                    Err(e) if tries < COMMIT_TRIES && sql::is_retryable(&e) => {
-                        tracing::debug!(error = %e, tries, "group commit lost a race; running it again");
-                    }
-                    other => break other,
-                }
-            };
-            metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            metrics.write_batch_size.observe(msg.0.len() as f64);
-            result
-        });
-        Box::pin(async move {
-            task.await
-                .map_err(|e| DbError::Other(format!("commit task failed: {e}")))?
-        })
     }
 }

@@ -1,33 +1,37 @@
-//! The embedded engine: SQLite in `--data-dir`.
+//! The embedded engine: SQLite in `--data-dir`, with everything it needs.
 //!
-//! Reads run on the r2d2 pool inside actix's blocking pool, so they never
-//! block a worker thread. Writes go to the one `DbExecutor` on its
-//! `SyncArbiter` thread. Login challenges live in memory: one process is the
-//! whole hub.
+//! - Reads run on the r2d2 pool inside actix's blocking pool, so they never
+//!   block a worker thread.
+//! - Writes go to the one `DbExecutor` on its `SyncArbiter` thread
+//!   ([`writer`]), group commits through its commit lane ([`commit_lane`]).
+//! - The [`checkpointer`] moves the WAL into the database file on a thread
+//!   of its own.
+//! - Login challenges and WebSocket tickets live in memory: one process is
+//!   the whole hub.
+
+pub mod checkpointer;
+pub mod commit_lane;
+pub mod writer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use rusqlite::Connection;
-
-use crate::tickets::TicketStore;
 use uuid::Uuid;
 
-use crate::actors::checkpointer::Checkpointer;
-use crate::actors::db_executor::{
-    AckOffline, CreateConversation, DbExecutor, Lane, LoginUser, MarkDelivered, Ping, PurgeExpired,
-    QueueOffline, RotateRefreshToken, StoreRefreshToken, UpsertDmKey, Writer,
-};
+use self::checkpointer::Checkpointer;
+use self::commit_lane::CommitLane;
+use self::writer::{Lane, Writer};
 use crate::auth::{ChallengeStore, IssuedChallenge};
-use crate::db::{reads, DbError, LoginOutcome, Pool, Purged};
+use crate::db::{self, reads, writes, DbError, LoginOutcome, MessageWrite, Pool, Purged, Skipped};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{
-    Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
+    now_ms, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
-use crate::store::commit::CommitTarget;
+use crate::store::commit::{Appender, CommitListener};
+use crate::tickets::TicketStore;
 
 /// Writes (other than group commits) that may wait for the writer at once;
 /// past this, a request gets 503 `unavailable` instead of a place in an
@@ -83,13 +87,14 @@ impl SqliteStore {
         }
     }
 
-    /// Sends one write to the writer, unless `WRITER_QUEUE_LIMIT` writes
+    /// Runs one write on the writer, unless `WRITER_QUEUE_LIMIT` writes
     /// already wait (then `DbError::Unavailable`: 503 with Retry-After).
-    async fn write<M, T>(&self, msg: M) -> Result<T, DbError>
+    async fn write<T>(
+        &self,
+        write: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError>
     where
-        M: actix::Message<Result = Result<T, DbError>> + Send + 'static,
         T: Send + 'static,
-        DbExecutor: actix::Handler<M, Result = Result<T, DbError>>,
     {
         if self.pending_writes.fetch_add(1, Ordering::AcqRel) >= WRITER_QUEUE_LIMIT {
             self.pending_writes.fetch_sub(1, Ordering::AcqRel);
@@ -97,7 +102,7 @@ impl SqliteStore {
         }
         self.metrics.writer_pending.inc();
         let _pending = PendingWrite(self);
-        self.writer.call(Lane::Housekeeping, msg).await
+        self.writer.call(Lane::Housekeeping, write).await
     }
 
     /// The read pool, for tests that hold its connections.
@@ -105,13 +110,21 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// The writer, for tests that ask it about its connection.
-    pub fn writer(&self) -> &Addr<DbExecutor> {
-        self.writer.addr()
+    /// The write connection's `journal_mode` and `synchronous`, for tests.
+    pub async fn writer_durability(&self) -> Result<(String, i64), DbError> {
+        self.write(|conn| db::durability_settings(conn)).await
     }
 
-    pub fn commit_target(&self) -> CommitTarget {
-        CommitTarget::Writer(self.writer.clone())
+    pub async fn commit(
+        &self,
+        writes: Vec<MessageWrite>,
+    ) -> Result<Vec<Result<(), Skipped>>, DbError> {
+        self.writer.commit(writes).await
+    }
+
+    /// Group commits into the writer's commit lane.
+    pub fn appender(&self, listener: Option<Arc<dyn CommitListener>>) -> Appender {
+        Appender::new(CommitLane::new(self.writer.clone(), listener))
     }
 
     pub fn close(&self) {
@@ -159,7 +172,8 @@ impl SqliteStore {
             }
         }
         let result = async {
-            self.write(Ping).await?;
+            self.write(|conn| Ok(conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK")?))
+                .await?;
             self.read(|conn| {
                 conn.query_row("SELECT 1", [], |_| Ok(()))?;
                 Ok(())
@@ -200,11 +214,8 @@ impl SqliteStore {
         pubkey: Pubkey,
         display_name: Option<String>,
     ) -> Result<LoginOutcome, DbError> {
-        self.write(LoginUser {
-            pubkey,
-            display_name,
-        })
-        .await
+        self.write(move |conn| writes::login_user(conn, &pubkey, display_name.as_deref(), now_ms()))
+            .await
     }
 
     pub async fn store_refresh_token(
@@ -213,10 +224,8 @@ impl SqliteStore {
         user: Pubkey,
         expires_at: u64,
     ) -> Result<(), DbError> {
-        self.write(StoreRefreshToken {
-            hash,
-            user,
-            expires_at,
+        self.write(move |conn| {
+            writes::insert_refresh_token(conn, &hash, &user, now_ms(), expires_at)
         })
         .await
     }
@@ -227,10 +236,8 @@ impl SqliteStore {
         new_hash: [u8; 32],
         expires_at: u64,
     ) -> Result<Option<User>, DbError> {
-        self.write(RotateRefreshToken {
-            old_hash,
-            new_hash,
-            expires_at,
+        self.write(move |conn| {
+            writes::rotate_refresh_token(conn, &old_hash, &new_hash, now_ms(), expires_at)
         })
         .await
     }
@@ -244,7 +251,8 @@ impl SqliteStore {
         user: Pubkey,
         key: [u8; 32],
     ) -> Result<(DmKey, bool), DbError> {
-        self.write(UpsertDmKey { user, key }).await
+        self.write(move |conn| writes::upsert_dm_key(conn, &user, &key, now_ms()))
+            .await
     }
 
     pub async fn dm_key(&self, user: Pubkey) -> Result<Option<DmKey>, DbError> {
@@ -256,11 +264,8 @@ impl SqliteStore {
         a: Pubkey,
         b: Pubkey,
     ) -> Result<(Conversation, bool), DbError> {
-        self.write(CreateConversation {
-            participant_a: a,
-            participant_b: b,
-        })
-        .await
+        self.write(move |conn| writes::create_conversation(conn, &a, &b, now_ms()))
+            .await
     }
 
     pub async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, DbError> {
@@ -284,6 +289,33 @@ impl SqliteStore {
     pub async fn conversations_of(&self, user: Pubkey) -> Result<Vec<Conversation>, DbError> {
         self.read(move |conn| reads::conversations_of(conn, &user))
             .await
+    }
+
+    /// The conversations of `user` with their last committed sequences.
+    pub async fn sequences_of(&self, user: Pubkey) -> Result<Vec<(Uuid, u64)>, DbError> {
+        self.read(move |conn| {
+            let conversations = reads::conversations_of(conn, &user)?;
+            conversations
+                .iter()
+                .map(|c| Ok((c.id, reads::max_sequence(conn, &c.id)?)))
+                .collect()
+        })
+        .await
+    }
+
+    /// The last committed sequences of the given conversations (those that
+    /// exist).
+    pub async fn last_sequences(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, u64)>, DbError> {
+        self.read(move |conn| {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                if reads::conversation(conn, &id)?.is_some() {
+                    found.push((id, reads::max_sequence(conn, &id)?));
+                }
+            }
+            Ok(found)
+        })
+        .await
     }
 
     pub async fn partners_of(&self, user: Pubkey) -> Result<Vec<Pubkey>, DbError> {
@@ -314,11 +346,8 @@ impl SqliteStore {
         recipient: Pubkey,
         message_id: Uuid,
     ) -> Result<bool, DbError> {
-        self.write(QueueOffline {
-            recipient,
-            message_id,
-        })
-        .await
+        self.write(move |conn| writes::queue_offline(conn, &recipient, &message_id, now_ms()))
+            .await
     }
 
     /// Reads the page on a reader (the payloads never pass through the
@@ -336,12 +365,9 @@ impl SqliteStore {
         if entries.is_empty() {
             return Ok(OfflinePage::default());
         }
-        let queue_ids = entries.iter().map(|(id, _)| *id).collect();
+        let queue_ids: Vec<i64> = entries.iter().map(|(id, _)| *id).collect();
         let marked: std::collections::HashSet<i64> = self
-            .write(MarkDelivered {
-                recipient,
-                queue_ids,
-            })
+            .write(move |conn| writes::mark_delivered(conn, &recipient, &queue_ids))
             .await?
             .into_iter()
             .collect();
@@ -354,11 +380,8 @@ impl SqliteStore {
     }
 
     pub async fn ack_offline(&self, recipient: Pubkey, ids: Vec<Uuid>) -> Result<u32, DbError> {
-        self.write(AckOffline {
-            recipient,
-            message_ids: ids,
-        })
-        .await
+        self.write(move |conn| writes::ack_offline(conn, &recipient, &ids))
+            .await
     }
 
     /// One process is the whole hub: every call purges.
@@ -367,6 +390,9 @@ impl SqliteStore {
         offline_cutoff: u64,
         _interval: Duration,
     ) -> Result<Option<Purged>, DbError> {
-        Ok(Some(self.write(PurgeExpired { offline_cutoff }).await?))
+        let purged = self
+            .write(move |conn| writes::purge_expired(conn, offline_cutoff, now_ms()))
+            .await?;
+        Ok(Some(purged))
     }
 }
