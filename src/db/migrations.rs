@@ -87,8 +87,7 @@ pub const LATEST: u32 = MIGRATIONS.len() as u32;
 pub fn migrate(conn: &mut Connection) -> Result<u32, DbError> {
     let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let mut applied = 0;
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let version = index as u32 + 1;
+    for (version, sql) in super::rows::pending_migrations(MIGRATIONS, current)? {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version)?;

@@ -4,12 +4,13 @@
 //!
 //! # Architecture Invariant
 //! With SQLite, reads go through the r2d2 [`Pool`] (`reads`) and every write
-//! through the one connection owned by `actors::DbExecutor` (`writes`).
+//! through the one connection owned by the SQLite writer (`writes`).
 //! Nothing else opens a SQLite connection that writes.
 
 pub mod migrations;
 pub mod postgres;
 pub mod reads;
+pub(crate) mod rows;
 pub mod writes;
 
 use std::path::{Path, PathBuf};

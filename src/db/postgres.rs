@@ -10,12 +10,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::Bytes;
 use deadpool_postgres::{Client, GenericClient};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::rows::{self, Rotation};
 use super::{DbError, LoginOutcome, MessageWrite, Purged, Skipped};
 use crate::model::{
     take_page, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
@@ -207,8 +207,8 @@ async fn migrate_locked(client: &mut Client) -> Result<u32, DbError> {
         .await?
         .get(0);
     let mut applied = 0;
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let version = index as i32 + 1;
+    for (version, sql) in rows::pending_migrations(MIGRATIONS, current as u32)? {
+        let version = version as i32;
         let tx = client.transaction().await?;
         tx.batch_execute(sql).await?;
         tx.execute(
@@ -259,39 +259,37 @@ const CONVERSATION_SELECT: &str =
      JOIN users ua ON ua.public_key = c.participant_a \
      JOIN users ub ON ub.public_key = c.participant_b";
 
-fn fixed<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], DbError> {
-    v.try_into()
-        .map_err(|_| DbError::Other(format!("stored {what} has the wrong length")))
+impl rows::Columns for Row {
+    type Error = DbError;
+    fn text(&self, i: usize) -> Result<String, DbError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
+        Ok(self.try_get(i)?)
+    }
+    fn blob(&self, i: usize) -> Result<Vec<u8>, DbError> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self.try_get(i)?)
+    }
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        Ok(self.try_get(i)?)
+    }
+    fn uuid(&self, i: usize) -> Result<Uuid, DbError> {
+        Ok(self.try_get(i)?)
+    }
+    fn invalid(&self, i: usize, why: &'static str) -> DbError {
+        DbError::Other(format!("column {i}: {why}"))
+    }
 }
 
 fn message_from_row(row: &Row) -> Result<StoredMessage, DbError> {
-    let ephemeral: Option<Vec<u8>> = row.try_get(5)?;
-    Ok(StoredMessage {
-        id: row.try_get(0)?,
-        conversation_id: row.try_get(1)?,
-        sender: Pubkey::from_db(row.try_get(2)?),
-        encrypted_payload: Bytes::from(row.try_get::<_, Vec<u8>>(3)?),
-        nonce: fixed::<24>(row.try_get(4)?, "nonce")?,
-        ephemeral_pubkey: ephemeral
-            .map(|k| fixed::<32>(k, "ephemeral key"))
-            .transpose()?,
-        timestamp: row.try_get::<_, i64>(6)? as u64,
-        server_sequence: row.try_get::<_, i64>(7)? as u64,
-        sender_display_name: row.try_get::<_, Option<String>>(8)?.unwrap_or_default(),
-        created_at: row.try_get::<_, i64>(9)? as u64,
-    })
+    rows::message(row)
 }
 
 fn conversation_from_row(row: &Row) -> Result<Conversation, DbError> {
-    Ok(Conversation {
-        id: row.try_get(0)?,
-        participant_a: Pubkey::from_db(row.try_get(1)?),
-        participant_b: Pubkey::from_db(row.try_get(2)?),
-        participant_a_display_name: row.try_get(3)?,
-        participant_b_display_name: row.try_get(4)?,
-        created_at: row.try_get::<_, i64>(5)? as u64,
-        last_message_at: row.try_get::<_, i64>(6)? as u64,
-    })
+    rows::conversation(row)
 }
 
 // ---------------------------------------------------------------------------
@@ -362,7 +360,7 @@ pub async fn take_challenge(client: &Client, id: Uuid) -> Result<Option<([u8; 32
         return Ok(None);
     };
     Ok(Some((
-        fixed::<32>(row.try_get(0)?, "challenge")?,
+        rows::fixed::<_, 32>(&row, 0, "stored challenge has the wrong length")?,
         row.try_get::<_, i64>(1)? as u64,
     )))
 }
@@ -537,19 +535,20 @@ pub async fn rotate_refresh_token(
         row.try_get(2)?,
         row.try_get(3)?,
     );
-    if used {
-        let revoked = tx
-            .execute("DELETE FROM refresh_tokens WHERE family = $1", &[&family])
-            .await?;
-        tx.commit().await?;
-        tracing::warn!(
-            revoked,
-            "a rotated refresh token was used again; its family is revoked"
-        );
-        return Ok(None);
-    }
-    if expiry <= now as i64 {
-        return Ok(None);
+    match rows::rotation(used, expiry, now) {
+        Rotation::RevokeFamily => {
+            let revoked = tx
+                .execute("DELETE FROM refresh_tokens WHERE family = $1", &[&family])
+                .await?;
+            tx.commit().await?;
+            tracing::warn!(
+                revoked,
+                "a rotated refresh token was used again; its family is revoked"
+            );
+            return Ok(None);
+        }
+        Rotation::Refuse => return Ok(None),
+        Rotation::Rotate => {}
     }
     tx.execute(
         "UPDATE refresh_tokens SET used = true WHERE token_hash = $1",
@@ -587,7 +586,7 @@ pub async fn dm_key(client: &impl GenericClient, user: &Pubkey) -> Result<Option
     row.map(|r| {
         Ok(DmKey {
             ed25519_pubkey: user.clone(),
-            x25519_pubkey: fixed::<32>(r.try_get(0)?, "x25519 key")?,
+            x25519_pubkey: rows::fixed::<_, 32>(&r, 0, "stored x25519 key has the wrong length")?,
             published_at: r.try_get::<_, i64>(1)? as u64,
         })
     })

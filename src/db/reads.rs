@@ -3,11 +3,10 @@
 //! # Architecture Invariant
 //! Nothing here writes.
 
-use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
-use super::DbError;
+use super::{rows, DbError};
 use crate::model::{
     take_page, Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User,
 };
@@ -29,60 +28,41 @@ const CONVERSATION_SELECT: &str =
      JOIN users ua ON ua.public_key = c.participant_a \
      JOIN users ub ON ub.public_key = c.participant_b";
 
-fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
-    let s: String = row.get(idx)?;
-    Uuid::parse_str(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn fixed<const N: usize>(row: &Row<'_>, idx: usize) -> rusqlite::Result<[u8; N]> {
-    let v: Vec<u8> = row.get(idx)?;
-    v.try_into().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            idx,
-            rusqlite::types::Type::Blob,
-            "stored blob has the wrong length".into(),
-        )
-    })
+impl rows::Columns for Row<'_> {
+    type Error = rusqlite::Error;
+    fn text(&self, i: usize) -> rusqlite::Result<String> {
+        self.get(i)
+    }
+    fn opt_text(&self, i: usize) -> rusqlite::Result<Option<String>> {
+        self.get(i)
+    }
+    fn blob(&self, i: usize) -> rusqlite::Result<Vec<u8>> {
+        self.get(i)
+    }
+    fn opt_blob(&self, i: usize) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.get(i)
+    }
+    fn int(&self, i: usize) -> rusqlite::Result<i64> {
+        self.get(i)
+    }
+    /// Ids are stored as text.
+    fn uuid(&self, i: usize) -> rusqlite::Result<Uuid> {
+        let s: String = self.get(i)?;
+        Uuid::parse_str(&s).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    }
+    fn invalid(&self, i: usize, why: &'static str) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, why.into())
+    }
 }
 
 pub(crate) fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
-    let ephemeral: Option<Vec<u8>> = row.get(5)?;
-    let ephemeral_pubkey = match ephemeral {
-        Some(v) => Some(v.try_into().map_err(|_| {
-            rusqlite::Error::FromSqlConversionFailure(
-                5,
-                rusqlite::types::Type::Blob,
-                "stored ephemeral key has the wrong length".into(),
-            )
-        })?),
-        None => None,
-    };
-    Ok(StoredMessage {
-        id: uuid_col(row, 0)?,
-        conversation_id: uuid_col(row, 1)?,
-        sender: Pubkey::from_db(row.get(2)?),
-        encrypted_payload: Bytes::from(row.get::<_, Vec<u8>>(3)?),
-        nonce: fixed::<24>(row, 4)?,
-        ephemeral_pubkey,
-        timestamp: row.get::<_, i64>(6)? as u64,
-        server_sequence: row.get::<_, i64>(7)? as u64,
-        sender_display_name: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
-        created_at: row.get::<_, i64>(9)? as u64,
-    })
+    rows::message(row)
 }
 
 fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {
-    Ok(Conversation {
-        id: uuid_col(row, 0)?,
-        participant_a: Pubkey::from_db(row.get(1)?),
-        participant_b: Pubkey::from_db(row.get(2)?),
-        participant_a_display_name: row.get(3)?,
-        participant_b_display_name: row.get(4)?,
-        created_at: row.get::<_, i64>(5)? as u64,
-        last_message_at: row.get::<_, i64>(6)? as u64,
-    })
+    rows::conversation(row)
 }
 
 pub fn user(conn: &Connection, pubkey: &Pubkey) -> Result<Option<User>, DbError> {
@@ -107,7 +87,7 @@ pub fn dm_key(conn: &Connection, pubkey: &Pubkey) -> Result<Option<DmKey>, DbErr
         .query_row([pubkey.as_str()], |r| {
             Ok(DmKey {
                 ed25519_pubkey: pubkey.clone(),
-                x25519_pubkey: fixed::<32>(r, 0)?,
+                x25519_pubkey: rows::fixed::<_, 32>(r, 0, "stored x25519 key has the wrong length")?,
                 published_at: r.get::<_, i64>(1)? as u64,
             })
         })

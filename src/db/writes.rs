@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use uuid::Uuid;
 
+use super::rows::{self, Rotation};
 use super::{reads, DbError};
 use crate::model::{Conversation, DmKey, Pubkey, StoredMessage, User};
 
@@ -95,17 +96,18 @@ pub fn rotate_refresh_token(
     let Some((owner, family, used, expiry)) = row else {
         return Ok(None);
     };
-    if used {
-        let revoked = tx.execute("DELETE FROM refresh_tokens WHERE family = ?1", [&family])?;
-        tx.commit()?;
-        tracing::warn!(
-            revoked,
-            "a rotated refresh token was used again; its family is revoked"
-        );
-        return Ok(None);
-    }
-    if expiry <= now as i64 {
-        return Ok(None);
+    match rows::rotation(used, expiry, now) {
+        Rotation::RevokeFamily => {
+            let revoked = tx.execute("DELETE FROM refresh_tokens WHERE family = ?1", [&family])?;
+            tx.commit()?;
+            tracing::warn!(
+                revoked,
+                "a rotated refresh token was used again; its family is revoked"
+            );
+            return Ok(None);
+        }
+        Rotation::Refuse => return Ok(None),
+        Rotation::Rotate => {}
     }
     tx.execute(
         "UPDATE refresh_tokens SET used = 1 WHERE token_hash = ?1",
