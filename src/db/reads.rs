@@ -87,7 +87,11 @@ pub fn dm_key(conn: &Connection, pubkey: &Pubkey) -> Result<Option<DmKey>, DbErr
         .query_row([pubkey.as_str()], |r| {
             Ok(DmKey {
                 ed25519_pubkey: pubkey.clone(),
-                x25519_pubkey: rows::fixed::<_, 32>(r, 0, "stored x25519 key has the wrong length")?,
+                x25519_pubkey: rows::fixed::<_, 32>(
+                    r,
+                    0,
+                    "stored x25519 key has the wrong length",
+                )?,
                 published_at: r.get::<_, i64>(1)? as u64,
             })
         })

@@ -45,7 +45,12 @@ fn sized<R: Columns, const N: usize>(
 /// sequence, sender's display name, created_at.
 pub(crate) fn message<R: Columns>(row: &R) -> Result<StoredMessage, R::Error> {
     let ephemeral_pubkey = match row.opt_blob(5)? {
-        Some(v) => Some(sized(row, 5, v, "stored ephemeral key has the wrong length")?),
+        Some(v) => Some(sized(
+            row,
+            5,
+            v,
+            "stored ephemeral key has the wrong length",
+        )?),
         None => None,
     };
     Ok(StoredMessage {

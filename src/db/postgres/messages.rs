@@ -1,0 +1,322 @@
+//! Messages: reads, history pages and the group commit.
+
+use std::collections::{HashMap, HashSet};
+
+use deadpool_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+use super::rows::{message_from_row, MESSAGE_COLUMNS};
+use crate::db::{DbError, MessageWrite, Skipped};
+use crate::model::{take_page, History, HistoryPage, StoredMessage};
+
+pub async fn message(client: &Client, id: &Uuid) -> Result<Option<StoredMessage>, DbError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM dm_messages m WHERE m.id = $1"
+        ))
+        .await?;
+    client
+        .query_opt(&stmt, &[id])
+        .await?
+        .map(|r| message_from_row(&r))
+        .transpose()
+}
+
+pub async fn last_sequence(client: &Client, conversation: &Uuid) -> Result<u64, DbError> {
+    let stmt = client
+        .prepare_cached("SELECT last_seq FROM dm_conversations WHERE id = $1")
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[conversation])
+        .await?
+        .map(|r| r.try_get::<_, i64>(0))
+        .transpose()?
+        .unwrap_or(0) as u64)
+}
+
+/// One page of history, cut at `limit` messages or at the page's byte cap
+/// ([`take_page`]); `has_more` is exact (one extra row is read).
+pub async fn history(
+    client: &Client,
+    conversation: &Uuid,
+    page: HistoryPage,
+    limit: u32,
+) -> Result<History, DbError> {
+    let fetch = i64::from(limit) + 1;
+    let rows = match page {
+        HistoryPage::Before(before) => {
+            let before = before
+                .map(|b| b.min(i64::MAX as u64) as i64)
+                .unwrap_or(i64::MAX);
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
+                     WHERE m.conversation_id = $1 AND m.server_sequence < $2 \
+                     ORDER BY m.server_sequence DESC LIMIT $3"
+                ))
+                .await?;
+            client
+                .query(&stmt, &[conversation, &before, &fetch])
+                .await?
+        }
+        HistoryPage::After(after) => {
+            let after = after.min(i64::MAX as u64) as i64;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
+                     WHERE m.conversation_id = $1 AND m.server_sequence > $2 \
+                     ORDER BY m.server_sequence ASC LIMIT $3"
+                ))
+                .await?;
+            client.query(&stmt, &[conversation, &after, &fetch]).await?
+        }
+    };
+    let (messages, has_more) = take_page(rows.iter().map(message_from_row), limit, |m| {
+        m.encrypted_payload.len()
+    })?;
+    Ok(History { messages, has_more })
+}
+
+/// Commits a batch of messages from any number of conversations, and from
+/// any number of nodes at once, in one transaction.
+///
+/// Per conversation, the batch's messages must continue the stored
+/// `last_seq`: one conditional `UPDATE` per batch checks and advances every
+/// conversation at once. A conversation whose `last_seq` moved (another node
+/// committed first) has its messages refused as [`Skipped::Stale`]; a stored
+/// id is [`Skipped::DuplicateId`], and what follows it in its conversation
+/// [`Skipped::SequenceGap`]. Conversation rows are locked in id order, so two
+/// nodes' batches cannot deadlock. Round trips per batch: seven, whatever
+/// its size (eight when a run was refused).
+pub async fn commit_messages(
+    client: &mut Client,
+    batch: &[MessageWrite],
+    now: u64,
+) -> Result<Vec<Result<(), Skipped>>, DbError> {
+    let tx = client.transaction().await?;
+    let ids: Vec<Uuid> = batch.iter().map(|w| w.message.id).collect();
+    let stored: HashSet<Uuid> = tx
+        .query("SELECT id FROM dm_messages WHERE id = ANY($1)", &[&ids])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let (mut results, runs) = plan_runs(batch, &stored);
+    let advanced = advance(&tx, &runs).await?;
+    refuse_stale(&tx, &runs, &advanced, &mut results).await?;
+    insert_runs(&tx, batch, &runs, &advanced, now).await?;
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// One conversation's part of a batch: the contiguous run that can be
+/// written, up to the first duplicate or break in the sequence.
+struct Run {
+    first: u64,
+    last: u64,
+    last_at: u64,
+    /// Batch indexes of the run.
+    members: Vec<usize>,
+    /// The run ended; later messages of the conversation are skipped.
+    broken: bool,
+}
+
+/// Splits a batch into runs per conversation, in batch order; messages
+/// already `stored` (or met earlier in the batch) are duplicates, and what
+/// follows a duplicate or a break in the sequence is a gap. Only runs with
+/// members are returned.
+fn plan_runs(
+    batch: &[MessageWrite],
+    stored: &HashSet<Uuid>,
+) -> (Vec<Result<(), Skipped>>, HashMap<Uuid, Run>) {
+    let mut results: Vec<Result<(), Skipped>> = vec![Ok(()); batch.len()];
+    let mut runs: HashMap<Uuid, Run> = HashMap::new();
+    // Ids met earlier in this batch: a second copy is a duplicate too.
+    let mut in_batch: HashSet<Uuid> = HashSet::new();
+    for (index, write) in batch.iter().enumerate() {
+        let m = &write.message;
+        let run = runs.entry(m.conversation_id).or_insert(Run {
+            first: m.server_sequence,
+            last: m.server_sequence.saturating_sub(1),
+            last_at: 0,
+            members: Vec::new(),
+            // Sequences start at 1; a 0 can never be written.
+            broken: m.server_sequence == 0,
+        });
+        if stored.contains(&m.id) || !in_batch.insert(m.id) {
+            results[index] = Err(Skipped::DuplicateId);
+            run.broken = true;
+        } else if run.broken || m.server_sequence != run.last + 1 {
+            results[index] = Err(Skipped::SequenceGap);
+            run.broken = true;
+        } else {
+            run.last = m.server_sequence;
+            run.last_at = run.last_at.max(m.created_at);
+            run.members.push(index);
+        }
+    }
+    runs.retain(|_, run| !run.members.is_empty());
+    (results, runs)
+}
+
+/// Locks the runs' conversations in id order and advances each whose
+/// stored `last_seq` the run continues; returns those.
+async fn advance(
+    tx: &Transaction<'_>,
+    runs: &HashMap<Uuid, Run>,
+) -> Result<HashSet<Uuid>, DbError> {
+    let mut conversations: Vec<Uuid> = runs.keys().copied().collect();
+    conversations.sort_unstable();
+    tx.execute(
+        "SELECT 1 FROM (SELECT id FROM dm_conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE) l",
+        &[&conversations],
+    )
+    .await?;
+    let firsts: Vec<i64> = conversations.iter().map(|c| runs[c].first as i64).collect();
+    let lasts: Vec<i64> = conversations.iter().map(|c| runs[c].last as i64).collect();
+    let ats: Vec<i64> = conversations
+        .iter()
+        .map(|c| runs[c].last_at as i64)
+        .collect();
+    tx.query(
+        "UPDATE dm_conversations c SET last_seq = i.last, \
+         last_message_at = GREATEST(COALESCE(c.last_message_at, 0), i.at) \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[]) AS i(id, first, last, at) \
+         WHERE c.id = i.id AND c.last_seq = i.first - 1 RETURNING c.id",
+        &[&conversations, &firsts, &lasts, &ats],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get(0)?))
+    .collect()
+}
+
+/// Fails the members of every run that did not advance: `Stale` when
+/// another node committed past it, `SequenceGap` when it starts beyond the
+/// stored last sequence.
+async fn refuse_stale(
+    tx: &Transaction<'_>,
+    runs: &HashMap<Uuid, Run>,
+    advanced: &HashSet<Uuid>,
+    results: &mut [Result<(), Skipped>],
+) -> Result<(), DbError> {
+    let refused: Vec<Uuid> = runs
+        .keys()
+        .filter(|c| !advanced.contains(c))
+        .copied()
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let stored_last: HashMap<Uuid, u64> = tx
+        .query(
+            "SELECT id, last_seq FROM dm_conversations WHERE id = ANY($1)",
+            &[&refused],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)? as u64)))
+        .collect::<Result<_, DbError>>()?;
+    for conversation in &refused {
+        let run = &runs[conversation];
+        let ahead = stored_last
+            .get(conversation)
+            .is_some_and(|l| *l >= run.first);
+        let why = if ahead {
+            Skipped::Stale
+        } else {
+            Skipped::SequenceGap
+        };
+        for &index in &run.members {
+            results[index] = Err(why);
+        }
+    }
+    Ok(())
+}
+
+/// Inserts the messages of the runs that advanced, and the offline entries
+/// of those whose recipient was offline: one statement each.
+async fn insert_runs(
+    tx: &Transaction<'_>,
+    batch: &[MessageWrite],
+    runs: &HashMap<Uuid, Run>,
+    advanced: &HashSet<Uuid>,
+    now: u64,
+) -> Result<(), DbError> {
+    let mut rows = MessageColumns::default();
+    let mut offline_to: Vec<&str> = Vec::new();
+    let mut offline_ids: Vec<Uuid> = Vec::new();
+    for (_, run) in runs.iter().filter(|(c, _)| advanced.contains(*c)) {
+        for &index in &run.members {
+            let write = &batch[index];
+            rows.push(&write.message);
+            if write.offline_queued {
+                offline_to.push(write.recipient.as_str());
+                offline_ids.push(write.message.id);
+            }
+        }
+    }
+    if !rows.id.is_empty() {
+        tx.execute(
+            "INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, \
+             ephemeral_pubkey, timestamp, server_sequence, sender_display_name, created_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::bytea[], \
+             $6::bytea[], $7::int8[], $8::int8[], $9::text[], $10::int8[])",
+            &[
+                &rows.id,
+                &rows.conversation_id,
+                &rows.sender,
+                &rows.payload,
+                &rows.nonce,
+                &rows.ephemeral,
+                &rows.timestamp,
+                &rows.sequence,
+                &rows.display_name,
+                &rows.created_at,
+            ],
+        )
+        .await?;
+    }
+    if !offline_ids.is_empty() {
+        let queued_at = vec![now as i64; offline_ids.len()];
+        tx.execute(
+            "INSERT INTO dm_offline_queue (recipient_pubkey, dm_message_id, queued_at) \
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int8[]) \
+             ON CONFLICT (recipient_pubkey, dm_message_id) DO NOTHING",
+            &[&offline_to, &offline_ids, &queued_at],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Column arrays for one multi-row insert.
+#[derive(Default)]
+struct MessageColumns<'a> {
+    id: Vec<Uuid>,
+    conversation_id: Vec<Uuid>,
+    sender: Vec<&'a str>,
+    payload: Vec<&'a [u8]>,
+    nonce: Vec<&'a [u8]>,
+    ephemeral: Vec<Option<&'a [u8]>>,
+    timestamp: Vec<i64>,
+    sequence: Vec<i64>,
+    display_name: Vec<&'a str>,
+    created_at: Vec<i64>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn push(&mut self, m: &'a StoredMessage) {
+        self.id.push(m.id);
+        self.conversation_id.push(m.conversation_id);
+        self.sender.push(m.sender.as_str());
+        self.payload.push(&m.encrypted_payload);
+        self.nonce.push(&m.nonce);
+        self.ephemeral
+            .push(m.ephemeral_pubkey.as_ref().map(|k| &k[..]));
+        self.timestamp.push(m.timestamp as i64);
+        self.sequence.push(m.server_sequence as i64);
+        self.display_name.push(&m.sender_display_name);
+        self.created_at.push(m.created_at as i64);
+    }
+}
