@@ -271,13 +271,17 @@ impl Default for Settings {
 pub struct DatabaseUrl(String);
 
 impl DatabaseUrl {
+    pub fn from_text(text: &str) -> Self {
+        DatabaseUrl(text.to_owned())
+    }
+
     /// The full URL, password included: for the connection only.
     pub fn expose(&self) -> &str {
         &self.0
     }
 
     /// Why this is not a URL the hub can use, in words that hold no part of it.
-    fn problem(&self) -> Option<&'static str> {
+    pub fn problem(&self) -> Option<&'static str> {
         if !(self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")) {
             return Some("--database-url must be postgres://user:password@host:port/dbname");
         }

@@ -42,6 +42,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tickets;
 pub mod tls;
+pub mod tools;
 
 pub use config::Settings;
 pub use startup::{AppHandle, Application};

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use united_hub::cli::{chat, demo, history, interactive};
-use united_hub::load;
+use united_hub::{load, tools};
 use united_hub::{telemetry, Application, Settings};
 
 /// Every message allocates a handful of buffers on one thread and frees them
@@ -44,6 +44,8 @@ enum Command {
     Chat(interactive::ChatArgs),
     /// Drive a hub with many sessions, measure it, and verify every delivery.
     Load(load::LoadArgs),
+    /// Copy a hub's data between engines (SQLite <-> PostgreSQL), then check the copy.
+    Migrate(tools::migrate::MigrateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +71,13 @@ fn main() -> anyhow::Result<()> {
         Command::Listen(args) => system.block_on(chat::listen(args)),
         Command::History(args) => system.block_on(history::history(args)),
         Command::Chat(args) => system.block_on(interactive::chat(args)),
+        Command::Migrate(args) => {
+            let copied = system.block_on(tools::migrate::run(args))?;
+            for (table, rows) in copied.0 {
+                println!("{table}\t{rows}");
+            }
+            Ok(())
+        }
         Command::Load(args) => {
             let json = args.json.clone();
             let report = system.block_on(load::run(args))?;

@@ -6,6 +6,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
+use super::portable::{Kind, Row as PortableRow, Table, Value};
 use super::{rows, DbError};
 use crate::model::{
     take_page, Conversation, DmKey, History, HistoryPage, Pubkey, StoredMessage, User,
@@ -198,4 +199,66 @@ pub fn history(
         }
     };
     Ok(History { messages, has_more })
+}
+
+/// Rows of a portable table ([`crate::db::portable`]), in key order, after
+/// `after` (from the start without it).
+pub fn export_page(
+    conn: &Connection,
+    table: &Table,
+    after: Option<&Value>,
+    limit: u32,
+) -> Result<Vec<PortableRow>, DbError> {
+    let (cols, name, key) = (table.column_list(), table.name, table.key);
+    let sql = match after {
+        None => format!("SELECT {cols} FROM {name} ORDER BY {key} LIMIT ?1"),
+        Some(_) => format!("SELECT {cols} FROM {name} WHERE {key} > ?2 ORDER BY {key} LIMIT ?1"),
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let read = |r: &Row<'_>| -> rusqlite::Result<PortableRow> {
+        (table.columns.iter().enumerate())
+            .map(|(i, (_, kind))| portable_value(r, i, *kind))
+            .collect()
+    };
+    let rows = match after {
+        None => stmt.query_map(params![limit], read)?,
+        Some(after) => stmt.query_map(params![limit, sqlite_value(after)], read)?,
+    };
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How many rows a portable table holds.
+pub fn count_rows(conn: &Connection, table: &Table) -> Result<u64, DbError> {
+    let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {}", table.name), [], |r| {
+        r.get(0)
+    })?;
+    Ok(n as u64)
+}
+
+fn portable_value(r: &Row<'_>, i: usize, kind: Kind) -> rusqlite::Result<Value> {
+    use rows::Columns as _;
+    let or_null = |v: Option<Value>| v.unwrap_or(Value::Null);
+    Ok(match kind {
+        Kind::Text => Value::Text(r.text(i)?),
+        Kind::OptText => or_null(r.opt_text(i)?.map(Value::Text)),
+        Kind::Int => Value::Int(r.int(i)?),
+        Kind::OptInt => or_null(r.get::<_, Option<i64>>(i)?.map(Value::Int)),
+        Kind::Blob => Value::Blob(r.blob(i)?),
+        Kind::OptBlob => or_null(r.opt_blob(i)?.map(Value::Blob)),
+        Kind::Uuid => Value::Uuid(r.uuid(i)?),
+        Kind::Bool => Value::Bool(r.int(i)? != 0),
+    })
+}
+
+/// A portable value as SQLite stores it: ids as text, flags as 0 or 1.
+pub(crate) fn sqlite_value(v: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as Sql;
+    match v {
+        Value::Null => Sql::Null,
+        Value::Int(n) => Sql::Integer(*n),
+        Value::Text(s) => Sql::Text(s.clone()),
+        Value::Blob(b) => Sql::Blob(b.clone()),
+        Value::Uuid(u) => Sql::Text(u.to_string()),
+        Value::Bool(b) => Sql::Integer(*b as i64),
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use uuid::Uuid;
 
+use super::portable::{Row as PortableRow, Table};
 use super::rows::{self, Rotation};
 use super::{reads, DbError};
 use crate::model::{Conversation, DmKey, Pubkey, StoredMessage, User};
@@ -421,6 +422,32 @@ pub fn purge_expired(
         offline_entries,
         refresh_tokens,
     })
+}
+
+/// Inserts rows of a portable table as they are, in one transaction (for
+/// `united-hub migrate`, into an empty database).
+pub fn import_rows(
+    conn: &mut Connection,
+    table: &Table,
+    rows: &[PortableRow],
+) -> Result<(), DbError> {
+    let placeholders: Vec<String> = (1..=table.columns.len()).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        table.name,
+        table.column_list(),
+        placeholders.join(", ")
+    );
+    let tx = begin(conn)?;
+    {
+        let mut stmt = tx.prepare_cached(&sql)?;
+        for row in rows {
+            let values: Vec<rusqlite::types::Value> = row.iter().map(reads::sqlite_value).collect();
+            stmt.execute(rusqlite::params_from_iter(values))?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,11 +34,12 @@ use self::sqlite::checkpointer::Checkpointer;
 use self::sqlite::writer::{DbExecutor, Lanes, Writer};
 use self::sqlite::SqliteStore;
 use crate::auth::load_or_create_secret;
-use crate::config::{DatabaseUrl, Settings};
+use crate::config::Settings;
 use crate::db::{self, migrations};
 use crate::metrics::Metrics;
 
 use crate::auth::IssuedChallenge;
+use crate::db::portable::{Row as PortableRow, Table, Value};
 use crate::db::{DbError, LoginOutcome, MessageWrite, Purged, Skipped};
 use crate::error::ApiError;
 use crate::model::{
@@ -77,27 +78,60 @@ macro_rules! dispatch {
 
 impl Store {
     /// Opens the store `settings` name: PostgreSQL with `--database-url`,
-    /// else SQLite in `--data-dir`; migrated, its writer started. Must run
-    /// inside an actix system.
+    /// else SQLite in `--data-dir`; migrated, its writer started, with the
+    /// JWT key (`--jwt-secret-file`, which a cluster node must have; else
+    /// the one in the data directory, made on first start). Must run inside
+    /// an actix system.
     pub async fn open(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Opened> {
-        let (store, migrations_applied, jwt_secret) = match &settings.database_url {
+        let jwt_secret = match &settings.database_url {
             None => {
                 anyhow::ensure!(
                     settings.nats_url.is_none(),
                     "--nats-url needs --database-url: the nodes of a cluster share one PostgreSQL database"
                 );
-                open_sqlite(settings, metrics)?
+                std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                    format!("creating data dir {}", settings.data_dir.display())
+                })?;
+                load_or_create_secret(&settings.jwt_secret_path())?
             }
-            Some(url) => {
-                let (pg, applied, secret) = open_postgres(settings, url, metrics).await?;
-                (Store(Engine::Postgres(pg)), applied, secret)
+            // Checked before the database is touched; `Settings::validate`
+            // has already refused a cluster node without the flag.
+            Some(_) => {
+                let path = settings
+                    .jwt_secret_file
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!(crate::config::CLUSTER_NEEDS_SECRET))?;
+                crate::auth::load_secret(path)?
             }
         };
+        let (store, migrations_applied) = Self::open_engine(settings, metrics).await?;
         Ok(Opened {
             store,
             migrations_applied,
             jwt_secret,
         })
+    }
+
+    /// Opens and migrates the engine alone, without the JWT key: for the
+    /// tools that move data (`migrate`, `backup`). Returns the store and the
+    /// migrations it applied.
+    pub async fn open_engine(
+        settings: &Settings,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<(Store, u32)> {
+        match &settings.database_url {
+            None => open_sqlite(settings, metrics),
+            Some(url) => {
+                let (store, applied) = PgStore::connect(
+                    url.expose(),
+                    Duration::from_secs(settings.challenge_ttl),
+                    metrics.clone(),
+                )
+                .await
+                .with_context(|| format!("opening {url}"))?;
+                Ok((Store(Engine::Postgres(store)), applied))
+            }
+        }
     }
 
     /// A short name for logs and metrics: `sqlite` or `postgres`.
@@ -297,6 +331,38 @@ impl Store {
         dispatch!(self.history(conversation, page, limit))
     }
 
+    // -- whole tables, for `united-hub migrate` ------------------------------
+
+    /// How many rows a portable table holds.
+    pub async fn count_rows(&self, table: &'static Table) -> Result<u64, DbError> {
+        dispatch!(self.count_rows(table))
+    }
+
+    /// Up to `limit` rows of `table` in key order, after the key `after`.
+    pub async fn export_page(
+        &self,
+        table: &'static Table,
+        after: Option<Value>,
+        limit: u32,
+    ) -> Result<Vec<PortableRow>, DbError> {
+        dispatch!(self.export_page(table, after, limit))
+    }
+
+    /// Inserts rows of `table` as they are, in one transaction.
+    pub async fn import_rows(
+        &self,
+        table: &'static Table,
+        rows: Vec<PortableRow>,
+    ) -> Result<(), DbError> {
+        dispatch!(self.import_rows(table, rows))
+    }
+
+    /// Brings what the engine keeps beside the rows in line with them
+    /// (PostgreSQL's `last_seq`, its id sequence) after an import.
+    pub async fn finish_import(&self) -> Result<(), DbError> {
+        dispatch!(self.finish_import())
+    }
+
     // -- offline queue -----------------------------------------------------
 
     /// Queues a committed message for a recipient whose live push failed.
@@ -342,15 +408,10 @@ impl Store {
 }
 
 /// Opens the embedded SQLite store in `--data-dir`, migrated, with its
-/// writer and checkpointer started. Returns it, the migrations applied and
-/// the JWT key.
-fn open_sqlite(
-    settings: &Settings,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Store, u32, Vec<u8>)> {
+/// writer and checkpointer started. Returns it and the migrations applied.
+fn open_sqlite(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<(Store, u32)> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-    let secret = load_or_create_secret(&settings.jwt_secret_path())?;
     let path = db::db_path(&settings.data_dir);
     let mut writer_conn =
         db::open_writer(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -381,30 +442,5 @@ fn open_sqlite(
         checkpointer,
         metrics.clone(),
     );
-    Ok((Store(Engine::Sqlite(Arc::new(store))), applied, secret))
-}
-
-/// Connects to PostgreSQL (`--database-url`), migrated. The JWT key is
-/// `--jwt-secret-file` if given, else the one the cluster shares in the
-/// database (made by the first node).
-async fn open_postgres(
-    settings: &Settings,
-    url: &DatabaseUrl,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Arc<PgStore>, u32, Vec<u8>)> {
-    // Checked before the database is touched; `Settings::validate` has
-    // already refused a cluster node without the flag.
-    let path = settings
-        .jwt_secret_file
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!(crate::config::CLUSTER_NEEDS_SECRET))?;
-    let secret = crate::auth::load_secret(path)?;
-    let (store, applied) = PgStore::connect(
-        url.expose(),
-        Duration::from_secs(settings.challenge_ttl),
-        metrics.clone(),
-    )
-    .await
-    .with_context(|| format!("opening {url}"))?;
-    Ok((store, applied, secret))
+    Ok((Store(Engine::Sqlite(Arc::new(store))), applied))
 }

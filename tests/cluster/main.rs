@@ -17,6 +17,7 @@ mod helpers;
 mod crash;
 mod fanout;
 mod faults;
+mod migrate;
 mod secrets;
 mod store;
 mod support;

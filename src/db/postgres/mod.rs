@@ -12,6 +12,7 @@ mod conversations;
 mod identity;
 mod messages;
 mod offline;
+pub mod portable;
 mod rows;
 mod schema;
 

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use self::committer::PgCommitter;
 use crate::auth::IssuedChallenge;
+use crate::db::portable::{Row as PortableRow, Table, Value};
 use crate::db::postgres::{self as sql, checkout};
 use crate::db::{CommitMessages, DbError, LoginOutcome, MessageWrite, Purged, Skipped};
 use crate::error::ApiError;
@@ -357,6 +358,35 @@ impl PgStore {
 
     pub async fn last_sequence(&self, conversation: Uuid) -> Result<u64, DbError> {
         with_client!(self, |c| sql::last_sequence(&c, &conversation))
+    }
+
+    pub async fn count_rows(&self, table: &'static Table) -> Result<u64, DbError> {
+        with_client!(self, |c| sql::portable::count_rows(&c, table))
+    }
+
+    pub async fn export_page(
+        &self,
+        table: &'static Table,
+        after: Option<Value>,
+        limit: u32,
+    ) -> Result<Vec<PortableRow>, DbError> {
+        with_client!(self, |c| async move {
+            sql::portable::export_page(&c, table, after.as_ref(), limit).await
+        })
+    }
+
+    pub async fn import_rows(
+        &self,
+        table: &'static Table,
+        rows: Vec<PortableRow>,
+    ) -> Result<(), DbError> {
+        with_client!(self, |c| async move {
+            sql::portable::import_rows(&mut c, table, &rows).await
+        })
+    }
+
+    pub async fn finish_import(&self) -> Result<(), DbError> {
+        with_client!(self, |c| sql::portable::finish_import(&c))
     }
 
     pub async fn history(

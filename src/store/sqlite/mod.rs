@@ -24,6 +24,7 @@ use self::checkpointer::Checkpointer;
 use self::commit_lane::CommitLane;
 use self::writer::{Lane, Writer};
 use crate::auth::{ChallengeStore, IssuedChallenge};
+use crate::db::portable::{Row as PortableRow, Table, Value};
 use crate::db::{self, reads, writes, DbError, LoginOutcome, MessageWrite, Pool, Purged, Skipped};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -329,6 +330,34 @@ impl SqliteStore {
     pub async fn last_sequence(&self, conversation: Uuid) -> Result<u64, DbError> {
         self.read(move |conn| reads::max_sequence(conn, &conversation))
             .await
+    }
+
+    pub async fn count_rows(&self, table: &'static Table) -> Result<u64, DbError> {
+        self.read(move |conn| reads::count_rows(conn, table)).await
+    }
+
+    pub async fn export_page(
+        &self,
+        table: &'static Table,
+        after: Option<Value>,
+        limit: u32,
+    ) -> Result<Vec<PortableRow>, DbError> {
+        self.read(move |conn| reads::export_page(conn, table, after.as_ref(), limit))
+            .await
+    }
+
+    pub async fn import_rows(
+        &self,
+        table: &'static Table,
+        rows: Vec<PortableRow>,
+    ) -> Result<(), DbError> {
+        self.write(move |conn| writes::import_rows(conn, table, &rows))
+            .await
+    }
+
+    /// Nothing to do: SQLite keeps no counter beside the rows.
+    pub async fn finish_import(&self) -> Result<(), DbError> {
+        Ok(())
     }
 
     pub async fn history(
