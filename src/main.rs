@@ -46,6 +46,10 @@ enum Command {
     Load(load::LoadArgs),
     /// Copy a hub's data between engines (SQLite <-> PostgreSQL), then check the copy.
     Migrate(tools::migrate::MigrateArgs),
+    /// Copy the embedded database to a new file, while the hub runs.
+    Backup(tools::backup::BackupArgs),
+    /// Put a backup in place as a data directory's database (the hub stopped).
+    Restore(tools::backup::RestoreArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +82,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Backup(args) => tools::backup::backup(args).map(|_| ()),
+        Command::Restore(args) => tools::backup::restore(args).map(|_| ()),
         Command::Load(args) => {
             let json = args.json.clone();
             let report = system.block_on(load::run(args))?;

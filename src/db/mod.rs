@@ -80,6 +80,38 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
 }
 
+/// The file `united-hub backup` holds beside the database while it reads
+/// it, with its process id: the checkpointer defers WAL resets meanwhile
+/// (a `RESTART` would wait for the backup's snapshot and hold every commit
+/// while it waits).
+pub fn backup_marker(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-backup");
+    PathBuf::from(name)
+}
+
+/// Whether a backup of `db` is running: its marker names a live process.
+/// A marker left by a backup that was killed does not count.
+pub fn backup_running(db: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(backup_marker(db)) else {
+        return false;
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return false;
+    };
+    process_alive(pid)
+}
+
+#[cfg(target_os = "linux")]
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_alive(_pid: u32) -> bool {
+    true
+}
+
 /// How often a connection that writes retries a lock another connection
 /// holds, and for how long in all (`busy_timeout`'s 5 s).
 const BUSY_POLL: Duration = Duration::from_micros(100);

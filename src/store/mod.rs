@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use self::commit::{Appender, CommitListener};
 use self::postgres::PgStore;
+pub use self::sqlite::backup::Summary as BackupSummary;
 use self::sqlite::checkpointer::Checkpointer;
 use self::sqlite::writer::{DbExecutor, Lanes, Writer};
 use self::sqlite::SqliteStore;
@@ -405,6 +406,32 @@ impl Store {
             s.close();
         }
     }
+}
+
+/// Copies the embedded database of `settings` to the new file `to`, while
+/// a hub may run on it (`united-hub backup`); `progress` hears bytes written
+/// and about how many there will be. PostgreSQL has its own tools.
+pub fn backup(
+    settings: &Settings,
+    to: &std::path::Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<BackupSummary> {
+    anyhow::ensure!(
+        settings.database_url.is_none(),
+        "a hub on PostgreSQL is backed up with PostgreSQL's tools (pg_dump, or base backups \
+         with WAL archiving); see docs/operations.md"
+    );
+    sqlite::backup::backup(&settings.data_dir, to, progress)
+}
+
+/// Puts a backup made by [`backup`] in place as the database of
+/// `settings`' data directory, which must have none (`united-hub restore`).
+pub fn restore(settings: &Settings, from: &std::path::Path) -> anyhow::Result<BackupSummary> {
+    anyhow::ensure!(
+        settings.database_url.is_none(),
+        "restore a PostgreSQL database with PostgreSQL's tools (pg_restore); see docs/operations.md"
+    );
+    sqlite::backup::restore(from, &settings.data_dir)
 }
 
 /// Opens the embedded SQLite store in `--data-dir`, migrated, with its

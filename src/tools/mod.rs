@@ -1,7 +1,8 @@
 //! Tools for the people who run a hub: `migrate` (between engines) and
-//! `backup`. They work through the store, like
+//! `backup` and `restore` (of the embedded database). They work through the store, like
 //! the hub itself, and print their progress to stderr.
 
+pub mod backup;
 pub mod migrate;
 
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ pub const CLUSTER: bool = false;
 
 mod abuse;
 mod auth;
+mod backup;
 mod cli;
 mod crash;
 mod crypto;

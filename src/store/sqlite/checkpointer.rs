@@ -26,6 +26,11 @@
 //!
 //! The extra flushes change nothing about durability: SQLite's own order of
 //! writes and fsyncs is unchanged.
+//!
+//! While `united-hub backup` reads the database (its marker file,
+//! [`db::backup_marker`], names a live process), resets wait: a `RESTART`
+//! would wait for the backup's old snapshot, holding every commit for up to
+//! the busy timeout. The WAL grows for as long as the backup runs.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -121,6 +126,10 @@ struct Worker {
     last: Progress,
     /// [`RESTART_FRAMES`], or less in tests.
     restart_frames: i64,
+    /// The database file, whose backup marker defers resets.
+    path: PathBuf,
+    /// A backup was seen running at the last reset that was due.
+    deferred: bool,
 }
 
 impl Worker {
@@ -155,6 +164,24 @@ impl Worker {
         Ok(progress)
     }
 
+    /// Whether a backup reads the database now; logs when that changes.
+    fn backup_running(&mut self) -> bool {
+        let running = db::backup_running(&self.path);
+        if running != self.deferred {
+            self.deferred = running;
+            tracing::info!(
+                wal_frames = self.last.frames,
+                "{}",
+                if running {
+                    "a backup is reading the database: WAL resets wait for it"
+                } else {
+                    "the backup ended: WAL resets resume"
+                }
+            );
+        }
+        running
+    }
+
     fn run(mut self, stop: &AtomicBool) {
         let mut interval = CHECKPOINT_INTERVAL;
         while !stop.load(Ordering::Acquire) {
@@ -167,7 +194,7 @@ impl Worker {
                     } else {
                         (interval * 2).min(IDLE_INTERVAL)
                     };
-                    if progress.frames > self.restart_frames {
+                    if progress.frames > self.restart_frames && !self.backup_running() {
                         match self.checkpoint("RESTART") {
                             Ok(progress) => self.last = progress,
                             Err(e) => tracing::warn!(error = %e, "restart checkpoint failed"),
@@ -189,6 +216,8 @@ impl Checkpointer {
             metrics,
             last: Progress::default(),
             restart_frames: RESTART_FRAMES,
+            path,
+            deferred: false,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -234,6 +263,8 @@ mod tests {
             metrics: metrics.clone(),
             last: Progress::default(),
             restart_frames,
+            path: path.clone(),
+            deferred: false,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -344,5 +375,36 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(stored, rows);
+    }
+
+    /// While a live process holds the backup marker, the WAL is not reset;
+    /// a marker that names a dead process, or none, lets resets run.
+    #[test]
+    fn a_running_backup_defers_wal_resets() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = db::backup_marker(&dir.path().join("t.db"));
+        std::fs::write(&marker, std::process::id().to_string()).unwrap();
+        let (writer, metrics, stop, thread) = start_worker(dir.path(), 50);
+        let body = vec![7u8; 6000];
+        for _ in 0..400 {
+            writer
+                .execute("INSERT INTO t (body) VALUES (?1)", [&body])
+                .unwrap();
+        }
+        // Passes go on (they never block a writer); resets do not.
+        assert!(within_5s(|| count(&metrics, "passive") >= 5));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(count(&metrics, "restart"), 0, "a reset ran during a backup");
+
+        // A marker whose process is gone (pid 0 is never a process) is
+        // stale: the reset that waited runs. (No write here: a write into a
+        // WAL the checkpointer has caught up with resets it by itself.)
+        std::fs::write(&marker, "0").unwrap();
+        assert!(
+            within_5s(|| count(&metrics, "restart") >= 1),
+            "resets never resumed"
+        );
+        stop.store(true, Ordering::Release);
+        thread.join().unwrap();
     }
 }

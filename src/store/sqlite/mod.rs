@@ -9,6 +9,7 @@
 //! - Login challenges and WebSocket tickets live in memory: one process is
 //!   the whole hub.
 
+pub mod backup;
 pub mod checkpointer;
 pub mod commit_lane;
 pub mod writer;
