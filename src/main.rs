@@ -114,11 +114,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     settings.validate()?;
     let app = Application::build(settings).await?;
     let handle = app.handle();
+    let (stopped, shutdown_done) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(async move {
         shutdown_signal().await;
         handle.shutdown().await;
+        let _ = stopped.send(());
     });
     app.run_until_stopped().await?;
+    // The server stops first; the rest of the shutdown (the cluster's
+    // goodbye, the store's close) finishes before the process exits.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(15), shutdown_done).await;
     Ok(())
 }
 

@@ -93,13 +93,29 @@ pub fn backup_marker(db: &Path) -> PathBuf {
 /// Whether a backup of `db` is running: its marker names a live process.
 /// A marker left by a backup that was killed does not count.
 pub fn backup_running(db: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(backup_marker(db)) else {
-        return false;
-    };
-    let Ok(pid) = text.trim().parse::<u32>() else {
-        return false;
-    };
-    process_alive(pid)
+    live_pid(&backup_marker(db)).is_some()
+}
+
+/// The file a hub holds beside its database while it runs, with its
+/// process id: tools that must not run beside a hub (`migrate` from it,
+/// `restore` into it) and a second hub on the same directory check it.
+pub fn hub_marker(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-hub");
+    PathBuf::from(name)
+}
+
+/// Another process that runs a hub on `db`, if one does: the hub marker
+/// names a live process other than this one.
+pub fn other_hub(db: &Path) -> Option<u32> {
+    live_pid(&hub_marker(db)).filter(|pid| *pid != std::process::id())
+}
+
+/// The process id in a marker file, if that process lives.
+fn live_pid(marker: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(marker).ok()?;
+    let pid = text.trim().parse::<u32>().ok()?;
+    process_alive(pid).then_some(pid)
 }
 
 #[cfg(target_os = "linux")]

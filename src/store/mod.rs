@@ -105,7 +105,10 @@ impl Store {
                 crate::auth::load_secret(path)?
             }
         };
-        let (store, migrations_applied) = Self::open_engine(settings, metrics).await?;
+        let (store, migrations_applied) = open_engine(settings, metrics, "united-hub").await?;
+        if let Engine::Sqlite(s) = &store.0 {
+            s.claim_hub()?;
+        }
         Ok(Opened {
             store,
             migrations_applied,
@@ -120,19 +123,14 @@ impl Store {
         settings: &Settings,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<(Store, u32)> {
-        match &settings.database_url {
-            None => open_sqlite(settings, metrics),
-            Some(url) => {
-                let (store, applied) = PgStore::connect(
-                    url.expose(),
-                    Duration::from_secs(settings.challenge_ttl),
-                    metrics.clone(),
-                )
-                .await
-                .with_context(|| format!("opening {url}"))?;
-                Ok((Store(Engine::Postgres(store)), applied))
-            }
-        }
+        open_engine(settings, metrics, TOOL).await
+    }
+
+    /// Hubs that run on this database, other than this process: a SQLite
+    /// hub's marker, PostgreSQL sessions of hub nodes. Tools that must not
+    /// run beside a hub check this.
+    pub async fn other_hubs(&self) -> Result<Vec<String>, DbError> {
+        dispatch!(self.other_hubs())
     }
 
     /// A short name for logs and metrics: `sqlite` or `postgres`.
@@ -400,10 +398,13 @@ impl Store {
         dispatch!(self.purge_expired(offline_cutoff, interval))
     }
 
-    /// Stops background work (the SQLite checkpointer) at shutdown.
+    /// Stops background work at shutdown: the SQLite checkpointer and the
+    /// hub's marker; PostgreSQL's pool, so its sessions end now rather than
+    /// when the last clone of the store goes.
     pub fn close(&self) {
-        if let Engine::Sqlite(s) = &self.0 {
-            s.close();
+        match &self.0 {
+            Engine::Sqlite(s) => s.close(),
+            Engine::Postgres(s) => s.close(),
         }
     }
 }
@@ -434,6 +435,31 @@ pub fn restore(settings: &Settings, from: &std::path::Path) -> anyhow::Result<Ba
     sqlite::backup::restore(from, &settings.data_dir)
 }
 
+/// How the tools' PostgreSQL sessions name themselves (hub nodes say
+/// `united-hub`).
+const TOOL: &str = "united-hub-tool";
+
+async fn open_engine(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    application: &str,
+) -> anyhow::Result<(Store, u32)> {
+    match &settings.database_url {
+        None => open_sqlite(settings, metrics),
+        Some(url) => {
+            let (store, applied) = PgStore::connect(
+                url.expose(),
+                application,
+                Duration::from_secs(settings.challenge_ttl),
+                metrics.clone(),
+            )
+            .await
+            .with_context(|| format!("opening {url}"))?;
+            Ok((Store(Engine::Postgres(store)), applied))
+        }
+    }
+}
+
 /// Opens the embedded SQLite store in `--data-dir`, migrated, with its
 /// writer and checkpointer started. Returns it and the migrations applied.
 fn open_sqlite(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<(Store, u32)> {
@@ -449,7 +475,7 @@ fn open_sqlite(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<(S
     let lanes = Arc::new(Lanes::default());
     let writer = {
         let slot = Mutex::new(Some(writer_conn));
-        let (lanes, metrics) = (lanes.clone(), metrics.clone());
+        let (lanes, metrics, path) = (lanes.clone(), metrics.clone(), path.clone());
         SyncArbiter::start(1, move || {
             let conn = slot
                 .lock()
@@ -463,6 +489,7 @@ fn open_sqlite(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<(S
     };
     let writer = Writer::new(writer, lanes, metrics.clone());
     let store = SqliteStore::new(
+        path.clone(),
         pool,
         writer,
         Duration::from_secs(settings.challenge_ttl),

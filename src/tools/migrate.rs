@@ -7,9 +7,10 @@
 //!   too, as a start of the hub would.
 //! - Tables go parents first ([`TABLES`]), in pages of `--batch` rows in key
 //!   order, each page in one transaction. Progress goes to stderr.
-//! - Then every row is read again from both sides and compared. A source
-//!   that changed meanwhile (a hub still running on it) fails this check:
-//!   stop the hub first.
+//! - It refuses to start while a hub runs on either side (a SQLite hub's
+//!   marker file, PostgreSQL sessions named `united-hub`).
+//! - Then every row is read again from both sides and compared, and the
+//!   verdict printed: a source that changed meanwhile fails it.
 //!
 //! Login challenges and WebSocket tickets live for seconds and are not
 //! copied. The JWT key is a file, not a row: see `docs/operations.md`.
@@ -107,6 +108,15 @@ async fn migrate(
     batch: u32,
 ) -> anyhow::Result<Copied> {
     eprintln!("migrating {} -> {}", from.describe(), to.describe());
+    for (what, store, at) in [("source", source, from), ("target", target, to)] {
+        let hubs = store.other_hubs().await?;
+        anyhow::ensure!(
+            hubs.is_empty(),
+            "the {what}, {}, is in use ({}): stop every hub on it first; nothing was written",
+            at.describe(),
+            hubs.join(", ")
+        );
+    }
     let mut held = Vec::new();
     for table in TABLES {
         let n = target.count_rows(table).await?;

@@ -272,3 +272,30 @@ async fn a_hammered_healthz_neither_queues_on_the_writer_nor_slows_sends() {
         .await;
     assert_eq!(stored, vec![200]);
 }
+
+/// One data directory serves one hub: a second process on it is refused
+/// and says which process holds it; once the first stops cleanly, the
+/// directory is free again.
+#[actix_web::test]
+async fn a_second_hub_on_the_same_data_directory_is_refused() {
+    let mut first = ProcessHub::start(&[]).await;
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_united-hub"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(first.dir.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("another hub (pid {})", first.child.id())),
+        "{stderr}"
+    );
+    // SIGTERM: the first stops cleanly and lets the directory go.
+    let pid = first.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(first.child.wait().unwrap().success());
+    assert!(!first.dir.path().join("united.db-hub").exists());
+}

@@ -107,16 +107,33 @@ async fn a_sqlite_hub_moves_to_postgres_and_back_with_everything_it_held() {
         "Bob's published key came along"
     );
     // The conversation goes on at the next sequence.
+    // While a hub node runs on it, the database is not copied.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = migrate(&pg.url(), elsewhere.path().join("d").to_str().unwrap());
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("connections of running hub nodes"),
+        "{}",
+        text(&out.stderr)
+    );
     let sealed = alice.seal(&bob, &conversation, "after the move");
     let body = send_body(None, &conversation, &sealed, now_ms());
     let (next, _) = alice_there.send(&body).await.unwrap();
     assert_eq!(next.server_sequence, 31);
     on_pg.stop().await;
 
-    // PostgreSQL -> a new SQLite data directory, and a hub on it.
+    // PostgreSQL -> a new SQLite data directory, and a hub on it. The
+    // stopped node's sessions end within moments.
     let back = tempfile::tempdir().unwrap();
     let back_dir = back.path().join("data");
-    let out = migrate(&pg.url(), back_dir.to_str().unwrap());
+    let mut out = migrate(&pg.url(), back_dir.to_str().unwrap());
+    for _ in 0..50 {
+        if !text(&out.stderr).contains("running hub nodes") {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        out = migrate(&pg.url(), back_dir.to_str().unwrap());
+    }
     assert!(out.status.success(), "{}", text(&out.stderr));
     std::fs::copy(&secret, back_dir.join("jwt_secret")).unwrap();
     let on_sqlite = spawn_app_in(Arc::new(back), |s| {
@@ -136,6 +153,18 @@ async fn a_sqlite_hub_moves_to_postgres_and_back_with_everything_it_held() {
 async fn migrate_refuses_a_target_with_data_and_a_missing_source_and_writes_nothing() {
     let first = spawn_app().await;
     first.user("Alice").await;
+    // Not while a hub runs on the source (this test's process runs it).
+    let busy = tempfile::tempdir().unwrap();
+    let out = migrate(
+        first.dir.path().to_str().unwrap(),
+        busy.path().join("d").to_str().unwrap(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!("a hub (pid {}) runs on", std::process::id())),
+        "{}",
+        text(&out.stderr)
+    );
     let first_dir = first.stop().await;
     let second = spawn_app().await;
     second.user("Bob").await;

@@ -71,6 +71,7 @@ impl PgStore {
     /// Must run inside an actix system.
     pub async fn connect(
         url: &str,
+        application: &str,
         challenge_ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Arc<PgStore>, u32)> {
@@ -81,9 +82,9 @@ impl PgStore {
         config
             .connect_timeout(Duration::from_secs(3))
             .options("-c statement_timeout=10000");
-        if config.get_application_name().is_none() {
-            config.application_name("united-hub");
-        }
+        // Hub nodes are `united-hub` (whatever the URL says: tools look for
+        // running nodes by this name), tools `united-hub-tool`.
+        config.application_name(application);
         let runtime =
             OwnedRuntime::new("united-pg", 2).context("starting the PostgreSQL runtime")?;
         let manager = Manager::from_config(
@@ -358,6 +359,30 @@ impl PgStore {
 
     pub async fn last_sequence(&self, conversation: Uuid) -> Result<u64, DbError> {
         with_client!(self, |c| sql::last_sequence(&c, &conversation))
+    }
+
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Sessions of hub nodes on this database (a tool's own are named
+    /// otherwise).
+    pub async fn other_hubs(&self) -> Result<Vec<String>, DbError> {
+        with_client!(self, |c| async move {
+            let row = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name = 'united-hub'",
+                    &[],
+                )
+                .await?;
+            let n: i64 = row.try_get(0)?;
+            Ok(if n > 0 {
+                vec![format!("{n} connections of running hub nodes")]
+            } else {
+                Vec::new()
+            })
+        })
     }
 
     pub async fn count_rows(&self, table: &'static Table) -> Result<u64, DbError> {

@@ -14,7 +14,8 @@ pub mod checkpointer;
 pub mod commit_lane;
 pub mod writer;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,10 @@ pub struct SqliteStore {
     tickets: TicketStore,
     /// Stopped (taken) at shutdown.
     checkpointer: Mutex<Option<Checkpointer>>,
+    /// The database file.
+    path: PathBuf,
+    /// This store runs a hub: it holds the hub marker until closed.
+    hub: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -71,6 +76,7 @@ impl Drop for PendingWrite<'_> {
 
 impl SqliteStore {
     pub fn new(
+        path: PathBuf,
         pool: Pool,
         writer: Writer,
         challenge_ttl: Duration,
@@ -78,6 +84,8 @@ impl SqliteStore {
         metrics: Arc<Metrics>,
     ) -> Self {
         SqliteStore {
+            path,
+            hub: AtomicBool::new(false),
             pool,
             writer,
             pending_writes: AtomicUsize::new(0),
@@ -129,7 +137,34 @@ impl SqliteStore {
         Appender::new(CommitLane::new(self.writer.clone(), listener))
     }
 
+    /// Marks the database as a running hub's; refuses when another live
+    /// process already runs one on it.
+    pub fn claim_hub(&self) -> anyhow::Result<()> {
+        if let Some(pid) = db::other_hub(&self.path) {
+            anyhow::bail!(
+                "another hub (pid {pid}) runs on {}: one data directory serves one hub",
+                self.path.display()
+            );
+        }
+        let marker = db::hub_marker(&self.path);
+        std::fs::write(&marker, std::process::id().to_string())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", marker.display()))?;
+        self.hub.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Hubs other than this process that run on the database.
+    pub async fn other_hubs(&self) -> Result<Vec<String>, DbError> {
+        Ok(db::other_hub(&self.path)
+            .map(|pid| format!("a hub (pid {pid}) runs on {}", self.path.display()))
+            .into_iter()
+            .collect())
+    }
+
     pub fn close(&self) {
+        if self.hub.swap(false, Ordering::AcqRel) {
+            let _ = std::fs::remove_file(db::hub_marker(&self.path));
+        }
         drop(
             self.checkpointer
                 .lock()
