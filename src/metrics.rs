@@ -41,6 +41,12 @@ pub struct Metrics {
     pub cluster_publish_dropped: IntCounter,
     /// Cluster mode: NATS slow-consumer events.
     pub cluster_slow_consumer: IntCounter,
+    /// 1 while this node's NATS connection is up (cluster mode).
+    pub cluster_bus_connected: IntGauge,
+    /// Other nodes this one hears from (cluster mode).
+    pub cluster_peers: IntGauge,
+    /// Age of the oldest undelivered offline entry, at the janitor's last run.
+    pub offline_oldest_age_seconds: IntGauge,
     /// Cluster mode: bus messages dropped because they failed the check
     /// (label `reason`: malformed, bad_mac, stale, replayed).
     pub cluster_rejected: prometheus::IntCounterVec,
@@ -192,6 +198,18 @@ impl Metrics {
             cluster_slow_consumer: register!(IntCounter::new(
                 "cluster_slow_consumer_total",
                 "Times NATS dropped events for a slow subscription"
+            )),
+            cluster_bus_connected: register!(IntGauge::new(
+                "cluster_bus_connected",
+                "1 while this node's NATS connection is up (cluster mode)"
+            )),
+            cluster_peers: register!(IntGauge::new(
+                "cluster_peers",
+                "Other nodes this node hears from (cluster mode)"
+            )),
+            offline_oldest_age_seconds: register!(IntGauge::new(
+                "offline_oldest_age_seconds",
+                "Age of the oldest undelivered offline entry at the janitor's last run (0: none)"
             )),
             sequence_retries: register!(IntCounter::new(
                 "sequence_retries_total",

@@ -54,11 +54,21 @@ impl JanitorActor {
         async move {
             let challenges = store.purge_challenges().await;
             let purged = store.purge_expired(cutoff, interval).await;
-            (challenges, purged)
+            let oldest = store.oldest_offline().await;
+            (challenges, purged, oldest)
         }
         .into_actor(self)
-        .map(move |(challenges, purged), act, _| {
+        .map(move |(challenges, purged, oldest), act, _| {
             act.running = false;
+            match oldest {
+                Ok(oldest) => {
+                    let age = oldest.map_or(0, |at| now_ms().saturating_sub(at) / 1000);
+                    act.metrics.offline_oldest_age_seconds.set(age as i64);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "janitor could not read the offline queue's age")
+                }
+            }
             let challenges = challenges.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "janitor could not purge challenges");
                 0

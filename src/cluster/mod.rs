@@ -265,11 +265,15 @@ impl ClusterNode {
         match event {
             async_nats::Event::Connected => {
                 tracing::info!("NATS connected");
+                self.metrics.cluster_bus_connected.set(1);
                 // Peers answer HELLO with their snapshots; ours goes out too.
                 self.announce(Kind::Hello, Vec::new());
                 self.send_snapshot();
             }
-            async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+            async_nats::Event::Disconnected => {
+                self.metrics.cluster_bus_connected.set(0);
+                tracing::warn!("NATS disconnected");
+            }
             async_nats::Event::SlowConsumer(_) => {
                 self.metrics.cluster_slow_consumer.inc();
                 tracing::warn!(
@@ -824,6 +828,8 @@ async fn ticker(node: Weak<ClusterNode>) {
         let Some(node) = node.upgrade() else {
             return;
         };
+        (node.metrics.cluster_bus_connected).set(node.bus_connected() as i64);
+        (node.metrics.cluster_peers).set(node.peers() as i64);
         if last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
             last_heartbeat = Instant::now();
             node.announce(Kind::Heartbeat, Vec::new());

@@ -156,6 +156,16 @@ pub fn offline_entries(
 }
 
 /// The highest committed sequence of a conversation (0 when it has none).
+/// When the oldest undelivered offline entry was queued (ms), if any.
+pub fn oldest_offline(conn: &Connection) -> Result<Option<u64>, DbError> {
+    let at: Option<i64> = conn.query_row(
+        "SELECT MIN(queued_at) FROM dm_offline_queue WHERE delivered = 0",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(at.map(|t| t as u64))
+}
+
 pub fn max_sequence(conn: &Connection, conversation: &Uuid) -> Result<u64, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT COALESCE(MAX(server_sequence), 0) FROM dm_messages WHERE conversation_id = ?1",

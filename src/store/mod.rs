@@ -383,6 +383,11 @@ impl Store {
         dispatch!(self.take_offline(recipient, limit))
     }
 
+    /// When the oldest undelivered offline entry was queued (ms), if any.
+    pub async fn oldest_offline(&self) -> Result<Option<u64>, DbError> {
+        dispatch!(self.oldest_offline())
+    }
+
     /// Marks the named entries of one user delivered; returns how many changed.
     pub async fn ack_offline(&self, recipient: Pubkey, ids: Vec<Uuid>) -> Result<u32, DbError> {
         dispatch!(self.ack_offline(recipient, ids))

@@ -22,6 +22,7 @@ mod internet;
 mod openapi;
 mod ops;
 mod pages;
+mod proxy;
 mod tickets;
 mod tls;
 mod validation;

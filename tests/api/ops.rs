@@ -299,3 +299,31 @@ async fn a_second_hub_on_the_same_data_directory_is_refused() {
     assert!(first.child.wait().unwrap().success());
     assert!(!first.dir.path().join("united.db-hub").exists());
 }
+
+/// `united_offline_oldest_age_seconds` tells how long the oldest
+/// undelivered entry has waited, at each janitor run; 0 once it is fetched.
+#[actix_web::test]
+async fn the_offline_queue_age_is_a_metric() {
+    let app = spawn_app_with(|s| s.janitor_interval = 1).await;
+    let alice = app.user("Alice").await;
+    let bob = app.user("Bob").await;
+    let conversation = alice.open_conversation(&bob).await;
+    alice
+        .send_http(&bob, &conversation, "while Bob is away")
+        .await;
+    let age = || async {
+        let text = app.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("united_offline_oldest_age_seconds "))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+    };
+    eventually("the entry's age shows", || async {
+        age().await.is_some_and(|a| a >= 1.0)
+    })
+    .await;
+    assert_eq!(bob.client.offline().await.unwrap().len(), 1);
+    eventually("a fetched entry no longer counts", || async {
+        age().await == Some(0.0)
+    })
+    .await;
+}

@@ -39,8 +39,9 @@ export async function waitSignal(want) {
   }
 }
 
-/// Headless Debian Chromium with a fresh profile: `{ browser, profile }`.
-export async function launch() {
+/// Headless Debian Chromium with a fresh profile, and `extra` flags:
+/// `{ browser, profile }`.
+export async function launch(extra = []) {
   const executablePath = process.env.UNITED_CHROMIUM || '/usr/bin/chromium';
   const profile = mkdtempSync(join(tmpdir(), 'united-chromium-'));
   const browser = await chromium.launch({
@@ -55,6 +56,7 @@ export async function launch() {
       '--disable-component-update',
       '--disable-sync',
       `--disk-cache-dir=${join(profile, 'cache')}`,
+      ...extra,
     ],
   });
   return { browser, profile };

@@ -642,3 +642,84 @@ async fn the_page_does_not_trust_the_hub() {
         .iter()
         .all(|m| m.sender_pubkey != mallory.pubkey));
 }
+
+/// The page over HTTPS and its socket over wss:// (issue 25, item 3), with
+/// a certificate the test's CA signed: Chromium trusts exactly that
+/// certificate's key, the Rust client the CA.
+#[actix_web::test]
+async fn the_page_works_over_https_and_wss() {
+    use sha2::Digest as _;
+    require_tools(true);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = helpers::certificates(dir.path());
+    united_hub::client::trust_ca_pem(ca.as_bytes()).unwrap();
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let spki =
+        rcgen::PublicKeyData::subject_public_key_info(&rcgen::KeyPair::from_pem(&pem).unwrap());
+    let spki = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        sha2::Sha256::digest(&spki),
+    );
+    let app = spawn_app_with(|s| {
+        s.tls_cert = Some(cert.clone());
+        s.tls_key = Some(key.clone());
+    })
+    .await;
+    assert!(app.address.starts_with("https://"));
+    let rusty = user_at(&app.address, "Rusty").await;
+    let mut ws = rusty.live_ws().await;
+    let mut script = Script::start(
+        "tests/browser/tls.test.mjs",
+        &[
+            ("UNITED_HUB_URL", app.address.clone()),
+            ("UNITED_RUST_PUBKEY", rusty.pubkey.clone()),
+            ("UNITED_SPKI", spki),
+        ],
+    );
+    let timeout = Duration::from_secs(120);
+    let tess = script.expect("TESS ", timeout).await;
+    script.expect("SENT", timeout).await;
+    let event = loop {
+        match ws.next(Duration::from_secs(30)).await {
+            Some(Incoming::Envelope(env)) => {
+                if let Some(Payload::DmMessageEvent(e)) = env.payload {
+                    break e.message.unwrap();
+                }
+            }
+            other => panic!("no push for the page's message: {other:?}"),
+        }
+    };
+    let sealed = Sealed {
+        ciphertext: event.encrypted_payload.to_vec(),
+        nonce: event.nonce[..].try_into().unwrap(),
+        ephemeral_pubkey: event.ephemeral_pubkey[..].try_into().unwrap(),
+    };
+    let opened = crypto::open(
+        &rusty.identity,
+        &sealed,
+        &event.conversation_id,
+        &key32(&tess),
+    )
+    .expect("Rusty opens what the page sealed");
+    assert_eq!(opened.plaintext, b"hello over wss");
+    let tess_x = rusty.client.recipient_key(&tess).await.unwrap();
+    let answer = crypto::seal(
+        &rusty.identity,
+        &tess_x,
+        &event.conversation_id,
+        b"hi back, over TLS",
+    )
+    .unwrap();
+    rusty
+        .client
+        .send(&send_body(
+            None,
+            &event.conversation_id,
+            &answer,
+            helpers::now_ms(),
+        ))
+        .await
+        .unwrap();
+    script.signal("ANSWERED");
+    script.expect("DONE", timeout).await;
+}

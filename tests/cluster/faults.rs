@@ -144,6 +144,15 @@ async fn a_nats_restart_during_traffic_leaves_no_live_session_missing_a_message(
     let conversation = alice.open_conversation(&bob).await;
     let mut bob_ws = c.ws_at(&bob, 1).await;
     let mut alice_ws = c.ws_at(&alice, 1).await;
+    let gauge = |name: &'static str| {
+        let node = &c.nodes[1];
+        async move { metric_value(&node.metrics().await, name) }
+    };
+    eventually("the bus gauges show a connected pair", || async {
+        gauge("united_cluster_bus_connected").await == 1.0
+            && gauge("united_cluster_peers").await == 1.0
+    })
+    .await;
 
     // 300 sends from node 0, with NATS restarted in the middle.
     let sender = alice.client.clone();
@@ -173,6 +182,10 @@ async fn a_nats_restart_during_traffic_leaves_no_live_session_missing_a_message(
                 .is_ok_and(|r| r.status().as_u16() == 503)
         })
         .await;
+        eventually("the bus gauge says disconnected", || async {
+            gauge("united_cluster_bus_connected").await == 0.0
+        })
+        .await;
         c.nats.start_again().expect("NATS starts again");
     };
     let (seqs, ()) = tokio::join!(sends, restart);
@@ -188,6 +201,7 @@ async fn a_nats_restart_during_traffic_leaves_no_live_session_missing_a_message(
     }
     eventually("node 1 is healthy again", || async {
         c.nodes[1].state.cluster.as_ref().unwrap().bus_connected()
+            && gauge("united_cluster_bus_connected").await == 1.0
     })
     .await;
 }

@@ -98,6 +98,18 @@ pub async fn ack_offline(
 /// Purges expired offline entries and refresh tokens, at most once per
 /// `interval_ms` for the whole cluster: the run that advances
 /// `janitor_runs.last_run_at` does the work, in the same transaction.
+/// When the oldest undelivered offline entry was queued (ms), if any.
+pub async fn oldest_offline(client: &Client) -> Result<Option<u64>, DbError> {
+    let at: Option<i64> = client
+        .query_one(
+            "SELECT MIN(queued_at) FROM dm_offline_queue WHERE NOT delivered",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(at.map(|t| t as u64))
+}
+
 pub async fn purge_expired(
     client: &mut Client,
     offline_cutoff: u64,

@@ -444,6 +444,10 @@ impl PgStore {
         with_client!(self, |c| sql::take_offline(&c, &recipient, limit))
     }
 
+    pub async fn oldest_offline(&self) -> Result<Option<u64>, DbError> {
+        with_client!(self, |c| sql::oldest_offline(&c))
+    }
+
     pub async fn ack_offline(&self, recipient: Pubkey, ids: Vec<Uuid>) -> Result<u32, DbError> {
         with_client!(self, |c| sql::ack_offline(&c, &recipient, &ids))
     }

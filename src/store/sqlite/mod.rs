@@ -444,6 +444,10 @@ impl SqliteStore {
         Ok(OfflinePage { messages, has_more })
     }
 
+    pub async fn oldest_offline(&self) -> Result<Option<u64>, DbError> {
+        self.read(reads::oldest_offline).await
+    }
+
     pub async fn ack_offline(&self, recipient: Pubkey, ids: Vec<Uuid>) -> Result<u32, DbError> {
         self.write(move |conn| writes::ack_offline(conn, &recipient, &ids))
             .await
