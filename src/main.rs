@@ -114,6 +114,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     settings.validate()?;
     let app = Application::build(settings).await?;
     let handle = app.handle();
+    #[cfg(unix)]
+    {
+        let handle = handle.clone();
+        actix_web::rt::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                tracing::error!("cannot listen for SIGHUP: TLS certificates load at start only");
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                handle.reload_tls();
+            }
+        });
+    }
     let (stopped, shutdown_done) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(async move {
         shutdown_signal().await;

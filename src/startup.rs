@@ -16,15 +16,19 @@ use crate::actors::conversation::ConversationHandles;
 use crate::actors::directory::ConversationDirectory;
 use crate::actors::janitor::{JanitorActor, StopJanitor};
 use crate::actors::registry::{SessionLimits, SessionRegistry};
+use crate::actors::session::SessionContext;
 use crate::auth::JwtKeys;
 use crate::cluster::{ClusterNode, NatsSettings};
 use crate::config::Settings;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
+use crate::service::auth::AuthService;
+use crate::service::dm::DmService;
 use crate::state::AppState;
 use crate::store::commit::CommitListener;
 use crate::store::{Opened, Store};
+use crate::tls::Certificate;
 
 /// The kernel send buffer of every accepted connection. Linux would grow it
 /// to 4 MiB for a peer that stops reading; fixed here, a stalled WebSocket
@@ -63,6 +67,8 @@ pub struct Application {
     state: Arc<AppState>,
     janitor: Addr<JanitorActor>,
     migrations_applied: u32,
+    /// The TLS certificate, when the hub serves TLS itself.
+    certificate: Option<Arc<Certificate>>,
 }
 
 /// Stops a running `Application` gracefully; cheap to clone.
@@ -71,9 +77,27 @@ pub struct AppHandle {
     server: ServerHandle,
     state: Arc<AppState>,
     janitor: Addr<JanitorActor>,
+    certificate: Option<Arc<Certificate>>,
 }
 
 impl AppHandle {
+    /// Reads `--tls-cert` and `--tls-key` again (SIGHUP): later handshakes
+    /// present the new pair. A pair that does not load leaves the old one
+    /// in place and is logged. Without TLS, nothing to do.
+    pub fn reload_tls(&self) {
+        let Some(certificate) = &self.certificate else {
+            tracing::info!("SIGHUP: no --tls-cert to reload");
+            return;
+        };
+        match certificate.reload() {
+            Ok(()) => tracing::info!("reloaded the TLS certificate"),
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "the TLS certificate was not reloaded; the old one stays"
+            ),
+        }
+    }
+
     /// Stops accepting, closes every session with 1001 once its in-flight
     /// requests have answered, waits for in-flight HTTP requests, and returns
     /// when the server has stopped.
@@ -82,7 +106,7 @@ impl AppHandle {
         self.state.registry.close_all();
         self.server.stop(true).await;
         self.janitor.do_send(StopJanitor);
-        self.state.conversations.clear();
+        self.state.dm.conversations.clear();
         if let Some(cluster) = &self.state.cluster {
             cluster.leave().await;
         }
@@ -148,17 +172,45 @@ impl Application {
             Duration::from_secs(settings.offline_ttl),
         )
         .start();
-        let state = Arc::new(AppState {
-            store,
-            registry,
-            conversations,
-            jwt: JwtKeys::new(&jwt_secret, settings.access_token_ttl),
-            limits,
-            answers: crate::answers::AnswerBudget::new(
+        let conversations = Arc::new(conversations);
+        let jwt = Arc::new(JwtKeys::new(&jwt_secret, settings.access_token_ttl));
+        let dm = Arc::new(DmService {
+            store: store.clone(),
+            limits: limits.clone(),
+            conversations: conversations.clone(),
+            answers: Arc::new(crate::answers::AnswerBudget::new(
                 settings.answer_bytes_per_user,
                 settings.answer_bytes_per_node,
                 Some(metrics.answers.clone()),
-            ),
+            )),
+            registry: registry.clone(),
+            cluster: cluster.clone(),
+            max_payload_bytes: settings.max_payload_bytes,
+        });
+        let auth = Arc::new(AuthService {
+            store: store.clone(),
+            jwt: jwt.clone(),
+            conversations,
+            refresh_token_ttl: settings.refresh_token_ttl,
+        });
+        let sessions = Arc::new(SessionContext {
+            dm: dm.clone(),
+            jwt: jwt.clone(),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            ping_interval: settings.ping_interval(),
+            idle_timeout: settings.idle_timeout(),
+            max_frame_bytes: settings.max_frame_bytes,
+            session_buffer: settings.session_buffer,
+        });
+        let state = Arc::new(AppState {
+            auth,
+            dm,
+            sessions,
+            store,
+            registry,
+            jwt,
+            limits,
             metrics,
             cluster,
             settings,
@@ -168,10 +220,12 @@ impl Application {
             .with_context(|| format!("binding {}", state.settings.bind))?;
         let port = listener.local_addr()?.port();
         let data = web::Data::from(state.clone());
+        let dm = web::Data::from(state.dm.clone());
         let mut server = HttpServer::new(move || {
             let data = data.clone();
             App::new()
                 .app_data(data.clone())
+                .app_data(dm.clone())
                 .wrap(from_fn(http::access_log))
                 .configure(|cfg| http::configure(cfg, &data))
         })
@@ -188,10 +242,12 @@ impl Application {
         if let Some(workers) = state.settings.workers {
             server = server.workers(workers.max(1));
         }
+        let mut certificate = None;
         let scheme = match (&state.settings.tls_cert, &state.settings.tls_key) {
             (Some(cert), Some(key)) => {
-                server =
-                    server.listen_rustls_0_23(listener, crate::tls::server_config(cert, key)?)?;
+                let loaded = Certificate::load(cert, key)?;
+                server = server.listen_rustls_0_23(listener, loaded.server_config()?)?;
+                certificate = Some(loaded);
                 "https"
             }
             _ => {
@@ -223,6 +279,7 @@ impl Application {
             state,
             janitor,
             migrations_applied,
+            certificate,
         })
     }
 
@@ -245,6 +302,7 @@ impl Application {
             server: self.server.handle(),
             state: self.state.clone(),
             janitor: self.janitor.clone(),
+            certificate: self.certificate.clone(),
         }
     }
 

@@ -20,13 +20,17 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, HandshakeError, Protoco
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
-use super::registry::{close_code, Admission, Deliver, Kick, Refused, SessionHandle, SessionSink};
+use super::registry::{
+    close_code, Admission, Deliver, Kick, Refused, SessionHandle, SessionRegistry, SessionSink,
+};
 use super::ws_codec;
 use crate::answers::AnswerPermit;
+use crate::auth::JwtKeys;
 use crate::cluster::WatchGuard;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::model::Pubkey;
-use crate::state::AppState;
+use crate::service::dm::DmService;
 
 /// Bad frames in a row (text, undecodable, server-only) before closing with 1008.
 pub const MAX_BAD_FRAMES: u32 = 10;
@@ -44,11 +48,29 @@ struct Fragments {
     count: usize,
 }
 
+/// What every session of the node shares: the DM service its requests
+/// run through, the token keys (an in-band `AuthRequest`), the registry, the
+/// metrics and the WebSocket settings. Built once at start.
+pub struct SessionContext {
+    pub dm: Arc<DmService>,
+    pub jwt: Arc<JwtKeys>,
+    pub registry: Arc<SessionRegistry>,
+    pub metrics: Arc<Metrics>,
+    /// `--ping-interval`.
+    pub ping_interval: Duration,
+    /// `--idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `--max-frame-bytes`.
+    pub max_frame_bytes: usize,
+    /// `--session-buffer`: events a session may lag.
+    pub session_buffer: usize,
+}
+
 pub struct WsSession {
     /// Unique per hub; the registry's key for this session.
     id: u64,
     user: Pubkey,
-    state: Arc<AppState>,
+    state: Arc<SessionContext>,
     /// Last time the client sent anything (a pong included).
     last_heard: Instant,
     fragments: Option<Fragments>,
@@ -80,7 +102,7 @@ impl WsSession {
     pub fn new(
         user: Pubkey,
         expires_at: u64,
-        state: Arc<AppState>,
+        state: Arc<SessionContext>,
         admission: Admission,
         watch: Option<WatchGuard>,
     ) -> Self {
@@ -126,13 +148,13 @@ impl WsSession {
             );
         }
         if now >= self.next_ping {
-            if self.last_heard.elapsed() >= self.state.settings.idle_timeout() {
+            if self.last_heard.elapsed() >= self.state.idle_timeout {
                 return self.close(ctx, 1000, "idle timeout");
             }
             ctx.ping(b"");
             // From the last ping's slot, unless the hub fell a whole
             // interval behind: then from now, not a burst of pings.
-            let interval = self.state.settings.ping_interval();
+            let interval = self.state.ping_interval;
             self.next_ping += interval;
             if self.next_ping <= now {
                 self.next_ping = now + interval;
@@ -187,7 +209,7 @@ impl WsSession {
     /// sessions that connected together do not all ping together (a burst of
     /// thousands of pings at once showed as a latency spike under load).
     fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        let interval = self.state.settings.ping_interval();
+        let interval = self.state.ping_interval;
         let spread = interval.as_millis().max(1) as u64;
         let offset = Duration::from_millis(self.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread);
         self.next_ping = Instant::now() + offset + interval;
@@ -227,7 +249,12 @@ impl WsSession {
         }
         self.in_flight += 1;
         let started = std::time::Instant::now();
-        let request = ws_codec::handle(self.state.clone(), self.user.clone(), request_id, payload);
+        let request = ws_codec::handle(
+            self.state.dm.clone(),
+            self.user.clone(),
+            request_id,
+            payload,
+        );
         request
             .into_actor(self)
             .map(move |(answer, permit), act, ctx| {
@@ -245,7 +272,7 @@ impl WsSession {
     }
 
     fn on_continuation(&mut self, ctx: &mut ws::WebsocketContext<Self>, item: Item) {
-        let max = self.state.settings.max_frame_bytes;
+        let max = self.state.max_frame_bytes;
         let binary = matches!(item, Item::FirstBinary(_));
         let (chunk, last) = match item {
             Item::FirstText(b) | Item::FirstBinary(b) => {
@@ -292,7 +319,7 @@ impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.state.settings.session_buffer);
+        ctx.set_mailbox_capacity(self.state.session_buffer);
         let handle = SessionHandle {
             id: self.id,
             sink: Arc::new(ctx.address()),

@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::proto::{self, dm, Envelope, Payload};
 use crate::service;
-use crate::state::AppState;
+use crate::service::dm::DmService;
 
 /// A request read from a frame, validated, not yet run.
 #[derive(Debug)]
@@ -128,13 +128,13 @@ pub fn error_envelope(request_id: &str, err: &ApiError) -> Bytes {
 /// comes with its share of the answer budget, shrunk to the answer's size:
 /// the session holds it until the socket has taken the answer.
 pub async fn handle(
-    state: Arc<AppState>,
+    dm: Arc<DmService>,
     user: Pubkey,
     request_id: String,
     payload: Payload,
 ) -> (Bytes, Option<AnswerPermit>) {
-    let answer = match parse(payload, state.settings.max_payload_bytes) {
-        Ok(request) => execute(&state, &user, request).await,
+    let answer = match parse(payload, dm.max_payload_bytes()) {
+        Ok(request) => execute(&dm, &user, request).await,
         Err(e) => Err(e),
     };
     match answer {
@@ -154,13 +154,13 @@ fn messages(list: &[StoredMessage]) -> Vec<dm::EncryptedDmMessage> {
 }
 
 async fn execute(
-    state: &Arc<AppState>,
+    dm: &DmService,
     user: &Pubkey,
     request: Request,
 ) -> Result<(Payload, Option<AnswerPermit>), ApiError> {
     let answer = match request {
         Request::Send(message) => {
-            let outcome = service::dm::send(state, user, message).await?;
+            let outcome = dm.send(user, message).await?;
             Payload::DmSendResponse(dm::DmSendResponse {
                 message: Some(outcome.message.as_ref().into()),
             })
@@ -170,8 +170,7 @@ async fn execute(
             page,
             limit,
         } => {
-            let (history, permit) =
-                service::dm::history(state, user, conversation, page, limit).await?;
+            let (history, permit) = dm.history(user, conversation, page, limit).await?;
             let answer = Payload::DmHistoryResponse(dm::DmHistoryResponse {
                 messages: messages(&history.messages),
                 has_more: history.has_more,
@@ -179,21 +178,20 @@ async fn execute(
             return Ok((answer, Some(permit)));
         }
         Request::ListConversations => {
-            let list = service::dm::list_conversations(state, user).await?;
+            let list = dm.list_conversations(user).await?;
             Payload::DmConversationListResponse(dm::DmConversationListResponse {
                 conversations: list.iter().map(dm::DmConversation::from).collect(),
             })
         }
         Request::CreateConversation(recipient) => {
-            let (conversation, created) =
-                service::dm::create_conversation(state, user, recipient).await?;
+            let (conversation, created) = dm.create_conversation(user, recipient).await?;
             Payload::DmConversationCreateResponse(dm::DmConversationCreateResponse {
                 conversation: Some((&conversation).into()),
                 created,
             })
         }
         Request::Offline(limit) => {
-            let (page, permit) = service::dm::take_offline(state, user, limit).await?;
+            let (page, permit) = dm.take_offline(user, limit).await?;
             let answer = Payload::DmOfflineMessagesResponse(dm::DmOfflineMessagesResponse {
                 messages: messages(&page.messages),
                 has_more: page.has_more,
@@ -201,7 +199,7 @@ async fn execute(
             return Ok((answer, Some(permit)));
         }
         Request::Ack(ids) => {
-            let acked = service::dm::ack_offline(state, user, ids).await?;
+            let acked = dm.ack_offline(user, ids).await?;
             Payload::DmOfflineAckResponse(dm::DmOfflineAckResponse { acked })
         }
     };

@@ -19,7 +19,10 @@ pub async fn challenge(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.limits.check_auth(&req)?;
-    let issued = service::auth::challenge(&state, state.limits.challenge_client(&req)).await?;
+    let issued = state
+        .auth
+        .challenge(state.limits.challenge_client(&req))
+        .await?;
     Ok(HttpResponse::Ok().json(ChallengeResponse {
         challenge_id: issued.id.to_string(),
         challenge: hex::encode(issued.bytes),
@@ -66,7 +69,7 @@ pub async fn verify(
 ) -> Result<HttpResponse, ApiError> {
     state.limits.check_auth(&req)?;
     let request = parse_verify(body.into_inner())?;
-    let session = service::auth::verify(&state.into_inner(), request).await?;
+    let session = state.auth.verify(request).await?;
     Ok(token_response(session))
 }
 
@@ -98,7 +101,7 @@ pub async fn refresh(
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
     state.limits.check_auth(&req)?;
-    let session = service::auth::refresh(&state, &body.refresh_token).await?;
+    let session = state.auth.refresh(&body.refresh_token).await?;
     Ok(token_response(session))
 }
 
@@ -111,6 +114,6 @@ pub async fn user(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let pubkey = Pubkey::parse(&path)?;
-    let user = service::auth::user(&state, pubkey).await?;
+    let user = state.auth.user(pubkey).await?;
     Ok(HttpResponse::Ok().json(UserJson::from(&user)))
 }

@@ -17,7 +17,7 @@ use crate::json::{
 };
 use crate::model::{parse_uuid, HistoryPage, NewMessage, Pubkey, DEFAULT_HISTORY_LIMIT};
 use crate::service;
-use crate::state::AppState;
+use crate::service::dm::DmService;
 
 fn created_or_ok(created: bool) -> actix_web::HttpResponseBuilder {
     if created {
@@ -30,14 +30,14 @@ fn created_or_ok(created: bool) -> actix_web::HttpResponseBuilder {
 #[utoipa::path(post, path = "/api/dm/keys", tag = "keys", security(("bearer" = [])), request_body = PublishKeyBody,
     responses((status = 200, body = KeyJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn publish_key(
-    state: web::Data<AppState>,
+    dm: web::Data<DmService>,
     AuthUser(user): AuthUser,
     body: web::Json<PublishKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let mut key = [0u8; 32];
     hex::decode_to_slice(&body.x25519_pubkey, &mut key)
         .map_err(|_| ApiError::invalid("x25519_pubkey must be 64 hex characters"))?;
-    let stored = service::dm::publish_key(&state, &user, key).await?;
+    let stored = dm.publish_key(&user, key).await?;
     Ok(HttpResponse::Ok().json(KeyJson::from(&stored)))
 }
 
@@ -45,11 +45,11 @@ pub async fn publish_key(
     params(("pubkey" = String, Path, description = "64 hex characters", pattern = "^[0-9a-fA-F]{64}$")),
     responses((status = 200, body = KeyJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson)))]
 pub async fn get_key(
-    state: web::Data<AppState>,
+    dm: web::Data<DmService>,
     _caller: AuthUser,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = service::dm::get_key(&state, Pubkey::parse(&path)?).await?;
+    let key = dm.get_key(Pubkey::parse(&path)?).await?;
     Ok(HttpResponse::Ok().json(KeyJson::from(&key)))
 }
 
@@ -58,23 +58,22 @@ pub async fn get_key(
     responses((status = 201, description = "created", body = ConversationJson), (status = 200, description = "already existed", body = ConversationJson),
         (status = 400, description = "invalid_request or self_conversation", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn create_conversation(
-    state: web::Data<AppState>,
+    dm: web::Data<DmService>,
     AuthUser(user): AuthUser,
     body: web::Json<CreateConversationBody>,
 ) -> Result<HttpResponse, ApiError> {
     let recipient = Pubkey::parse(&body.recipient_pubkey)?;
-    let (conversation, created) =
-        service::dm::create_conversation(&state, &user, recipient).await?;
+    let (conversation, created) = dm.create_conversation(&user, recipient).await?;
     Ok(created_or_ok(created).json(ConversationJson::from(&conversation)))
 }
 
 #[utoipa::path(get, path = "/api/dm/conversations", tag = "conversations", security(("bearer" = [])),
     responses((status = 200, body = ConversationListJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson)))]
 pub async fn list_conversations(
-    state: web::Data<AppState>,
+    dm: web::Data<DmService>,
     AuthUser(user): AuthUser,
 ) -> Result<HttpResponse, ApiError> {
-    let conversations = service::dm::list_conversations(&state, &user).await?;
+    let conversations = dm.list_conversations(&user).await?;
     Ok(HttpResponse::Ok().json(ConversationListJson {
         conversations: conversations.iter().map(ConversationJson::from).collect(),
     }))
@@ -100,7 +99,7 @@ fn b64(value: &str, field: &str) -> Result<Vec<u8>, ApiError> {
     responses((status = 201, description = "stored and committed", body = MessageJson), (status = 200, description = "an idempotent resend", body = MessageJson),
         (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 403, description = "not_participant", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson), (status = 409, description = "conflict: the id was used with other content", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn send_message(
-    state: web::Data<AppState>,
+    dm: web::Data<DmService>,
     AuthUser(user): AuthUser,
     body: web::Json<SendMessageBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -119,9 +118,9 @@ pub async fn send_message(
         &nonce,
         ephemeral.as_deref(),
         body.timestamp,
-        state.settings.max_payload_bytes,
+        dm.max_payload_bytes(),
     )?;
-    let outcome = service::dm::send(&state.into_inner(), &user, message).await?;
+    let outcome = dm.send(&user, message).await?;
     Ok(created_or_ok(outcome.created).json(MessageJson::from(&*outcome.message)))
 }
 
@@ -156,14 +155,14 @@ impl HistoryQuery {
         ("limit" = Option<u32>, Query, description = "1 or more, default 50, served as at most 100", minimum = 1)),
     responses((status = 200, body = HistoryJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 403, description = "not_participant", body = ErrorJson), (status = 404, description = "not_found", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn history(
-    state: web::Data<AppState>,
+    dm: web::Data<DmService>,
     AuthUser(user): AuthUser,
     path: web::Path<String>,
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = parse_uuid(&path, "conversation_id")?;
     let (page, limit) = query.page()?;
-    let (history, permit) = service::dm::history(&state, &user, conversation, page, limit).await?;
+    let (history, permit) = dm.history(&user, conversation, page, limit).await?;
     let body = HistoryJson {
         messages: history.messages.iter().map(MessageJson::from).collect(),
         has_more: history.has_more,
@@ -180,7 +179,7 @@ pub struct OfflineQuery {
     params(("limit" = Option<u32>, Query, description = "1 or more, default 1000, served as at most 1000", minimum = 1)),
     responses((status = 200, description = "undelivered entries, oldest first; now marked delivered; has_more: call again", body = OfflineJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 429, description = "rate_limited (Retry-After)", body = ErrorJson)))]
 pub async fn offline(
-    state: web::Data<AppState>,
+    dm: web::Data<DmService>,
     AuthUser(user): AuthUser,
     query: web::Query<OfflineQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -189,7 +188,7 @@ pub async fn offline(
         Some(n) => n,
         None => 0,
     };
-    let (page, permit) = service::dm::take_offline(&state, &user, limit).await?;
+    let (page, permit) = dm.take_offline(&user, limit).await?;
     let body = OfflineJson {
         messages: page.messages.iter().map(MessageJson::from).collect(),
         has_more: page.has_more,
@@ -200,11 +199,11 @@ pub async fn offline(
 #[utoipa::path(post, path = "/api/dm/offline/ack", tag = "offline", security(("bearer" = [])), request_body = AckBody,
     responses((status = 200, body = AckJson), (status = 400, description = "invalid_request", body = ErrorJson), (status = 401, description = "unauthorized or token_expired", body = ErrorJson), (status = 413, description = "payload_too_large", body = ErrorJson)))]
 pub async fn ack(
-    state: web::Data<AppState>,
+    dm: web::Data<DmService>,
     AuthUser(user): AuthUser,
     body: web::Json<AckBody>,
 ) -> Result<HttpResponse, ApiError> {
     let ids = service::dm::parse_ack_ids(body.message_ids.iter().map(String::as_str))?;
-    let acked = service::dm::ack_offline(&state, &user, ids).await?;
+    let acked = dm.ack_offline(&user, ids).await?;
     Ok(HttpResponse::Ok().json(AckJson { acked }))
 }

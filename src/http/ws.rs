@@ -59,13 +59,7 @@ pub async fn upgrade(
         Some(cluster) => Some(cluster.watch(&user).await?),
         None => None,
     };
-    let session = WsSession::new(
-        user,
-        expires_at,
-        state.clone().into_inner(),
-        admission,
-        watch,
-    );
+    let session = WsSession::new(user, expires_at, state.sessions.clone(), admission, watch);
     session
         .start(&req, stream, state.settings.max_frame_bytes)
         .map_err(|e| ApiError::invalid(format!("not a WebSocket upgrade: {e}")))

@@ -4,12 +4,25 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::actors::directory::ConversationDirectory;
+use crate::auth::JwtKeys;
 use crate::auth::{self, IssuedChallenge};
 use crate::db::LoginOutcome;
 use crate::error::ApiError;
 use crate::model::{now_ms, Pubkey, User};
 use crate::ratelimit::ClientKey;
-use crate::state::AppState;
+use crate::store::Store;
+
+/// Login, refresh and user lookup, with only what they need: the store,
+/// the token keys, the refresh tokens' lifetime, and the conversation
+/// actors (which learn a new display name).
+pub struct AuthService {
+    pub(crate) store: Store,
+    pub(crate) jwt: Arc<JwtKeys>,
+    pub(crate) conversations: Arc<ConversationDirectory>,
+    /// `--refresh-token-ttl`, seconds.
+    pub(crate) refresh_token_ttl: u64,
+}
 
 /// A validated `POST /api/auth/verify`.
 pub struct VerifyRequest {
@@ -27,78 +40,75 @@ pub struct Session {
     pub user: User,
 }
 
-/// A new login challenge; `client` (the caller's IPv4 address or IPv6 /64)
-/// counts toward its per-client cap.
-pub async fn challenge(
-    state: &AppState,
-    client: Option<ClientKey>,
-) -> Result<IssuedChallenge, ApiError> {
-    state.store.issue_challenge(client).await
-}
-
-/// Checks a challenge answer; registers the user on first login.
-pub async fn verify(state: &Arc<AppState>, req: VerifyRequest) -> Result<Session, ApiError> {
-    let challenge = state.store.take_challenge(req.challenge_id).await?;
-    auth::verify_login(&req.public_key, &challenge, &req.signature)?;
-    let outcome = state
-        .store
-        .login_user(req.public_key.clone(), req.display_name.clone())
-        .await?;
-    let user = match outcome {
-        LoginOutcome::User(user) => user,
-        LoginOutcome::NeedsDisplayName => {
-            return Err(ApiError::invalid(
-                "display_name is required on the first login",
-            ))
-        }
-    };
-    if let Some(name) = &req.display_name {
-        state.conversations.rename(&user.public_key, name);
+impl AuthService {
+    /// A new login challenge; `client` (the caller's IPv4 address or IPv6 /64)
+    /// counts toward its per-client cap.
+    pub async fn challenge(&self, client: Option<ClientKey>) -> Result<IssuedChallenge, ApiError> {
+        self.store.issue_challenge(client).await
     }
-    let (refresh_token, hash) = auth::new_refresh_token();
-    state
-        .store
-        .store_refresh_token(hash, user.public_key.clone(), refresh_expiry(state))
-        .await?;
-    let (access_token, expires_in) = state.jwt.issue(&user.public_key)?;
-    tracing::info!(user = ?user.public_key, "login");
-    Ok(Session {
-        access_token,
-        refresh_token,
-        expires_in,
-        user,
-    })
-}
 
-/// Rotates a refresh token: the old one stops working.
-pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Session, ApiError> {
-    let (new_token, new_hash) = auth::new_refresh_token();
-    let user = state
-        .store
-        .rotate_refresh_token(
-            auth::hash_refresh_token(refresh_token),
-            new_hash,
-            refresh_expiry(state),
-        )
-        .await?
-        .ok_or(ApiError::InvalidRefreshToken)?;
-    let (access_token, expires_in) = state.jwt.issue(&user.public_key)?;
-    Ok(Session {
-        access_token,
-        refresh_token: new_token,
-        expires_in,
-        user,
-    })
-}
+    /// Checks a challenge answer; registers the user on first login.
+    pub async fn verify(&self, req: VerifyRequest) -> Result<Session, ApiError> {
+        let challenge = self.store.take_challenge(req.challenge_id).await?;
+        auth::verify_login(&req.public_key, &challenge, &req.signature)?;
+        let outcome = self
+            .store
+            .login_user(req.public_key.clone(), req.display_name.clone())
+            .await?;
+        let user = match outcome {
+            LoginOutcome::User(user) => user,
+            LoginOutcome::NeedsDisplayName => {
+                return Err(ApiError::invalid(
+                    "display_name is required on the first login",
+                ))
+            }
+        };
+        if let Some(name) = &req.display_name {
+            self.conversations.rename(&user.public_key, name);
+        }
+        let (refresh_token, hash) = auth::new_refresh_token();
+        self.store
+            .store_refresh_token(hash, user.public_key.clone(), self.refresh_expiry())
+            .await?;
+        let (access_token, expires_in) = self.jwt.issue(&user.public_key)?;
+        tracing::info!(user = ?user.public_key, "login");
+        Ok(Session {
+            access_token,
+            refresh_token,
+            expires_in,
+            user,
+        })
+    }
 
-fn refresh_expiry(state: &AppState) -> u64 {
-    now_ms() + state.settings.refresh_token_ttl * 1000
-}
+    /// Rotates a refresh token: the old one stops working.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, ApiError> {
+        let (new_token, new_hash) = auth::new_refresh_token();
+        let user = self
+            .store
+            .rotate_refresh_token(
+                auth::hash_refresh_token(refresh_token),
+                new_hash,
+                self.refresh_expiry(),
+            )
+            .await?
+            .ok_or(ApiError::InvalidRefreshToken)?;
+        let (access_token, expires_in) = self.jwt.issue(&user.public_key)?;
+        Ok(Session {
+            access_token,
+            refresh_token: new_token,
+            expires_in,
+            user,
+        })
+    }
 
-pub async fn user(state: &AppState, pubkey: Pubkey) -> Result<User, ApiError> {
-    state
-        .store
-        .user(pubkey)
-        .await?
-        .ok_or(ApiError::NotFound("no such user"))
+    fn refresh_expiry(&self) -> u64 {
+        now_ms() + self.refresh_token_ttl * 1000
+    }
+
+    pub async fn user(&self, pubkey: Pubkey) -> Result<User, ApiError> {
+        self.store
+            .user(pubkey)
+            .await?
+            .ok_or(ApiError::NotFound("no such user"))
+    }
 }

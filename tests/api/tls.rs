@@ -160,3 +160,85 @@ async fn the_command_line_client_talks_to_a_tls_hub() {
     let out = String::from_utf8_lossy(&history.stdout);
     assert!(out.contains("over TLS"), "{out}");
 }
+
+/// A client that trusts only `ca` (PEM).
+fn client_trusting(ca: &str) -> awc::Client {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(std::sync::Arc::new(config)))
+        .timeout(Duration::from_secs(5))
+        .finish()
+}
+
+/// Whether `url` answers 200 on a new connection (a new handshake) from
+/// a client that trusts only `ca`.
+async fn healthy_for(ca: &str, url: &str) -> bool {
+    client_trusting(ca)
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// SIGHUP reads the certificate files again: a renewed pair is presented
+/// to new connections without a restart; a broken one is refused and the
+/// pair in use stays.
+#[actix_web::test]
+async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_broken() {
+    let files = tempfile::tempdir().unwrap();
+    let (ca_a, cert, key) = certificates(files.path());
+    let renewed = tempfile::tempdir().unwrap();
+    let (ca_b, cert_b, key_b) = certificates(renewed.path());
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut child = ProcessHub::spawn(
+        data.path(),
+        port,
+        &["--tls-cert", cert_arg, "--tls-key", key_arg],
+    );
+    let url = format!("https://127.0.0.1:{port}/healthz");
+    let (trusts_a, trusts_b) = (ca_a.as_str(), ca_b.as_str());
+    eventually("the hub answers over TLS", || healthy_for(trusts_a, &url)).await;
+    assert!(!healthy_for(trusts_b, &url).await);
+
+    let hangup = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    std::fs::copy(&cert_b, &cert).unwrap();
+    std::fs::copy(&key_b, &key).unwrap();
+    hangup(child.id());
+    eventually("the renewed certificate is presented", || {
+        healthy_for(trusts_b, &url)
+    })
+    .await;
+    assert!(!healthy_for(trusts_a, &url).await, "the old one is gone");
+
+    std::fs::write(&cert, "not a certificate").unwrap();
+    hangup(child.id());
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the hub keeps running");
+    assert!(
+        healthy_for(trusts_b, &url).await,
+        "a broken pair leaves the one in use"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
