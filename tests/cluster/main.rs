@@ -18,6 +18,7 @@ mod crash;
 mod fanout;
 mod faults;
 mod migrate;
+mod rolling;
 mod secrets;
 mod store;
 mod support;
