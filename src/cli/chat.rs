@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
 use super::{
-    key_rotation_note, other_side, parse_peer, render, send_text, short, sign_in, IdentityFile,
+    key_rotation_note, other_side, parse_peer, render, send_text, short, IdentityFile, Nodes,
     DEFAULT_URL,
 };
 use crate::client::crypto::Identity;
@@ -56,9 +56,10 @@ pub struct SendArgs {
     /// The recipient's pubkey (64 hex characters).
     #[arg(long)]
     to: String,
-    /// The hub.
-    #[arg(long, default_value = DEFAULT_URL)]
-    url: String,
+    /// The hub: one URL, or several nodes of a cluster, comma-separated
+    /// (the first that answers is used).
+    #[arg(long, default_value = DEFAULT_URL, value_delimiter = ',')]
+    url: Vec<String>,
     /// The message.
     #[arg(required = true)]
     text: Vec<String>,
@@ -69,9 +70,10 @@ pub struct ListenArgs {
     /// Your identity file.
     #[arg(long)]
     identity: PathBuf,
-    /// The hub.
-    #[arg(long, default_value = DEFAULT_URL)]
-    url: String,
+    /// The hub: one URL, or several nodes of a cluster, comma-separated;
+    /// after a lost connection the next one is tried.
+    #[arg(long, default_value = DEFAULT_URL, value_delimiter = ',')]
+    url: Vec<String>,
 }
 
 pub fn identity(cmd: IdentityCommand) -> anyhow::Result<()> {
@@ -96,7 +98,7 @@ pub fn identity(cmd: IdentityCommand) -> anyhow::Result<()> {
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let (id, name) = IdentityFile::load(&args.identity)?;
     let to = parse_peer(&args.to)?;
-    let client = sign_in(&args.url, &id, &name).await?;
+    let client = Nodes::new(&args.url)?.sign_in(&id, &name).await?;
     let text = args.text.join(" ");
     let stored = send_text(&client, &id, &to, &text).await?;
     let ciphertext_len = B64
@@ -116,7 +118,8 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
 /// up `after` the last sequence it showed of each conversation.
 pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     let (id, name) = IdentityFile::load(&args.identity)?;
-    let mut client = sign_in(&args.url, &id, &name).await?;
+    let mut nodes = Nodes::new(&args.url)?;
+    let mut client = nodes.sign_in(&id, &name).await?;
     let mut last_seen = newest_sequences(&client).await?;
     // From here on, every message is shown: live or caught up.
     println!("listening as {name} ({})", id.public_key_hex());
@@ -125,11 +128,15 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     loop {
         let (mut ws, missed) = match reconnect(&mut client, &mut last_seen).await {
             Ok(connected) => connected,
-            Err(ClientError::Transport(e)) => {
+            // Unreachable, or a node on its way down (503): another node,
+            // or the same one again a moment later.
+            Err(e) if matches!(e, ClientError::Transport(_)) || e.status() == Some(503) => {
                 if !std::mem::replace(&mut said_unreachable, true) {
-                    println!("(cannot reach the hub: {e}; retrying)");
+                    println!("(cannot reach {}: {e}; retrying)", nodes.current());
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !nodes.next(&mut client) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 continue;
             }
             Err(e) => return Err(e).context("connecting"),
@@ -172,7 +179,10 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
                     },
                     Some(Incoming::Closed(code)) => {
                         let code = code.map(|c| format!(" ({c})")).unwrap_or_default();
-                        println!("(disconnected{code}; reconnecting)");
+                        // A node that closed us is likely going away: the
+                        // next one, if there is one.
+                        nodes.next(&mut client);
+                        println!("(disconnected{code}; reconnecting to {})", nodes.current());
                         break;
                     }
                     // Quiet for 30 s: the loop checks the token.

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 
 use super::term::Screen;
 use super::{
-    key_rotation_note, other_side, parse_peer, peer_key, printable, render, short, sign_in,
-    IdentityFile, DEFAULT_URL,
+    key_rotation_note, other_side, parse_peer, peer_key, printable, render, short, IdentityFile,
+    Nodes, DEFAULT_URL,
 };
 use crate::client::crypto::{self, Identity};
 use crate::client::{
@@ -43,9 +43,10 @@ pub struct ChatArgs {
     /// The other person's pubkey (64 hex characters).
     #[arg(long = "with", value_name = "PUBKEY")]
     peer: String,
-    /// The hub.
-    #[arg(long, default_value = DEFAULT_URL)]
-    url: String,
+    /// The hub: one URL, or several nodes of a cluster, comma-separated;
+    /// after a lost connection the next one is tried.
+    #[arg(long, default_value = DEFAULT_URL, value_delimiter = ',')]
+    url: Vec<String>,
 }
 
 /// Messages of history printed on start.
@@ -77,6 +78,8 @@ struct Pending {
 struct Chat {
     id: Identity,
     client: HubClient,
+    /// The nodes `--url` names; the client moves on after a lost socket.
+    nodes: Nodes,
     peer: String,
     conversation: String,
     /// The peer's key once checked; `None` after the peer's key rotated, so
@@ -96,7 +99,8 @@ struct Chat {
 pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let (id, name) = IdentityFile::load(&args.identity)?;
     let peer = parse_peer(&args.peer)?;
-    let client = sign_in(&args.url, &id, &name).await?;
+    let mut nodes = Nodes::new(&args.url)?;
+    let client = nodes.sign_in(&id, &name).await?;
     let key = peer_key(&client, &peer).await?;
     let (conversation, _) = client
         .create_conversation(&peer)
@@ -106,6 +110,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let mut chat = Chat {
         id,
         client,
+        nodes,
         peer,
         conversation: conversation.id.clone(),
         peer_key: Some(key),
@@ -149,6 +154,8 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
                 Incoming::Envelope(envelope) => chat.pushed(*envelope),
                 Incoming::Closed(code) => {
                     link.lost();
+                    // A node that closed us is likely going away.
+                    chat.nodes.next(&mut chat.client);
                     let code = code.map(|c| format!(" ({c})")).unwrap_or_default();
                     chat.say(&format!("(disconnected{code}; reconnecting)"));
                 }
@@ -209,6 +216,7 @@ impl Link {
                 }
                 self.retry_at = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                chat.nodes.next(&mut chat.client);
             }
         }
     }

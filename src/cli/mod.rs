@@ -75,6 +75,53 @@ impl IdentityFile {
     }
 }
 
+/// The nodes a command may talk to (`--url a,b,c`): the first that answers
+/// at start, then the next one each time a connection is lost, round and
+/// round. One URL is one node, or a proxy in front of several.
+#[derive(Clone, Debug)]
+pub struct Nodes {
+    urls: Vec<String>,
+    at: usize,
+}
+
+impl Nodes {
+    pub fn new(urls: &[String]) -> anyhow::Result<Nodes> {
+        anyhow::ensure!(!urls.is_empty(), "--url names no hub");
+        Ok(Nodes {
+            urls: urls.to_vec(),
+            at: 0,
+        })
+    }
+
+    pub fn current(&self) -> &str {
+        &self.urls[self.at]
+    }
+
+    /// Moves `client` to the next node (the same one when there is one);
+    /// whether it moved.
+    pub fn next(&mut self, client: &mut HubClient) -> bool {
+        if self.urls.len() < 2 {
+            return false;
+        }
+        self.at = (self.at + 1) % self.urls.len();
+        client.switch_to(self.urls[self.at].clone());
+        true
+    }
+
+    /// Signs in at the first node that answers.
+    pub async fn sign_in(&mut self, id: &Identity, name: &str) -> anyhow::Result<HubClient> {
+        let mut last = None;
+        for _ in 0..self.urls.len() {
+            match sign_in(self.current(), id, name).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+            self.at = (self.at + 1) % self.urls.len();
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("--url names no hub")))
+    }
+}
+
 /// Logs in (registering on first use) and publishes the identity's X25519 key.
 pub async fn sign_in(url: &str, id: &Identity, name: &str) -> anyhow::Result<HubClient> {
     let mut client = HubClient::new(url);

@@ -93,6 +93,12 @@ impl HubClient {
         }
     }
 
+    /// Talks to another node of the same hub from now on, with the same
+    /// tokens (every node of a cluster accepts them).
+    pub fn switch_to(&mut self, base_url: impl Into<String>) {
+        self.base_url = base_url.into();
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base_url
     }

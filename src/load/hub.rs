@@ -50,6 +50,8 @@ pub struct Node {
     pub pid: Option<u32>,
     child: Option<Child>,
     _data_dir: Option<tempfile::TempDir>,
+    /// The flags it was started with, to start it again (`restart`).
+    extra: Vec<String>,
 }
 
 impl Node {
@@ -73,11 +75,57 @@ impl Node {
     }
 
     fn spawn(extra: &[String]) -> anyhow::Result<Node> {
-        let port = free_port();
         let dir = tempfile::Builder::new()
             .prefix("united-load-")
             .tempdir()
             .context("creating a data directory for the hub")?;
+        let child = Self::child(free_port(), dir.path(), extra)?;
+        Ok(Node {
+            url: child.0,
+            pid: Some(child.1.id()),
+            child: Some(child.1),
+            _data_dir: Some(dir),
+            extra: extra.to_vec(),
+        })
+    }
+
+    /// Stops the node as an operator does (SIGTERM: it closes its sessions
+    /// and exits once what it accepted is answered), then starts it again
+    /// on the same port and data directory and waits until it is healthy.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("only a node this run started can be restarted");
+        };
+        // SAFETY: kill(2) with a pid and a signal number reads nothing else.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().context("waiting for the hub")?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "the node at {} did not stop within 20 s of SIGTERM",
+                    self.url
+                );
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        let port = local_port(&self.url).context("the node's port")?;
+        let dir = self
+            ._data_dir
+            .as_ref()
+            .context("the node's data directory")?;
+        let (_, child) = Self::child(port, dir.path(), &self.extra)?;
+        self.pid = Some(child.id());
+        self.child = Some(child);
+        self.wait_healthy().await
+    }
+
+    /// Runs `united-hub serve` on `port` and `dir`: its URL and process.
+    fn child(
+        port: u16,
+        dir: &std::path::Path,
+        extra: &[String],
+    ) -> anyhow::Result<(String, Child)> {
         let exe = std::env::current_exe().context("locating this binary")?;
         let child = Command::new(exe)
             .args([
@@ -86,7 +134,7 @@ impl Node {
                 &format!("127.0.0.1:{port}"),
                 "--data-dir",
             ])
-            .arg(dir.path())
+            .arg(dir)
             // The run measures the hub's capacity, not its abuse limits
             // (thousands of sessions come from this one address).
             .args([
@@ -110,12 +158,7 @@ impl Node {
             .stdout(Stdio::null())
             .spawn()
             .context("starting the hub")?;
-        Ok(Node {
-            url: format!("http://127.0.0.1:{port}"),
-            pid: Some(child.id()),
-            child: Some(child),
-            _data_dir: Some(dir),
-        })
+        Ok((format!("http://127.0.0.1:{port}"), child))
     }
 
     /// A hub that is already running. Its pid is `pid`, or found from the
@@ -128,6 +171,7 @@ impl Node {
             pid,
             child: None,
             _data_dir: None,
+            extra: Vec::new(),
         };
         node.wait_healthy().await?;
         Ok(node)

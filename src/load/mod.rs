@@ -16,7 +16,7 @@ mod hub;
 mod report;
 mod traffic;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,13 @@ pub struct LoadArgs {
     /// throw-away PostgreSQL and nats-server, and load all of them.
     #[arg(long, value_name = "N", conflicts_with = "url", value_parser = clap::value_parser!(u16).range(1..))]
     pub cluster: Option<u16>,
+    /// With --cluster: stop each node in turn during the measurement
+    /// (SIGTERM) and start it again. Sessions of a stopping node move to
+    /// another and catch up from history; senders go over HTTP and resend
+    /// to the next node with the same id. The verdict still asks for every
+    /// accepted message on every session, once, in order.
+    #[arg(long, requires = "cluster")]
+    pub rolling_restart: bool,
     /// Active conversations; each has one sender.
     #[arg(long, default_value_t = 100)]
     pub pairs: usize,
@@ -237,6 +244,7 @@ async fn connect(
     args: &LoadArgs,
     users: &[User],
     ws_urls: &[String],
+    failover: Option<(&[String], &awc::Client)>,
     plan: Vec<Planned>,
     stats: &Rc<Stats>,
     done: &Rc<Cell<bool>>,
@@ -257,8 +265,19 @@ async fn connect(
             let client = &users[planned.user].client;
             let ws_url = &ws_urls[planned.node];
             let Planned {
-                pair, recipient, ..
+                pair,
+                recipient,
+                node,
+                ..
             } = planned;
+            let failover = failover.map(|(urls, http)| {
+                let failover = traffic::Failover {
+                    urls: urls.to_vec(),
+                    http: http.clone(),
+                    token: client.access_token().unwrap_or_default().to_owned(),
+                };
+                (Rc::new(failover), node)
+            });
             async move {
                 let mut ws =
                     WsClient::connect(ws_url, client.access_token().unwrap_or_default()).await?;
@@ -280,6 +299,7 @@ async fn connect(
                     stats.clone(),
                     done.clone(),
                     args.payload,
+                    failover,
                 ));
                 progress.inc(1);
                 Ok(Session {
@@ -365,7 +385,11 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     // so is a run this process has too few file descriptors for.
     let template = Rc::new(Template::new(args.payload, args.payload_bytes)?);
     ensure_descriptors(descriptors_needed(&args, args.url.is_empty()))?;
-    let hub = match (args.cluster, args.url.is_empty()) {
+    anyhow::ensure!(
+        !args.rolling_restart || args.via == Via::Http,
+        "--rolling-restart sends over HTTP, which can resend to another node: add --via http"
+    );
+    let mut hub = match (args.cluster, args.url.is_empty()) {
         (Some(n), _) => hub::Target::cluster(n.into()).await?,
         (None, false) => hub::Target::attach(&args.url, &args.hub_pid).await?,
         (None, true) => hub::Target::embedded().await?,
@@ -437,7 +461,8 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
         .map(|url| HubClient::with_http(url, http.clone()).ws_url())
         .collect();
     let t = Instant::now();
-    let sessions = connect(&args, &users, &ws_urls, plan, &stats, &done).await?;
+    let failover = args.rolling_restart.then_some((urls.as_slice(), &http));
+    let sessions = connect(&args, &users, &ws_urls, failover, plan, &stats, &done).await?;
     report.setup.connect_seconds = t.elapsed().as_secs_f64();
     report.sessions = sessions.len();
     report.rss.idle_connected = hub.rss_kib();
@@ -450,6 +475,12 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
         .zip(sessions.iter().step_by(2 * args.sessions_per_user))
     {
         let sender = match args.via {
+            _ if args.rolling_restart => Sender::HttpFailover {
+                client: RefCell::new(users[2 * pair.index].client.clone()),
+                urls: urls.clone(),
+                at: Cell::new(placement.home(2 * pair.index)),
+                done: done.clone(),
+            },
             Via::Ws => Sender::Ws(session.ws.clone()),
             Via::Http => Sender::Http(users[2 * pair.index].client.clone()),
         };
@@ -475,8 +506,19 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     let measure_start = Instant::now();
     let cpu_start = (hub::own_cpu_seconds(), hub.cpu_seconds());
     let mut peak_rss = hub.rss_kib();
-    for _ in 0..args.duration {
+    // --rolling-restart: node k stops and starts again (k + 1) / (n + 1) of
+    // the way through the measurement.
+    let nodes = hub.nodes.len() as u64;
+    let restart_at = |k: u64| (k + 1) * args.duration / (nodes + 1);
+    for second in 0..args.duration {
         actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+        let k = report.restarts as u64;
+        if args.rolling_restart && k < nodes && second + 1 >= restart_at(k).max(1) {
+            progress.suspend(|| eprintln!("load: restarting node {} of {nodes}", k + 1));
+            (hub.nodes[k as usize].restart().await)
+                .with_context(|| format!("restarting node {}", k + 1))?;
+            report.restarts += 1;
+        }
         peak_rss = peak_rss.max(hub.rss_kib());
         let secs = measure_start.elapsed().as_secs_f64();
         progress.set_message(format!(

@@ -107,6 +107,10 @@ pub struct Report {
     pub sessions_per_node: Vec<usize>,
     /// Pairs whose two users are on different nodes.
     pub cross_node_pairs: usize,
+    /// Nodes restarted in turn during the run (`--rolling-restart`).
+    pub restarts: usize,
+    /// Sessions a node closed that moved to another and caught up.
+    pub reconnects: u64,
     pub pairs: usize,
     pub sessions: usize,
     pub idle: usize,
@@ -168,6 +172,8 @@ impl Report {
             urls,
             sessions_per_node: Vec::new(),
             cross_node_pairs: 0,
+            restarts: 0,
+            reconnects: 0,
             pairs: args.pairs,
             sessions: 0,
             idle: args.idle,
@@ -277,6 +283,7 @@ impl Report {
             });
         }
         self.samples = stats.samples.borrow().clone();
+        self.reconnects = stats.reconnects.get();
         self.ok = self.lost == 0 && self.duplicated == 0 && self.anomalies == 0 && self.errors == 0;
     }
 }
@@ -315,6 +322,13 @@ impl fmt::Display for Report {
                 spread.join(" / "),
                 self.cross_node_pairs,
                 self.pairs
+            )?;
+        }
+        if self.restarts > 0 {
+            writeln!(
+                f,
+                "  restarts     {} nodes restarted in turn (SIGTERM, then started again); {} sessions moved to another node and caught up",
+                self.restarts, self.reconnects
             )?;
         }
         writeln!(f, "  scenario     {} pairs × {} sessions/user + {} idle = {} sessions; via {via}; window {}; rate {}; {} B payload",

@@ -90,6 +90,8 @@ pub struct Stats {
     pub delivered: Cell<u64>,
     pub delivered_measured: Cell<u64>,
     pub anomalies: Cell<u64>,
+    /// Sessions a node closed that moved to another (`--rolling-restart`).
+    pub reconnects: Cell<u64>,
     /// Client crypto (sealed mode): messages sealed and the time it took.
     pub sealed: Cell<u64>,
     pub seal_time: Cell<Duration>,
@@ -130,6 +132,7 @@ impl Stats {
             delivered: Cell::new(0),
             delivered_measured: Cell::new(0),
             anomalies: Cell::new(0),
+            reconnects: Cell::new(0),
             sealed: Cell::new(0),
             seal_time: Cell::new(Duration::ZERO),
             opened: Cell::new(0),
@@ -272,15 +275,72 @@ pub struct SessionCheck {
     pub received: Cell<u64>,
 }
 
-/// Reads one session's events until the socket closes or the run ends;
-/// with sealed payloads it opens every message to read its send time.
+/// Where a session goes when its node closes it (`--rolling-restart`):
+/// the nodes, its user's token, and an HTTP client for the catch-up.
+pub struct Failover {
+    /// The nodes' base URLs.
+    pub urls: Vec<String>,
+    pub http: awc::Client,
+    pub token: String,
+}
+
+impl Failover {
+    /// A live socket on some node other than `after`'s, trying each in turn
+    /// until the run ends; `None` then. Returns the socket and the node.
+    async fn reconnect(&self, after: usize, done: &Cell<bool>) -> Option<(WsClient, usize)> {
+        let mut node = after;
+        while !done.get() {
+            node = (node + 1) % self.urls.len();
+            let client = HubClient::with_http(&self.urls[node], self.http.clone());
+            if let Ok(ws) = WsClient::connect(&client.ws_url(), &self.token).await {
+                let live = ws
+                    .call(Payload::DmConversationListRequest(
+                        dm::DmConversationListRequest {},
+                    ))
+                    .await;
+                if live.is_ok() {
+                    return Some((ws, node));
+                }
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// The conversation's messages after `after`, from `node`'s history.
+    async fn catch_up(
+        &self,
+        node: usize,
+        conversation: &str,
+        after: u64,
+    ) -> Result<Vec<dm::EncryptedDmMessage>, ClientError> {
+        let mut client = HubClient::with_http(&self.urls[node], self.http.clone());
+        client.set_access_token(self.token.clone());
+        let page = client.history_after(conversation, after).await?;
+        Ok(page
+            .iter()
+            .map(crate::json::MessageJson::to_proto)
+            .collect())
+    }
+}
+
+/// Reads one session's events until the run ends; with sealed payloads it
+/// opens every message to read its send time. A close from the hub is an
+/// anomaly, unless `failover` is given: then the session moves to another
+/// node, catches up from history, and goes on (what the catch-up brought
+/// and a push repeats is not counted twice).
 pub async fn receive(
     mut events: Events,
     check: Rc<SessionCheck>,
     stats: Rc<Stats>,
     done: Rc<Cell<bool>>,
     payload: PayloadMode,
+    failover: Option<(Rc<Failover>, usize)>,
 ) {
+    // The socket of the latest reconnect, kept open while it is read.
+    let mut _socket: Option<WsClient> = None;
+    // Pushes up to this sequence came with a catch-up already.
+    let mut caught_up_to = 0;
     // No short per-wait timer: with 10,000 idle sessions one of 250 ms was
     // 40,000 timers a second in the generator. The loop ends on the close the
     // hub sends when the run drops its sessions.
@@ -291,68 +351,114 @@ pub async fn receive(
         let envelope = match incoming {
             Incoming::Envelope(e) => e,
             Incoming::Closed(code) => {
-                if !done.get() {
-                    stats.anomaly(format!("a session was closed by the hub ({code:?})"));
+                if done.get() {
+                    return;
                 }
-                return;
+                let Some((failover, node)) = &failover else {
+                    stats.anomaly(format!("a session was closed by the hub ({code:?})"));
+                    return;
+                };
+                stats.reconnects.set(stats.reconnects.get() + 1);
+                let Some((mut ws, at)) = failover.reconnect(*node, &done).await else {
+                    return;
+                };
+                let Some(new_events) = ws.take_events() else {
+                    return;
+                };
+                events = new_events;
+                _socket = Some(ws);
+                if let Some(pair) = &check.pair {
+                    match failover
+                        .catch_up(at, &pair.conversation, check.last_seq.get())
+                        .await
+                    {
+                        Ok(missed) => {
+                            for m in &missed {
+                                take(&check, &stats, payload, m, None);
+                                caught_up_to = caught_up_to.max(m.server_sequence);
+                            }
+                        }
+                        Err(e) => {
+                            stats.anomaly(format!("pair {}: catch-up failed: {e}", pair.index))
+                        }
+                    }
+                }
+                continue;
             }
         };
         let Some(Payload::DmMessageEvent(event)) = envelope.payload else {
             continue;
         };
         let Some(m) = event.message else { continue };
-        let now = Instant::now();
-        let Some(pair) = &check.pair else {
-            stats.anomaly("an idle session received a message".into());
-            continue;
-        };
-        if m.conversation_id != pair.conversation {
-            stats.anomaly(format!(
-                "pair {} received another conversation's message",
-                pair.index
-            ));
+        if m.server_sequence <= caught_up_to && check.pair.is_some() {
             continue;
         }
-        let last = check.last_seq.get();
-        if m.server_sequence != last + 1 {
-            let kind = if m.server_sequence <= last {
-                "duplicate or reorder"
-            } else {
-                "gap"
-            };
-            stats.anomaly(format!(
-                "pair {}: {kind}: got #{} after #{last}",
-                pair.index, m.server_sequence
-            ));
-        }
-        check.last_seq.set(last.max(m.server_sequence));
-        check.received.set(check.received.get() + 1);
-        stats.delivered.set(stats.delivered.get() + 1);
-        if stats.measuring() {
-            stats
-                .delivered_measured
-                .set(stats.delivered_measured.get() + 1);
-        }
-        let sent_us = match payload {
-            PayloadMode::Random => stamp(&m.encrypted_payload),
-            PayloadMode::Sealed => match open_stamp(&pair.keys, check.recipient, &m, &stats) {
-                Ok(sent_us) => sent_us,
-                Err(why) => {
-                    stats.open_failures.set(stats.open_failures.get() + 1);
-                    stats.anomaly(format!(
-                        "pair {}: #{} did not open on a {} session: {why}",
-                        pair.index,
-                        m.server_sequence,
-                        if check.recipient {
-                            "recipient"
-                        } else {
-                            "sender"
-                        }
-                    ));
-                    continue;
-                }
-            },
+        take(&check, &stats, payload, &m, Some(Instant::now()));
+    }
+}
+
+/// Checks one message a session got (pushed at `pushed_at`, or caught up
+/// from history without it) and counts it.
+fn take(
+    check: &SessionCheck,
+    stats: &Stats,
+    payload: PayloadMode,
+    m: &dm::EncryptedDmMessage,
+    pushed_at: Option<Instant>,
+) {
+    let Some(pair) = &check.pair else {
+        stats.anomaly("an idle session received a message".into());
+        return;
+    };
+    if m.conversation_id != pair.conversation {
+        stats.anomaly(format!(
+            "pair {} received another conversation's message",
+            pair.index
+        ));
+        return;
+    }
+    let last = check.last_seq.get();
+    if m.server_sequence != last + 1 {
+        let kind = if m.server_sequence <= last {
+            "duplicate or reorder"
+        } else {
+            "gap"
         };
+        stats.anomaly(format!(
+            "pair {}: {kind}: got #{} after #{last}",
+            pair.index, m.server_sequence
+        ));
+    }
+    check.last_seq.set(last.max(m.server_sequence));
+    check.received.set(check.received.get() + 1);
+    stats.delivered.set(stats.delivered.get() + 1);
+    if stats.measuring() {
+        stats
+            .delivered_measured
+            .set(stats.delivered_measured.get() + 1);
+    }
+    let sent_us = match payload {
+        PayloadMode::Random => stamp(&m.encrypted_payload),
+        PayloadMode::Sealed => match open_stamp(&pair.keys, check.recipient, m, stats) {
+            Ok(sent_us) => sent_us,
+            Err(why) => {
+                stats.open_failures.set(stats.open_failures.get() + 1);
+                stats.anomaly(format!(
+                    "pair {}: #{} did not open on a {} session: {why}",
+                    pair.index,
+                    m.server_sequence,
+                    if check.recipient {
+                        "recipient"
+                    } else {
+                        "sender"
+                    }
+                ));
+                return;
+            }
+        },
+    };
+    // Latency is a push's: a caught-up message has none.
+    if let Some(now) = pushed_at {
         if check.recipient && stats.sent_in_window(sent_us) {
             let latency = stats.micros(now).saturating_sub(sent_us).max(1);
             stats.record_push(sent_us, latency);
@@ -568,14 +674,47 @@ impl Template {
 pub enum Sender {
     Ws(Rc<WsClient>),
     Http(HubClient),
+    /// Over HTTP to any node: a send that meets a node going away (no
+    /// answer, 503) goes to the next node with the same id, which the hub
+    /// takes as the same message (`--rolling-restart`).
+    HttpFailover {
+        client: RefCell<HubClient>,
+        urls: Vec<String>,
+        at: Cell<usize>,
+        done: Rc<Cell<bool>>,
+    },
 }
 
 impl Sender {
     async fn send(&self, request: dm::DmSendRequest) -> Result<u64, ClientError> {
+        Box::pin(self.send_once(request)).await
+    }
+
+    async fn send_once(&self, request: dm::DmSendRequest) -> Result<u64, ClientError> {
         match self {
             Sender::Ws(ws) => match ws.call(Payload::DmSendRequest(request)).await? {
                 Payload::DmSendResponse(r) => Ok(r.message.map_or(0, |m| m.server_sequence)),
                 other => Err(ClientError::Decode(format!("unexpected answer {other:?}"))),
+            },
+            Sender::HttpFailover {
+                client,
+                urls,
+                at,
+                done,
+            } => loop {
+                let attempt = client.borrow().clone();
+                match Sender::Http(attempt).send(request.clone()).await {
+                    Err(e)
+                        if !done.get()
+                            && (matches!(e, ClientError::Transport(_))
+                                || e.status() == Some(503)) =>
+                    {
+                        at.set((at.get() + 1) % urls.len());
+                        client.borrow_mut().switch_to(urls[at.get()].clone());
+                        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    answer => return answer,
+                }
             },
             Sender::Http(client) => {
                 let sealed = crate::client::crypto::Sealed {

@@ -295,6 +295,70 @@ async fn load_starts_a_two_node_cluster_and_delivers_across_it_exactly_once() {
     assert!(report["rss"]["idle_connected"].as_u64().unwrap() > 0);
 }
 
+/// Issue 25, item 4: a rolling restart under the load generator. Three
+/// nodes, each stopped with SIGTERM and started again during the run; the
+/// sessions of a stopping node move to another and catch up, senders resend
+/// to the next node, and the exactly-once verdict holds: every accepted
+/// message on every session of its pair, once, in order.
+#[actix_web::test]
+async fn load_restarts_every_node_of_a_cluster_in_turn_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("load.json");
+    let out = run(args(&[
+        "load",
+        "--cluster",
+        "3",
+        "--rolling-restart",
+        "--via",
+        "http",
+        "--pairs",
+        "12",
+        "--rate",
+        "150",
+        "--duration",
+        "8",
+        "--warmup",
+        "1",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["restarts"], 3, "{report}");
+    // Every session of the three nodes was closed once and moved.
+    assert!(report["reconnects"].as_u64().unwrap() >= 24, "{report}");
+    for zero in ["lost", "duplicated", "anomalies", "errors"] {
+        assert_eq!(report[zero], 0, "{zero}: {report}");
+    }
+    assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        report["delivered"].as_u64().unwrap(),
+        2 * report["accepted"].as_u64().unwrap()
+    );
+    assert!(stdout.contains("3 nodes restarted in turn"), "{stdout}");
+
+    // Without --via http it says what to add.
+    let out = run(args(&[
+        "load",
+        "--cluster",
+        "2",
+        "--rolling-restart",
+        "--quiet",
+    ]))
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --via http"));
+}
+
 #[actix_web::test]
 async fn listen_prints_what_arrives_decrypted() {
     use std::io::{BufRead, BufReader};

@@ -232,3 +232,82 @@ async fn every_node_restarted_in_turn_loses_no_answered_message() {
         let _ = d.await;
     }
 }
+
+/// `listen --url a,b` follows the cluster: when its node stops, it
+/// reconnects to the next URL, catches up, and goes on showing messages.
+#[actix_web::test]
+async fn listen_with_two_urls_moves_to_the_other_node_when_its_node_stops() {
+    use std::io::BufRead as _;
+    let mut c = cluster(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bob_file = dir.path().join("bob.json");
+    let bob = united_hub::client::crypto::Identity::generate();
+    united_hub::cli::IdentityFile::create(&bob_file, &bob, "Bob", false).unwrap();
+    let urls = format!("{},{}", c.nodes[0].address, c.nodes[1].address);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_united-hub"))
+        .args([
+            "listen",
+            "--identity",
+            bob_file.to_str().unwrap(),
+            "--url",
+            &urls,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for(&mut lines, "listening as Bob").await;
+
+    let alice = c.user(1, "Alice").await;
+    let bob_pubkey = bob.public_key_hex();
+    united_hub::cli::send_text(
+        &alice.client,
+        &alice.identity,
+        &bob_pubkey,
+        "before the stop",
+    )
+    .await
+    .unwrap();
+    wait_for(&mut lines, "before the stop").await;
+
+    let node0 = c.nodes.remove(0);
+    node0.stop().await;
+    let line = wait_for(&mut lines, "reconnecting").await;
+    assert!(line.contains("1001"), "{line}");
+    assert!(line.contains(&c.nodes[0].address), "{line}");
+    united_hub::cli::send_text(
+        &alice.client,
+        &alice.identity,
+        &bob_pubkey,
+        "after the stop",
+    )
+    .await
+    .unwrap();
+    wait_for(&mut lines, "after the stop").await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The next line of `lines` that holds `want` (20 s at most).
+async fn wait_for(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    want: &str,
+) -> String {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no line with {want:?}"))
+            .unwrap_or_else(|| panic!("listen ended before {want:?}"));
+        if line.contains(want) {
+            return line;
+        }
+    }
+}
