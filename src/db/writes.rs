@@ -424,6 +424,18 @@ pub fn purge_expired(
     })
 }
 
+/// Deletes every row of the portable tables, children first, in one
+/// transaction (`united-hub migrate --replace`).
+pub fn clear_tables(conn: &mut Connection, tables: &[Table]) -> Result<u64, DbError> {
+    let tx = begin(conn)?;
+    let mut deleted = 0;
+    for table in tables.iter().rev() {
+        deleted += tx.execute(&format!("DELETE FROM {}", table.name), [])? as u64;
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
+
 /// Inserts rows of a portable table as they are, in one transaction (for
 /// `united-hub migrate`, into an empty database).
 pub fn import_rows(

@@ -356,6 +356,12 @@ impl Store {
         dispatch!(self.import_rows(table, rows))
     }
 
+    /// Deletes every row of `tables`, children first, in one transaction;
+    /// returns how many.
+    pub async fn clear_tables(&self, tables: &'static [Table]) -> Result<u64, DbError> {
+        dispatch!(self.clear_tables(tables))
+    }
+
     /// Brings what the engine keeps beside the rows in line with them
     /// (PostgreSQL's `last_seq`, its id sequence) after an import.
     pub async fn finish_import(&self) -> Result<(), DbError> {

@@ -33,6 +33,10 @@ pub struct MigrateArgs {
     /// Where it goes: a new data directory or an empty PostgreSQL database.
     #[arg(long)]
     pub to: String,
+    /// Delete what the target holds first (a migration that stopped half
+    /// way, say) instead of refusing it. What is deleted is gone.
+    #[arg(long)]
+    pub replace: bool,
     /// Rows per transaction.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch: u32,
@@ -64,7 +68,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<Copied> {
     let (target, _) = Store::open_engine(&to.settings(), &metrics)
         .await
         .with_context(|| format!("opening the target, {}", to.describe()))?;
-    let result = migrate(&source, &target, &from, &to, args.batch).await;
+    let result = migrate(&source, &target, &from, &to, args.batch, args.replace).await;
     source.close();
     target.close();
     result
@@ -106,6 +110,7 @@ async fn migrate(
     from: &Location,
     to: &Location,
     batch: u32,
+    replace: bool,
 ) -> anyhow::Result<Copied> {
     eprintln!("migrating {} -> {}", from.describe(), to.describe());
     for (what, store, at) in [("source", source, from), ("target", target, to)] {
@@ -124,11 +129,19 @@ async fn migrate(
             held.push(format!("{n} {}", table.name));
         }
     }
-    anyhow::ensure!(
-        held.is_empty(),
-        "the target already holds data ({}): migrate into an empty database; nothing was written",
-        held.join(", ")
-    );
+    if !held.is_empty() {
+        anyhow::ensure!(
+            replace,
+            "the target already holds data ({}): migrate into an empty database, or add \
+             --replace to delete it first; nothing was written",
+            held.join(", ")
+        );
+        let deleted = target.clear_tables(TABLES).await?;
+        eprintln!(
+            "--replace: deleted the target's {deleted} rows ({})",
+            held.join(", ")
+        );
+    }
     let mut copied = Copied::default();
     for table in TABLES {
         let n = copy_table(source, target, table, batch)

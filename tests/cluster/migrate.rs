@@ -3,8 +3,8 @@
 //! refresh tokens is copied to PostgreSQL by the binary; a hub on the copy
 //! serves every user as before (old tokens, offline entries, history,
 //! the next sequence), and the copy goes back to SQLite the same way.
-//! The tool refuses a target that holds data and a source that is not
-//! there, and writes nothing then.
+//! The tool refuses a target that holds data (unless `--replace`) and a
+//! source that is not there, and writes nothing then.
 
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -150,7 +150,7 @@ async fn a_sqlite_hub_moves_to_postgres_and_back_with_everything_it_held() {
 }
 
 #[actix_web::test]
-async fn migrate_refuses_a_target_with_data_and_a_missing_source_and_writes_nothing() {
+async fn migrate_refuses_a_target_with_data_unless_told_and_a_missing_source() {
     let first = spawn_app().await;
     first.user("Alice").await;
     // Not while a hub runs on the source (this test's process runs it).
@@ -179,11 +179,38 @@ async fn migrate_refuses_a_target_with_data_and_a_missing_source_and_writes_noth
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("already holds data (2 users") && stderr.contains("nothing was written"),
+        stderr.contains("already holds data (2 users")
+            && stderr.contains("--replace")
+            && stderr.contains("nothing was written"),
         "{stderr}"
     );
     let after = std::fs::read(second_dir.path().join("united.db")).unwrap();
     assert_eq!(before, after, "the target is untouched");
+
+    // Told to, it deletes what the target held and copies.
+    let out = Command::new(env!("CARGO_BIN_EXE_united-hub"))
+        .args(["migrate", "--replace", "--from"])
+        .arg(first_dir.path())
+        .arg("--to")
+        .arg(second_dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--replace: deleted the target's"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("users\t1"),
+        "{}",
+        text(&out.stdout)
+    );
+    let db = rusqlite::Connection::open(second_dir.path().join("united.db")).unwrap();
+    let users: i64 = db
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(users, 1, "only the source's user is left");
 
     let nowhere = tempfile::tempdir().unwrap();
     let missing = nowhere.path().join("no-such-dir");

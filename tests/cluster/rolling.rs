@@ -297,10 +297,7 @@ async fn listen_with_two_urls_moves_to_the_other_node_when_its_node_stops() {
 }
 
 /// The next line of `lines` that holds `want` (20 s at most).
-async fn wait_for(
-    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    want: &str,
-) -> String {
+async fn wait_for(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) -> String {
     loop {
         let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
             .await

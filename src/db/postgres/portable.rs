@@ -77,6 +77,20 @@ pub async fn import_rows(
     Ok(())
 }
 
+/// Deletes every row of the portable tables, children first, in one
+/// transaction (`united-hub migrate --replace`).
+pub async fn clear_tables(client: &mut Client, tables: &[Table]) -> Result<u64, DbError> {
+    let tx = client.transaction().await?;
+    let mut deleted = 0;
+    for table in tables.iter().rev() {
+        deleted += tx
+            .execute(&format!("DELETE FROM {}", table.name), &[])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}
+
 /// After an import: each conversation's `last_seq` from its messages, and
 /// the offline queue's id sequence past the ids copied.
 pub async fn finish_import(client: &Client) -> Result<(), DbError> {

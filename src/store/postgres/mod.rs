@@ -410,6 +410,12 @@ impl PgStore {
         })
     }
 
+    pub async fn clear_tables(&self, tables: &'static [Table]) -> Result<u64, DbError> {
+        with_client!(self, |c| async move {
+            sql::portable::clear_tables(&mut c, tables).await
+        })
+    }
+
     pub async fn finish_import(&self) -> Result<(), DbError> {
         with_client!(self, |c| sql::portable::finish_import(&c))
     }

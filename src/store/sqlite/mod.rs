@@ -391,6 +391,11 @@ impl SqliteStore {
             .await
     }
 
+    pub async fn clear_tables(&self, tables: &'static [Table]) -> Result<u64, DbError> {
+        self.write(move |conn| writes::clear_tables(conn, tables))
+            .await
+    }
+
     /// Nothing to do: SQLite keeps no counter beside the rows.
     pub async fn finish_import(&self) -> Result<(), DbError> {
         Ok(())
