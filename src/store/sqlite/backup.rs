@@ -27,6 +27,69 @@ pub struct Summary {
     pub took: Duration,
 }
 
+/// How often the copy's new bytes are written to the disk while it grows.
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// How much of the copy one flush call covers.
+const FLUSH_RANGE: u64 = 1 << 20;
+
+/// Writes the copy to the disk as it grows, a range at a time, each waited
+/// for before the next. Left to the kernel, hundreds of MiB of the copy sit
+/// dirty in the page cache and then go out at once, and every WAL fsync of
+/// the running hub waits behind them: a 740 MiB backup held pushes up to
+/// 450 ms (BENCHMARKS.md). In ranges a fsync waits for one at most.
+#[derive(Default)]
+struct Flusher {
+    file: Option<File>,
+    flushed: u64,
+}
+
+impl Flusher {
+    /// Flushes what was written since the last call; returns the copy's size.
+    fn flush(&mut self, path: &Path) -> u64 {
+        if self.file.is_none() {
+            self.file = std::fs::OpenOptions::new().write(true).open(path).ok();
+        }
+        let Some(file) = &self.file else {
+            return 0;
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        while self.flushed + FLUSH_RANGE <= len {
+            if flush_range(file, self.flushed, FLUSH_RANGE).is_err() {
+                break;
+            }
+            self.flushed += FLUSH_RANGE;
+        }
+        len
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn flush_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments, and the
+    // descriptor stays open for the call (`file` is borrowed).
+    let rc = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Elsewhere the kernel writes the copy when it likes.
+#[cfg(not(target_os = "linux"))]
+fn flush_range(_: &File, _: u64, _: u64) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Removes the backup marker when the backup ends, however it ends.
 struct Marker(PathBuf);
 
@@ -80,10 +143,15 @@ pub fn backup(
         .context("the target's path is not UTF-8")?
         .to_owned();
     let copy = std::thread::spawn(move || conn.execute("VACUUM INTO ?1", [target]));
+    let mut flusher = Flusher::default();
+    let mut shown = Instant::now();
     while !copy.is_finished() {
-        std::thread::sleep(Duration::from_millis(200));
-        let written = std::fs::metadata(&partial).map_or(0, |m| m.len());
-        progress(written, total as u64);
+        std::thread::sleep(FLUSH_EVERY);
+        let written = flusher.flush(&partial);
+        if shown.elapsed() >= Duration::from_millis(200) {
+            shown = Instant::now();
+            progress(written, total as u64);
+        }
     }
     let copied = copy
         .join()
