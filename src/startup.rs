@@ -134,35 +134,7 @@ impl Application {
             migrations_applied,
             jwt_secret,
         } = Store::open(&settings, &metrics).await?;
-        let cluster = match &settings.nats_url {
-            Some(nats) => {
-                let bus = NatsSettings {
-                    url: nats.clone(),
-                    ca_file: settings.nats_ca_file.clone(),
-                };
-                let node = ClusterNode::start(
-                    &bus,
-                    &jwt_secret,
-                    store.clone(),
-                    registry.clone(),
-                    metrics.clone(),
-                )
-                .await?;
-                Some(node)
-            }
-            None => None,
-        };
-        let appender = store.appender(cluster.clone().map(|node| node as Arc<dyn CommitListener>));
-        let conversations = ConversationDirectory::new(ConversationHandles {
-            store: store.clone(),
-            appender,
-            registry: registry.clone(),
-            claims: Arc::new(IdClaims::default()),
-            metrics: metrics.clone(),
-            cluster: cluster.clone(),
-            on_stop: Arc::new(|_, _| {}),
-        })
-        .with_send_timeout(Duration::from_secs(settings.send_timeout));
+        let cluster = join_cluster(&settings, &jwt_secret, &store, &registry, &metrics).await?;
         let limits = Arc::new(RateLimits::new(&settings));
         let janitor = JanitorActor::new(
             store.clone(),
@@ -172,107 +144,8 @@ impl Application {
             Duration::from_secs(settings.offline_ttl),
         )
         .start();
-        let conversations = Arc::new(conversations);
-        let jwt = Arc::new(JwtKeys::new(&jwt_secret, settings.access_token_ttl));
-        let dm = Arc::new(DmService {
-            store: store.clone(),
-            limits: limits.clone(),
-            conversations: conversations.clone(),
-            answers: Arc::new(crate::answers::AnswerBudget::new(
-                settings.answer_bytes_per_user,
-                settings.answer_bytes_per_node,
-                Some(metrics.answers.clone()),
-            )),
-            registry: registry.clone(),
-            cluster: cluster.clone(),
-            max_payload_bytes: settings.max_payload_bytes,
-        });
-        let auth = Arc::new(AuthService {
-            store: store.clone(),
-            jwt: jwt.clone(),
-            conversations,
-            refresh_token_ttl: settings.refresh_token_ttl,
-        });
-        let sessions = Arc::new(SessionContext {
-            dm: dm.clone(),
-            jwt: jwt.clone(),
-            registry: registry.clone(),
-            metrics: metrics.clone(),
-            ping_interval: settings.ping_interval(),
-            idle_timeout: settings.idle_timeout(),
-            max_frame_bytes: settings.max_frame_bytes,
-            session_buffer: settings.session_buffer,
-        });
-        let state = Arc::new(AppState {
-            auth,
-            dm,
-            sessions,
-            store,
-            registry,
-            jwt,
-            limits,
-            metrics,
-            cluster,
-            settings,
-        });
-
-        let listener = TcpListener::bind(state.settings.bind)
-            .with_context(|| format!("binding {}", state.settings.bind))?;
-        let port = listener.local_addr()?.port();
-        let data = web::Data::from(state.clone());
-        let dm = web::Data::from(state.dm.clone());
-        let mut server = HttpServer::new(move || {
-            let data = data.clone();
-            App::new()
-                .app_data(data.clone())
-                .app_data(dm.clone())
-                .wrap(from_fn(http::access_log))
-                .configure(|cfg| http::configure(cfg, &data))
-        })
-        .on_connect({
-            let user_timeout = state.settings.idle_timeout();
-            move |conn, _| configure_socket(conn, user_timeout)
-        })
-        // Nagle's algorithm would hold a small frame written right after
-        // another (a send's answer after its echo push) until the peer acks
-        // the first, and peers delay acks by up to 40 ms.
-        .tcp_nodelay(true)
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
-        if let Some(workers) = state.settings.workers {
-            server = server.workers(workers.max(1));
-        }
-        let mut certificate = None;
-        let scheme = match (&state.settings.tls_cert, &state.settings.tls_key) {
-            (Some(cert), Some(key)) => {
-                let loaded = Certificate::load(cert, key)?;
-                server = server.listen_rustls_0_23(listener, loaded.server_config()?)?;
-                certificate = Some(loaded);
-                "https"
-            }
-            _ => {
-                server = server.listen(listener)?;
-                "http"
-            }
-        };
-        let server = server.run();
-        match &state.settings.database_url {
-            None => tracing::info!(
-                scheme,
-                addr = %format!("{}:{port}", state.settings.bind.ip()),
-                data_dir = %state.settings.data_dir.display(),
-                migrations_applied,
-                "united-hub listening"
-            ),
-            Some(url) => tracing::info!(
-                scheme,
-                addr = %format!("{}:{port}", state.settings.bind.ip()),
-                database = %url,
-                cluster = state.cluster.is_some(),
-                migrations_applied,
-                "united-hub listening"
-            ),
-        }
+        let state = wire(settings, store, registry, cluster, limits, metrics, &jwt_secret);
+        let (server, port, certificate) = serve(&state, migrations_applied)?;
         Ok(Application {
             port,
             server,
@@ -309,4 +182,165 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// Cluster mode (`--nats-url`): joins the bus; `None` on one node.
+async fn join_cluster(
+    settings: &Settings,
+    jwt_secret: &[u8],
+    store: &Store,
+    registry: &Arc<SessionRegistry>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<ClusterNode>>> {
+    let Some(nats) = &settings.nats_url else {
+        return Ok(None);
+    };
+    let bus = NatsSettings {
+        url: nats.clone(),
+        ca_file: settings.nats_ca_file.clone(),
+    };
+    let node = ClusterNode::start(
+        &bus,
+        jwt_secret,
+        store.clone(),
+        registry.clone(),
+        metrics.clone(),
+    )
+    .await?;
+    Ok(Some(node))
+}
+
+/// The conversation actors' directory, the services and the sessions'
+/// context, each with only what it uses, and the HTTP edge around them.
+fn wire(
+    settings: Settings,
+    store: Store,
+    registry: Arc<SessionRegistry>,
+    cluster: Option<Arc<ClusterNode>>,
+    limits: Arc<RateLimits>,
+    metrics: Arc<Metrics>,
+    jwt_secret: &[u8],
+) -> Arc<AppState> {
+    let appender = store.appender(cluster.clone().map(|node| node as Arc<dyn CommitListener>));
+    let conversations = Arc::new(
+        ConversationDirectory::new(ConversationHandles {
+            store: store.clone(),
+            appender,
+            registry: registry.clone(),
+            claims: Arc::new(IdClaims::default()),
+            metrics: metrics.clone(),
+            cluster: cluster.clone(),
+            on_stop: Arc::new(|_, _| {}),
+        })
+        .with_send_timeout(Duration::from_secs(settings.send_timeout)),
+    );
+    let jwt = Arc::new(JwtKeys::new(jwt_secret, settings.access_token_ttl));
+    let dm = Arc::new(DmService {
+        store: store.clone(),
+        limits: limits.clone(),
+        conversations: conversations.clone(),
+        answers: Arc::new(crate::answers::AnswerBudget::new(
+            settings.answer_bytes_per_user,
+            settings.answer_bytes_per_node,
+            Some(metrics.answers.clone()),
+        )),
+        registry: registry.clone(),
+        cluster: cluster.clone(),
+        max_payload_bytes: settings.max_payload_bytes,
+    });
+    let auth = Arc::new(AuthService {
+        store: store.clone(),
+        jwt: jwt.clone(),
+        conversations,
+        refresh_token_ttl: settings.refresh_token_ttl,
+    });
+    let sessions = Arc::new(SessionContext {
+        dm: dm.clone(),
+        jwt: jwt.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        ping_interval: settings.ping_interval(),
+        idle_timeout: settings.idle_timeout(),
+        max_frame_bytes: settings.max_frame_bytes,
+        session_buffer: settings.session_buffer,
+    });
+    Arc::new(AppState {
+        auth,
+        dm,
+        sessions,
+        store,
+        registry,
+        jwt,
+        limits,
+        metrics,
+        cluster,
+        settings,
+    })
+}
+
+/// Binds `--bind` (with TLS when asked) and starts the HTTP server: the
+/// server, its port, and the certificate SIGHUP reloads.
+fn serve(
+    state: &Arc<AppState>,
+    migrations_applied: u32,
+) -> anyhow::Result<(Server, u16, Option<Arc<Certificate>>)> {
+    let settings = &state.settings;
+    let listener =
+        TcpListener::bind(settings.bind).with_context(|| format!("binding {}", settings.bind))?;
+    let port = listener.local_addr()?.port();
+    let data = web::Data::from(state.clone());
+    let dm = web::Data::from(state.dm.clone());
+    let mut server = HttpServer::new(move || {
+        let data = data.clone();
+        App::new()
+            .app_data(data.clone())
+            .app_data(dm.clone())
+            .wrap(from_fn(http::access_log))
+            .configure(|cfg| http::configure(cfg, &data))
+    })
+    .on_connect({
+        let user_timeout = settings.idle_timeout();
+        move |conn, _| configure_socket(conn, user_timeout)
+    })
+    // Nagle's algorithm would hold a small frame written right after
+    // another (a send's answer after its echo push) until the peer acks
+    // the first, and peers delay acks by up to 40 ms.
+    .tcp_nodelay(true)
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
+    if let Some(workers) = settings.workers {
+        server = server.workers(workers.max(1));
+    }
+    let mut certificate = None;
+    let scheme = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => {
+            let loaded = Certificate::load(cert, key)?;
+            server = server.listen_rustls_0_23(listener, loaded.server_config()?)?;
+            certificate = Some(loaded);
+            "https"
+        }
+        _ => {
+            server = server.listen(listener)?;
+            "http"
+        }
+    };
+    let addr = format!("{}:{port}", settings.bind.ip());
+    match &settings.database_url {
+        None => tracing::info!(
+            scheme,
+            addr,
+            data_dir = %settings.data_dir.display(),
+            migrations_applied,
+            "united-hub listening"
+        ),
+        Some(url) => tracing::info!(
+            scheme,
+            addr,
+            database = %url,
+            cluster = state.cluster.is_some(),
+            migrations_applied,
+            "united-hub listening"
+        ),
+    }
+    Ok((server.run(), port, certificate))
 }
