@@ -144,7 +144,15 @@ impl Application {
             Duration::from_secs(settings.offline_ttl),
         )
         .start();
-        let state = wire(settings, store, registry, cluster, limits, metrics, &jwt_secret);
+        let state = wire(
+            settings,
+            store,
+            registry,
+            cluster,
+            limits,
+            metrics,
+            &jwt_secret,
+        );
         let (server, port, certificate) = serve(&state, migrations_applied)?;
         Ok(Application {
             port,

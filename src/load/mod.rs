@@ -425,32 +425,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
 
     let stats = Rc::new(Stats::new());
     let done = Rc::new(Cell::new(false));
-    // Per pair: the sender's devices, then the recipient's.
-    let mut plan = Vec::new();
-    for pair in &pairs {
-        for (user, recipient) in [(2 * pair.index, false), (2 * pair.index + 1, true)] {
-            for device in 0..args.sessions_per_user {
-                plan.push(Planned {
-                    user,
-                    node: placement.device(user, device),
-                    pair: Some(pair.clone()),
-                    recipient,
-                });
-            }
-        }
-        if placement.home(2 * pair.index) != placement.home(2 * pair.index + 1) {
-            report.cross_node_pairs += 1;
-        }
-    }
-    for i in 0..args.idle {
-        let user = pair_users + i;
-        plan.push(Planned {
-            user,
-            node: placement.home(user),
-            pair: None,
-            recipient: false,
-        });
-    }
+    let plan = plan_sessions(&args, &pairs, placement, &mut report);
     report.sessions_per_node = vec![0; urls.len()];
     for planned in &plan {
         report.sessions_per_node[planned.node] += 1;
@@ -467,7 +442,91 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     report.sessions = sessions.len();
     report.rss.idle_connected = hub.rss_kib();
 
-    // Senders: the first session (or the HTTP client) of each pair's first user.
+    start_senders(
+        &args, &pairs, &sessions, &users, &urls, placement, &template, &stats, &done,
+    );
+
+    let progress = bar(&args, args.warmup, "warm up");
+    for _ in 0..args.warmup {
+        actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+        progress.inc(1);
+    }
+    progress.finish();
+
+    let measured = measure(&args, &mut hub, &stats, &mut report).await?;
+
+    drain(&args, &sessions, &stats).await;
+    done.set(true);
+
+    let progress = bar(&args, sessions.len() as u64, "verify");
+    report.fill(
+        &stats,
+        &pairs,
+        sessions.iter().map(|s| {
+            progress.inc(1);
+            s.check.as_ref()
+        }),
+        measured,
+    );
+    progress.finish();
+    if hub.nodes.len() > 1 || hub.mode == hub::Mode::Cluster {
+        report.bus = hub.bus_counters().await;
+    }
+    drop(sessions);
+    drop(hub);
+    Ok(report)
+}
+
+/// The sessions to open, pair by pair (the sender's devices, then the
+/// recipient's), then the idle ones; counts them per node in `report`.
+fn plan_sessions(
+    args: &LoadArgs,
+    pairs: &[Rc<Pair>],
+    placement: Placement,
+    report: &mut Report,
+) -> Vec<Planned> {
+    let mut plan = Vec::new();
+    for pair in pairs {
+        for (user, recipient) in [(2 * pair.index, false), (2 * pair.index + 1, true)] {
+            for device in 0..args.sessions_per_user {
+                plan.push(Planned {
+                    user,
+                    node: placement.device(user, device),
+                    pair: Some(pair.clone()),
+                    recipient,
+                });
+            }
+        }
+        if placement.home(2 * pair.index) != placement.home(2 * pair.index + 1) {
+            report.cross_node_pairs += 1;
+        }
+    }
+    for i in 0..args.idle {
+        let user = placement.pair_users + i;
+        plan.push(Planned {
+            user,
+            node: placement.home(user),
+            pair: None,
+            recipient: false,
+        });
+    }
+    plan
+}
+
+/// Starts one send loop per pair, on the first session (or the HTTP
+/// client) of its sender.
+#[allow(clippy::too_many_arguments)]
+fn start_senders(
+    args: &LoadArgs,
+    pairs: &[Rc<Pair>],
+    sessions: &[Session],
+    users: &[User],
+    urls: &[String],
+    placement: Placement,
+    template: &Rc<Template>,
+    stats: &Rc<Stats>,
+    done: &Rc<Cell<bool>>,
+) {
     let pacer = (args.rate > 0).then(|| Rc::new(Pacer::new(args.rate)));
     stats.sending.set(true);
     for (pair, session) in pairs
@@ -477,7 +536,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
         let sender = match args.via {
             _ if args.rolling_restart => Sender::HttpFailover {
                 client: RefCell::new(users[2 * pair.index].client.clone()),
-                urls: urls.clone(),
+                urls: urls.to_vec(),
                 at: Cell::new(placement.home(2 * pair.index)),
                 done: done.clone(),
             },
@@ -493,15 +552,17 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
             pacer.clone(),
         ));
     }
+}
 
-    let progress = bar(&args, args.warmup, "warm up");
-    for _ in 0..args.warmup {
-        actix_web::rt::time::sleep(Duration::from_secs(1)).await;
-        progress.inc(1);
-    }
-    progress.finish();
-
-    let progress = bar(&args, args.duration, "measure");
+/// The measurement: `--duration` seconds of sending, the figures that are
+/// read while it runs, and `--rolling-restart`'s restarts.
+async fn measure(
+    args: &LoadArgs,
+    hub: &mut hub::Target,
+    stats: &Rc<Stats>,
+    report: &mut Report,
+) -> anyhow::Result<f64> {
+    let progress = bar(args, args.duration, "measure");
     stats.start_measuring();
     let measure_start = Instant::now();
     let cpu_start = (hub::own_cpu_seconds(), hub.cpu_seconds());
@@ -538,8 +599,14 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     report.rss.under_load = peak_rss;
     stats.sending.set(false);
 
+    Ok(measured)
+}
+
+/// Waits for every answered send and every push of it (at most
+/// `--drain-timeout`), then a moment for duplicates.
+async fn drain(args: &LoadArgs, sessions: &[Session], stats: &Rc<Stats>) {
     // Drain: every answered send, and every push of it.
-    let progress = bar(&args, stats.accepted.get(), "drain");
+    let progress = bar(args, stats.accepted.get(), "drain");
     let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
     loop {
         let expected: u64 = sessions
@@ -563,25 +630,6 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     progress.finish();
     // Anything that arrives now would be a duplicate; give it a moment.
     actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    done.set(true);
-
-    let progress = bar(&args, sessions.len() as u64, "verify");
-    report.fill(
-        &stats,
-        &pairs,
-        sessions.iter().map(|s| {
-            progress.inc(1);
-            s.check.as_ref()
-        }),
-        measured,
-    );
-    progress.finish();
-    if hub.nodes.len() > 1 || hub.mode == hub::Mode::Cluster {
-        report.bus = hub.bus_counters().await;
-    }
-    drop(sessions);
-    drop(hub);
-    Ok(report)
 }
 
 /// Puts `items` in an order that depends only on `seed` (Fisher-Yates with
