@@ -115,11 +115,45 @@ async fn next_message(ws: &mut WsClient) -> anyhow::Result<dm::EncryptedDmMessag
     }
 }
 
+/// The demo's words, checked for in the hub's files at the end.
+const TEXT: &str = "Hi Bob! Lunch at noon? 🥪";
+const LATER: [&str; 3] = [
+    "Are you there?",
+    "I'll grab a table.",
+    "Found one by the window.",
+];
+const OWN: &str = "On my way, 5 minutes.";
+const FORGED: &str = "Change of plan: leave the key under the mat.";
+
+/// Who plays, and what they share.
+struct Cast {
+    url: String,
+    alice_id: Identity,
+    bob_id: Identity,
+    alice: HubClient,
+    bob: HubClient,
+    conversation: String,
+    /// Bob's X25519 key, once Alice's client has checked it.
+    bob_key: [u8; 32],
+}
+
+/// The story, act by act; each checks what it shows.
 async fn play(
     story: &mut Story,
     url: &str,
     data_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    let (mut cast, mut phone, mut laptop) = meet(story, url).await?;
+    let last_seen = first_message(story, &mut cast, &mut phone, &mut laptop).await?;
+    let mut bob_ws = away_and_back(story, &mut cast, phone, laptop, last_seen).await?;
+    alices_second_device(story, &mut cast, &mut bob_ws).await?;
+    a_forged_message(story, &mut cast, &mut bob_ws).await?;
+    a_substituted_key(story, &cast).await?;
+    what_the_hub_stored(story, &cast, data_dir).await
+}
+
+/// Identities, logins, Bob's two devices, the conversation.
+async fn meet(story: &mut Story, url: &str) -> anyhow::Result<(Cast, WsClient, WsClient)> {
     story.say("Alice and Bob create identities (Ed25519 key pairs, made on their devices)");
     let alice_id = Identity::generate();
     let bob_id = Identity::generate();
@@ -136,8 +170,8 @@ async fn play(
     ok("both logged in; keys published (derived from the identities, the libsodium way)");
 
     story.say("Bob connects two devices: a phone and a laptop");
-    let mut phone = connect_live(&mut bob).await?;
-    let mut laptop = connect_live(&mut bob).await?;
+    let phone = connect_live(&mut bob).await?;
+    let laptop = connect_live(&mut bob).await?;
     ok("two live WebSocket sessions");
 
     story.say("Alice opens a conversation with Bob");
@@ -148,17 +182,41 @@ async fn play(
         Err(anyhow::anyhow!("it already existed"))
     });
     ok(format!("conversation {}", conversation.id));
+    let cast = Cast {
+        url: url.to_owned(),
+        alice_id,
+        bob_id,
+        alice,
+        bob,
+        conversation: conversation.id,
+        bob_key: [0; 32],
+    };
+    Ok((cast, phone, laptop))
+}
 
+/// Alice checks Bob's key and writes; both of Bob's devices read it.
+async fn first_message(
+    story: &mut Story,
+    cast: &mut Cast,
+    phone: &mut WsClient,
+    laptop: &mut WsClient,
+) -> anyhow::Result<HashMap<String, u64>> {
     story.say(
         "Alice checks Bob's published key against his identity, seals a message to it, sends it",
     );
-    let text = "Hi Bob! Lunch at noon? 🥪";
-    let bob_key = alice
-        .checked_recipient_key(&bob_id.public_key_hex())
+    cast.bob_key = cast
+        .alice
+        .checked_recipient_key(&cast.bob_id.public_key_hex())
         .await?;
     ok("Bob's published key is the one derived from his identity");
-    let (sent, _) = alice
-        .send_sealed(&alice_id, &bob_key, &conversation.id, text.as_bytes())
+    let (sent, _) = cast
+        .alice
+        .send_sealed(
+            &cast.alice_id,
+            &cast.bob_key,
+            &cast.conversation,
+            TEXT.as_bytes(),
+        )
         .await?;
     ok(format!(
         "the hub committed it as #{} and answered 201",
@@ -166,44 +224,57 @@ async fn play(
     ));
 
     story.say("Bob's phone receives it live, decrypts it and verifies it is from Alice");
-    if let Some(m) = story.check(next_message(&mut phone).await) {
+    if let Some(m) = story.check(next_message(phone).await) {
         story.check(
-            expect(&read_proto(&bob_id, &m), Role::Recipient, text).map(|()| {
-                ok(format!("phone: \"{text}\" (from Alice, verified)"));
+            expect(&read_proto(&cast.bob_id, &m), Role::Recipient, TEXT).map(|()| {
+                ok(format!("phone: \"{TEXT}\" (from Alice, verified)"));
             }),
         );
     }
 
     story.say("Bob's laptop sees it too");
-    if let Some(m) = story.check(next_message(&mut laptop).await) {
+    if let Some(m) = story.check(next_message(laptop).await) {
         story.check(
-            expect(&read_proto(&bob_id, &m), Role::Recipient, text).map(|()| {
-                ok(format!("laptop: \"{text}\""));
+            expect(&read_proto(&cast.bob_id, &m), Role::Recipient, TEXT).map(|()| {
+                ok(format!("laptop: \"{TEXT}\""));
             }),
         );
     }
-    let mut last_seen = HashMap::from([(conversation.id.clone(), sent.server_sequence)]);
+    Ok(HashMap::from([(
+        cast.conversation.clone(),
+        sent.server_sequence,
+    )]))
+}
 
+/// Bob goes away, Alice writes on, Bob comes back and catches up.
+async fn away_and_back(
+    story: &mut Story,
+    cast: &mut Cast,
+    phone: WsClient,
+    laptop: WsClient,
+    mut last_seen: HashMap<String, u64>,
+) -> anyhow::Result<WsClient> {
     story.say("Bob goes offline; Alice sends three more");
     close(phone).await;
     close(laptop).await;
-    let later = [
-        "Are you there?",
-        "I'll grab a table.",
-        "Found one by the window.",
-    ];
-    for line in later {
-        let (m, _) = alice
-            .send_sealed(&alice_id, &bob_key, &conversation.id, line.as_bytes())
+    for line in LATER {
+        let (m, _) = cast
+            .alice
+            .send_sealed(
+                &cast.alice_id,
+                &cast.bob_key,
+                &cast.conversation,
+                line.as_bytes(),
+            )
             .await?;
         ok(format!("#{} sent while Bob is away", m.server_sequence));
     }
 
     story.say("Bob reconnects and catches up, in order");
-    let (mut bob_ws, missed) = reconnect(&mut bob, &mut last_seen).await?;
+    let (bob_ws, missed) = reconnect(&mut cast.bob, &mut last_seen).await?;
     let texts: Vec<String> = missed
         .iter()
-        .map(|m| match read_json(&bob_id, m) {
+        .map(|m| match read_json(&cast.bob_id, m) {
             Reading::Verified { text, .. } => text,
             other => format!("<{other:?}>"),
         })
@@ -211,65 +282,90 @@ async fn play(
     for (m, t) in missed.iter().zip(&texts) {
         ok(format!("#{}: \"{t}\"", m.server_sequence));
     }
-    story.check(if texts == later {
+    story.check(if texts == LATER {
         Ok(())
     } else {
         Err(anyhow::anyhow!("caught up {texts:?}"))
     });
+    Ok(bob_ws)
+}
 
+/// Alice's second device reads her own message, live and from history.
+async fn alices_second_device(
+    story: &mut Story,
+    cast: &mut Cast,
+    bob_ws: &mut WsClient,
+) -> anyhow::Result<()> {
     story.say(
         "Alice signs in on a second device and sends from the first: \
          the second reads her own message, live and from history",
     );
-    let mut alice_laptop = HubClient::new(url);
-    alice_laptop.login(&alice_id, None).await?;
+    let mut alice_laptop = HubClient::new(&cast.url);
+    alice_laptop.login(&cast.alice_id, None).await?;
     let mut alice_laptop_ws = connect_live(&mut alice_laptop).await?;
-    let own = "On my way, 5 minutes.";
-    alice
-        .send_sealed(&alice_id, &bob_key, &conversation.id, own.as_bytes())
+    cast.alice
+        .send_sealed(
+            &cast.alice_id,
+            &cast.bob_key,
+            &cast.conversation,
+            OWN.as_bytes(),
+        )
         .await?;
     if let Some(m) = story.check(next_message(&mut alice_laptop_ws).await) {
         story.check(
-            expect(&read_proto(&alice_id, &m), Role::Sender, own).map(|()| {
+            expect(&read_proto(&cast.alice_id, &m), Role::Sender, OWN).map(|()| {
                 ok(format!(
-                    "Alice's laptop, live: \"{own}\" (her own, verified)"
+                    "Alice's laptop, live: \"{OWN}\" (her own, verified)"
                 ));
             }),
         );
     }
-    let newest = alice_laptop.history(&conversation.id, "limit=1").await?;
+    let newest = alice_laptop.history(&cast.conversation, "limit=1").await?;
     story.check(
         newest
             .messages
             .first()
             .context("an empty history")
-            .and_then(|m| expect(&read_json(&alice_id, m), Role::Sender, own))
-            .map(|()| ok(format!("Alice's laptop, from history: \"{own}\""))),
+            .and_then(|m| expect(&read_json(&cast.alice_id, m), Role::Sender, OWN))
+            .map(|()| ok(format!("Alice's laptop, from history: \"{OWN}\""))),
     );
-    if let Some(m) = story.check(next_message(&mut bob_ws).await) {
+    if let Some(m) = story.check(next_message(bob_ws).await) {
         story.check(
-            expect(&read_proto(&bob_id, &m), Role::Recipient, own).map(|()| {
-                ok(format!("Bob: \"{own}\" (from Alice, verified)"));
+            expect(&read_proto(&cast.bob_id, &m), Role::Recipient, OWN).map(|()| {
+                ok(format!("Bob: \"{OWN}\" (from Alice, verified)"));
             }),
         );
     }
+    Ok(())
+}
 
+/// A message sealed by a third identity under Alice's account: refused.
+async fn a_forged_message(
+    story: &mut Story,
+    cast: &mut Cast,
+    bob_ws: &mut WsClient,
+) -> anyhow::Result<()> {
     story.say(
         "The hub forges a message \"from Alice\": sealed by Mallory, \
          sent under Alice's account",
     );
     let mallory = Identity::generate();
-    let forged = "Change of plan: leave the key under the mat.";
-    let sealed = crypto::seal(&mallory, &bob_key, &conversation.id, forged.as_bytes())?;
-    let (stored, _) = alice
+    let sealed = crypto::seal(
+        &mallory,
+        &cast.bob_key,
+        &cast.conversation,
+        FORGED.as_bytes(),
+    )?;
+    let (stored, _) = cast
+        .alice
         .send(&send_body(
             None,
-            &conversation.id,
+            &cast.conversation,
             &sealed,
             crate::model::now_ms(),
         ))
         .await?;
-    story.check(if stored.sender_pubkey == alice_id.public_key_hex() {
+    story.check(if stored.sender_pubkey == cast.alice_id.public_key_hex() {
         ok(format!(
             "the hub attributes #{} to Alice",
             stored.server_sequence
@@ -281,8 +377,8 @@ async fn play(
             stored.sender_pubkey
         ))
     });
-    if let Some(m) = story.check(next_message(&mut bob_ws).await) {
-        story.check(match read_proto(&bob_id, &m) {
+    if let Some(m) = story.check(next_message(bob_ws).await) {
+        story.check(match read_proto(&cast.bob_id, &m) {
             Reading::Unverifiable { reason } => {
                 ok(format!(
                     "Bob's client refuses it as unverified ({reason}); none of it is shown"
@@ -292,19 +388,23 @@ async fn play(
             other => Err(anyhow::anyhow!("Bob's client accepted it: {other:?}")),
         });
     }
+    Ok(())
+}
 
+/// A published key not derived from its identity: nothing is sent.
+async fn a_substituted_key(story: &mut Story, cast: &Cast) -> anyhow::Result<()> {
     story.say(
         "The hub substitutes a key: what Carol's account publishes is not \
          derived from her identity",
     );
     let carol_id = Identity::generate();
-    let mut carol = HubClient::new(url);
+    let mut carol = HubClient::new(&cast.url);
     carol.login(&carol_id, Some("Carol")).await?;
     carol
         .publish_key(&Identity::generate().x25519_public())
         .await?;
     let carol_pubkey = carol_id.public_key_hex();
-    match send_text(&alice, &alice_id, &carol_pubkey, "Hi Carol!").await {
+    match send_text(&cast.alice, &cast.alice_id, &carol_pubkey, "Hi Carol!").await {
         Ok(m) => {
             story.check::<()>(Err(anyhow::anyhow!(
                 "Alice's client sent #{} to the substituted key",
@@ -334,9 +434,17 @@ async fn play(
             carols.len()
         ))
     });
+    Ok(())
+}
 
+/// Ciphertext only, in the hub's answers and in its files.
+async fn what_the_hub_stored(
+    story: &mut Story,
+    cast: &Cast,
+    data_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     story.say("What the hub actually stored: the version, Bob's key, then ciphertext only");
-    let history = bob.history(&conversation.id, "after=0").await?;
+    let history = cast.bob.history(&cast.conversation, "after=0").await?;
     for m in &history.messages {
         // A v2 payload is 0x02, the recipient's key, then the ciphertext.
         let payload = B64.decode(&m.encrypted_payload)?;
@@ -354,7 +462,7 @@ async fn play(
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             let bytes = std::fs::read(&path).unwrap_or_default();
-            for plain in [text, own, forged].into_iter().chain(later) {
+            for plain in [TEXT, OWN, FORGED].into_iter().chain(LATER) {
                 if bytes.windows(plain.len()).any(|w| w == plain.as_bytes()) {
                     leaked.push(path.display().to_string());
                 }
