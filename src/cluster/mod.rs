@@ -18,10 +18,17 @@
 //!   cluster as a whole.
 //!
 //! NATS I/O runs on a runtime of its own (`united-bus`), like the database's.
+//!
+//! Here: the node, its start, the bus and presence, and the tasks that read
+//! and write NATS. `fanout` publishes and delivers events, `watching`
+//! follows the users with a session here, `repair` reads what the bus lost.
 
+mod fanout;
 pub mod feed;
 pub mod presence;
+mod repair;
 pub mod sealing;
+mod watching;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,17 +42,15 @@ use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use self::feed::{Event, Feeds, Repair};
+use self::feed::Feeds;
 use self::presence::{RemotePresence, Reply};
 use self::sealing::{BusSeal, Rejected};
 use crate::actors::registry::SessionRegistry;
 use crate::config::NatsUrl;
 use crate::db::MessageWrite;
-use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::model::{HistoryPage, Pubkey, StoredMessage};
-use crate::proto;
-use crate::proto::cluster::{presence::Kind, ClusterEvent, ClusterEvents, Presence};
+use crate::model::Pubkey;
+use crate::proto::cluster::{presence::Kind, Presence};
 use crate::runtime::OwnedRuntime;
 use crate::store::commit::CommitListener;
 use crate::store::Store;
@@ -342,412 +347,6 @@ impl ClusterNode {
         }
     }
 
-    /// Publishes what a group commit wrote to the users concerned who are
-    /// online on another node: one NATS message per user per batch.
-    pub fn publish_committed(&self, writes: &[&MessageWrite]) {
-        let mut by_user: HashMap<&Pubkey, Vec<ClusterEvent>> = HashMap::new();
-        for write in writes {
-            let m = &write.message;
-            let to_sender = self.presence.is_online(&m.sender);
-            let to_recipient = self.presence.is_online(&write.recipient);
-            if !to_sender && !to_recipient {
-                continue;
-            }
-            let (a, b) = if m.sender < write.recipient {
-                (&m.sender, &write.recipient)
-            } else {
-                (&write.recipient, &m.sender)
-            };
-            let event = ClusterEvent {
-                envelope: proto::message_event(m),
-                conversation_id: Bytes::copy_from_slice(m.conversation_id.as_bytes()),
-                server_sequence: m.server_sequence,
-                participant_a: a.to_string(),
-                participant_b: b.to_string(),
-                sender: m.sender.to_string(),
-                offline_queued: write.offline_queued,
-                message_id: Bytes::copy_from_slice(m.id.as_bytes()),
-            };
-            if to_sender {
-                by_user.entry(&m.sender).or_default().push(event.clone());
-            }
-            if to_recipient {
-                by_user.entry(&write.recipient).or_default().push(event);
-            }
-        }
-        for (user, events) in by_user {
-            self.metrics.cluster_published.inc_by(events.len() as u64);
-            let msg = ClusterEvents {
-                node: self.id.clone(),
-                events,
-            };
-            self.publish(user_subject(user), msg.encode_to_vec().into());
-        }
-    }
-
-    /// Publishes an event outside any conversation's sequence (a key
-    /// rotation, a new conversation) to `users` online on other nodes.
-    pub fn publish_event(&self, users: &[Pubkey], envelope: Bytes) {
-        for user in users.iter().filter(|u| self.presence.is_online(u)) {
-            self.metrics.cluster_published.inc();
-            let msg = ClusterEvents {
-                node: self.id.clone(),
-                events: vec![ClusterEvent {
-                    envelope: envelope.clone(),
-                    ..ClusterEvent::default()
-                }],
-            };
-            self.publish(user_subject(user), msg.encode_to_vec().into());
-        }
-    }
-
-    // -- delivering ------------------------------------------------------------
-
-    /// A message this node committed: delivered here in order with the rest.
-    pub fn deliver_local(
-        &self,
-        message: &StoredMessage,
-        recipient: &Pubkey,
-        offline_queued: bool,
-        envelope: Bytes,
-    ) {
-        let (a, b) = if message.sender < *recipient {
-            (message.sender.clone(), recipient.clone())
-        } else {
-            (recipient.clone(), message.sender.clone())
-        };
-        self.offer(Event {
-            conversation: message.conversation_id,
-            seq: message.server_sequence,
-            participant_a: a,
-            participant_b: b,
-            sender: message.sender.clone(),
-            message_id: message.id,
-            offline_queued,
-            local: true,
-            repaired: false,
-            envelope,
-        });
-    }
-
-    fn offer(&self, event: Event) {
-        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
-        let ready = feeds.offer(event);
-        self.hand_out(&feeds, ready);
-    }
-
-    /// Pushes events to this node's sessions, in order (the feeds lock is
-    /// held, so nothing else can interleave), with the offline fallback.
-    fn hand_out(&self, feeds: &Feeds, ready: Vec<Event>) {
-        for event in ready {
-            let recipient = event.recipient().clone();
-            let pushed = self.registry.push(&recipient, &event.envelope);
-            self.registry.push(&event.sender, &event.envelope);
-            // Cheap checks first: this runs for every event delivered here.
-            if pushed.delivered == 0
-                && !event.offline_queued
-                && !event.repaired
-                && (event.local || feeds.is_watched(&recipient) || self.recently_gone(&recipient))
-                && !self.registry.is_online(&recipient)
-                && !self.presence.is_online(&recipient)
-            {
-                // Nobody anywhere took it: the recipient's offline queue.
-                self.queue_offline(recipient, event.message_id);
-            }
-        }
-    }
-
-    fn queue_offline(&self, recipient: Pubkey, id: Uuid) {
-        self.metrics.offline_queued.inc();
-        let store = self.store.clone();
-        self.runtime.handle().spawn(async move {
-            if let Err(e) = store.queue_offline(recipient, id).await {
-                tracing::error!(error = %e, message = %id, "offline fallback failed");
-            }
-        });
-    }
-
-    fn recently_gone(&self, user: &Pubkey) -> bool {
-        self.recently_gone
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(user)
-            .is_some_and(|t| t.elapsed() < RECENTLY_GONE)
-    }
-
-    fn on_user_events(&self, user: &Pubkey, payload: &[u8]) {
-        let Ok(batch) = ClusterEvents::decode(payload) else {
-            tracing::warn!("undecodable cluster event");
-            return;
-        };
-        self.metrics
-            .cluster_received
-            .inc_by(batch.events.len() as u64);
-        for event in batch.events {
-            if event.conversation_id.is_empty() {
-                self.registry.push(user, &event.envelope);
-                continue;
-            }
-            let (Ok(conversation), Ok(message_id), Ok(a), Ok(b), Ok(sender)) = (
-                Uuid::from_slice(&event.conversation_id),
-                Uuid::from_slice(&event.message_id),
-                Pubkey::parse(&event.participant_a),
-                Pubkey::parse(&event.participant_b),
-                Pubkey::parse(&event.sender),
-            ) else {
-                tracing::warn!("malformed cluster event");
-                continue;
-            };
-            let watched = {
-                let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
-                feeds.is_watched(&a) || feeds.is_watched(&b)
-            };
-            if !watched {
-                // The user left this node a moment ago; the sender's node
-                // still thought them here. Nobody took the push: queue it,
-                // unless they are back somewhere.
-                let recipient = if sender == a { &b } else { &a };
-                if recipient == user
-                    && !event.offline_queued
-                    && self.recently_gone(user)
-                    && !self.registry.is_online(user)
-                    && !self.presence.is_online(user)
-                {
-                    self.queue_offline(user.clone(), message_id);
-                }
-                continue;
-            }
-            self.offer(Event {
-                conversation,
-                seq: event.server_sequence,
-                participant_a: a,
-                participant_b: b,
-                sender,
-                message_id,
-                offline_queued: event.offline_queued,
-                local: false,
-                repaired: false,
-                envelope: event.envelope,
-            });
-        }
-    }
-
-    // -- watching users --------------------------------------------------------
-
-    /// Watches `user` for as long as the guard lives: subscribes to their
-    /// subject, announces them online and reads their conversations'
-    /// baselines. Returns once pushes to them are complete from here on.
-    pub async fn watch(self: &Arc<Self>, user: &Pubkey) -> Result<WatchGuard, ApiError> {
-        let (first, mut ready) = {
-            let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-            match watches.get_mut(user) {
-                Some(w) => {
-                    w.count += 1;
-                    (false, w.ready.subscribe())
-                }
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    watches.insert(
-                        user.clone(),
-                        Watch {
-                            count: 1,
-                            ready: tx,
-                            reader: None,
-                        },
-                    );
-                    (true, rx)
-                }
-            }
-        };
-        let guard = WatchGuard {
-            node: self.clone(),
-            user: user.clone(),
-        };
-        let started = if first {
-            let result = self.start_watch(user).await;
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, "could not watch a user");
-            }
-            let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(w) = watches.get_mut(user) {
-                let ok = result.as_ref().is_ok();
-                if let Ok(reader) = result {
-                    w.reader = Some(reader);
-                }
-                let _ = w.ready.send(Some(ok));
-                ok
-            } else {
-                false
-            }
-        } else {
-            matches!(
-                ready.wait_for(Option::is_some).await.as_deref(),
-                Ok(Some(true))
-            )
-        };
-        if started {
-            Ok(guard)
-        } else {
-            // Dropping the guard unwatches.
-            Err(ApiError::Unavailable { retry_after: 1 })
-        }
-    }
-
-    async fn start_watch(
-        self: &Arc<Self>,
-        user: &Pubkey,
-    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-        self.feeds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .watch(user);
-        let nats = self.nats.clone();
-        let subject = user_subject(user);
-        let subscriber = self
-            .spawn(async move {
-                let subscribe = async {
-                    let sub = nats.subscribe(subject).await.map_err(|e| e.to_string())?;
-                    // The server has the subscription once the flush returns:
-                    // what is committed after the baselines below reaches us.
-                    nats.flush().await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>(sub)
-                };
-                tokio::time::timeout(WATCH_TIMEOUT, subscribe)
-                    .await
-                    .map_err(|_| "NATS did not confirm the subscription in time".to_owned())?
-            })
-            .await?;
-        let reader =
-            self.runtime
-                .handle()
-                .spawn(read_user(Arc::downgrade(self), user.clone(), subscriber));
-        self.announce(Kind::Online, vec![user.to_string()]);
-        let baselines = match self.store.sequences_of(user.clone()).await {
-            Ok(b) => b,
-            Err(e) => {
-                reader.abort();
-                anyhow::bail!("reading baselines: {e}");
-            }
-        };
-        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
-        let ready = feeds.loaded(user, &baselines);
-        self.hand_out(&feeds, ready);
-        Ok(reader)
-    }
-
-    fn unwatch(&self, user: &Pubkey) {
-        let gone = {
-            let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(w) = watches.get_mut(user) else {
-                return;
-            };
-            w.count -= 1;
-            if w.count > 0 {
-                return;
-            }
-            watches.remove(user)
-        };
-        if let Some(reader) = gone.and_then(|w| w.reader) {
-            // The subscription lingers: events published before the other
-            // nodes hear that the user left still arrive, and go to the
-            // offline queue (`on_user_events`) instead of nowhere.
-            self.runtime.handle().spawn(async move {
-                tokio::time::sleep(LINGER).await;
-                reader.abort();
-            });
-        }
-        self.feeds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unwatch(user);
-        self.recently_gone
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user.clone(), Instant::now());
-        self.announce(Kind::Offline, vec![user.to_string()]);
-    }
-
-    // -- repair ----------------------------------------------------------------
-
-    /// Compares delivered sequences with the database.
-    async fn poll(&self) {
-        let tracked = self
-            .feeds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .tracked();
-        for chunk in tracked.chunks(1000) {
-            match self.store.last_sequences(chunk.to_vec()).await {
-                Ok(lasts) => {
-                    let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
-                    for (id, last) in lasts {
-                        feeds.observe(&id, last);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "repair poll failed");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Reads what NATS did not bring and delivers it.
-    async fn repair(&self) {
-        let due = {
-            let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
-            feeds.note_gaps();
-            feeds.repairs_due(REPAIR_GRACE)
-        };
-        for repair in due {
-            if let Err(e) = self.repair_one(repair).await {
-                tracing::warn!(error = %e, "repair failed");
-            }
-        }
-    }
-
-    async fn repair_one(&self, repair: Repair) -> Result<(), crate::db::DbError> {
-        let (a, b) = if repair.participant_a == repair.participant_b {
-            // A cursor made from baselines that has seen no event yet.
-            match self.store.conversation(repair.conversation).await? {
-                Some(c) => (c.participant_a, c.participant_b),
-                None => return Ok(()),
-            }
-        } else {
-            (repair.participant_a, repair.participant_b)
-        };
-        let limit = (repair.until - repair.after).min(100) as u32;
-        let page = self
-            .store
-            .history(repair.conversation, HistoryPage::After(repair.after), limit)
-            .await?;
-        self.metrics
-            .cluster_repaired
-            .inc_by(page.messages.len() as u64);
-        if !page.messages.is_empty() {
-            tracing::debug!(
-                conversation = %repair.conversation,
-                messages = page.messages.len(),
-                "repaired events that NATS did not bring"
-            );
-        }
-        for m in page.messages {
-            self.offer(Event {
-                conversation: m.conversation_id,
-                seq: m.server_sequence,
-                participant_a: a.clone(),
-                participant_b: b.clone(),
-                sender: m.sender.clone(),
-                message_id: m.id,
-                offline_queued: true,
-                local: false,
-                repaired: true,
-                envelope: proto::message_event(&m),
-            });
-        }
-        Ok(())
-    }
-
     /// Says goodbye on the bus (at shutdown), so peers forget this node's
     /// users at once instead of after the node timeout.
     pub async fn leave(&self) {
@@ -771,18 +370,6 @@ async fn publisher(
         let frame = seal.seal(&subject, payload);
         if let Err(e) = nats.publish(subject, frame).await {
             tracing::warn!(error = %e, "NATS publish failed; the repair poll covers it");
-        }
-    }
-}
-
-async fn read_user(node: Weak<ClusterNode>, user: Pubkey, mut sub: async_nats::Subscriber) {
-    while let Some(msg) = sub.next().await {
-        let Some(node) = node.upgrade() else {
-            return;
-        };
-        match node.seal.open(msg.subject.as_str(), &msg.payload) {
-            Ok((_, payload)) => node.on_user_events(&user, &payload),
-            Err(why) => node.rejected(why),
         }
     }
 }
