@@ -13,6 +13,7 @@
 //! `hub.rs`. With several nodes, each pair's two users are on different ones.
 
 mod hub;
+mod receive;
 mod report;
 mod traffic;
 
@@ -29,8 +30,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::client::crypto::Identity;
 use crate::client::{HubClient, WsClient};
 use crate::proto::{dm, Payload};
+use receive::SessionCheck;
 pub use report::Report;
-use traffic::{Pacer, Pair, PairKeys, Sender, SessionCheck, Stats, Template};
+use traffic::{Pacer, Pair, PairKeys, Sender, Stats, Template};
 pub use traffic::{PayloadMode, Via};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -271,7 +273,7 @@ async fn connect(
                 ..
             } = planned;
             let failover = failover.map(|(urls, http)| {
-                let failover = traffic::Failover {
+                let failover = receive::Failover {
                     urls: urls.to_vec(),
                     http: http.clone(),
                     token: client.access_token().unwrap_or_default().to_owned(),
@@ -293,7 +295,7 @@ async fn connect(
                     last_seq: Cell::new(0),
                     received: Cell::new(0),
                 });
-                actix_web::rt::spawn(traffic::receive(
+                actix_web::rt::spawn(receive::receive(
                     events,
                     check.clone(),
                     stats.clone(),

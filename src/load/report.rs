@@ -5,7 +5,8 @@ use std::fmt;
 use serde::Serialize;
 
 use super::hub::{Mode, Target};
-use super::traffic::{Pair, PayloadMode, SessionCheck, Stats, Via};
+use super::receive::SessionCheck;
+use super::traffic::{Pair, PayloadMode, Stats, Via};
 use super::LoadArgs;
 
 #[derive(Serialize, Debug, Default)]
