@@ -3,6 +3,9 @@
 //! A login signs `united-hub auth v1\n` followed by 32 random challenge
 //! bytes with the identity's Ed25519 key. The prefix keeps a login signature
 //! from ever being valid for anything else.
+//!
+//! Why it is this long: challenges, tokens, refresh-token hashing and the
+//! secret file, with their tests (231 lines).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;

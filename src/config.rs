@@ -1,5 +1,8 @@
 //! Runtime settings: one typed struct, every field a documented flag that also
 //! reads `UNITED_<FLAG>` from the environment (a flag beats its variable).
+//!
+//! Why it is this long: every flag with its documentation and its validation,
+//! and their tests (173 lines).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

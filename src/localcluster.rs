@@ -8,6 +8,9 @@
 //! PostgreSQL refuses to run as root; when this process is root, every
 //! PostgreSQL binary runs as the `postgres` user (or `nobody` if there is no
 //! such user), and the temporary directory is handed over to that user.
+//!
+//! Why it is this long: two child-process harnesses (PostgreSQL and nats-
+//! server), each with logins and TLS, and their tests.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};

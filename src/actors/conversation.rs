@@ -28,6 +28,9 @@
 //! refuses a message whose sequence does not follow the last committed one,
 //! so neither a failure nor a second assigner on another node can leave a
 //! gap or a duplicate.
+//!
+//! Why it is this long: sequence assignment, the in-flight queue with its
+//! retries, and fan-out are one state machine.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

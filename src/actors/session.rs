@@ -7,6 +7,10 @@
 //! that falls that far behind is closed with 1013 by the registry.
 //!
 //! Only this file and `http::ws` know about actix-web-actors.
+//!
+//! Why it is this long: one actor and its outbound stream, the session's
+//! whole life (heartbeat, token expiry, fragments, bad frames, answers and
+//! their budget); split, its invariants would spread over files.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

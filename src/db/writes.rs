@@ -1,5 +1,8 @@
 //! Write transactions. Only `actors::DbExecutor` calls these, on its one
 //! connection; every transaction is `BEGIN IMMEDIATE`.
+//!
+//! Why it is this long: every SQLite write transaction, one function each,
+//! and their tests (144 lines).
 
 use std::collections::HashMap;
 

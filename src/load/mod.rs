@@ -11,6 +11,9 @@
 //! The hubs: one embedded child hub (the default), running hubs (`--url`,
 //! once per node), or a local cluster it starts (`--cluster N`); see
 //! `hub.rs`. With several nodes, each pair's two users are on different ones.
+//!
+//! Why it is this long: the run's documented flags (about 150 lines), then
+//! its phases, one function each.
 
 mod hub;
 mod receive;

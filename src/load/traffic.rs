@@ -24,6 +24,9 @@
 //!   three X25519 operations per seal and per open) takes CPU from the hub,
 //!   or becomes the bottleneck, and `random` removes it. It is also the only
 //!   mode for payloads below [`MIN_SEALED_BYTES`].
+//!
+//! Why it is this long: the senders, the pacer and both payload modes, with
+//! their tests.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -20,6 +20,8 @@
 //! Order: appends are queued in arrival order, batches commit one after the
 //! other, and each conversation's results come back in the order its
 //! messages were appended.
+//!
+//! Why it is this long: nearly half is the batcher's tests.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -16,6 +16,9 @@
 //! and only if its `server_sequence` follows the conversation's last
 //! committed one: both engines refuse anything else, so the table never has
 //! a gap or a duplicate, whoever assigned the number.
+//!
+//! Why it is this long: the seam forwards each of the store's thirty-odd
+//! operations to the engine, a few lines each.
 
 pub mod commit;
 pub mod postgres;
