@@ -15,7 +15,9 @@ Also checks the storage seam: no module outside the storage layer (`store`,
 `db` and their children) may name an engine, that is import an engine's
 module (`store::sqlite`, `store::postgres`, `db::reads`, ...) or use an
 engine's crate (`rusqlite`, `tokio_postgres`, ...), unless --allow-engine
-names it. Run from the repository root: scripts/import-cycles.py"""
+names it. And the edge's: only `http::*`, `actors::session` and
+`actors::ws_codec` may use `http::error` (errors as HTTP and WebSocket
+answers). Run from the repository root: scripts/import-cycles.py"""
 import argparse
 import os
 import re
@@ -219,4 +221,13 @@ for module, name in sorted(set(engine_names)):
     print('  ', module or 'crate root', 'names an engine:', name)
 print('modules outside the storage layer that name an engine:',
       len({m for m, _ in engine_names}))
-sys.exit(1 if failing or engine_names else 0)
+
+# The wire form of errors (HTTP status, JSON, the WebSocket's
+# ErrorResponse) belongs to the edge: http::*, the session and its codec.
+EDGE = ('http', 'actors::session', 'actors::ws_codec')
+off_edge = sorted(m for m, deps in graph.items()
+                  if 'http::error' in deps and not any(in_layer(m, e) for e in EDGE))
+for module in off_edge:
+    print('  ', module, 'uses http::error outside the edge')
+print('modules outside the edge that use http::error:', len(off_edge))
+sys.exit(1 if failing or engine_names or off_edge else 0)

@@ -23,7 +23,7 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::Pubkey;
 
 pub use crate::model::MAX_PAGE_BYTES;
@@ -73,7 +73,7 @@ impl AnswerBudget {
 
     /// Reserves [`MAX_PAGE_BYTES`] for one page `user` is about to read;
     /// waits for room, then gives up with 429.
-    pub async fn reserve_page(&self, user: &Pubkey) -> Result<AnswerPermit, ApiError> {
+    pub async fn reserve_page(&self, user: &Pubkey) -> Result<AnswerPermit, HubError> {
         let bytes = MAX_PAGE_BYTES;
         let user_semaphore = (self.per_user > 0).then(|| {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
@@ -116,7 +116,7 @@ impl AnswerBudget {
                 if let Some(m) = &self.metrics {
                     m.refused.inc();
                 }
-                Err(ApiError::RateLimited { retry_after: 1 })
+                Err(HubError::RateLimited { retry_after: 1 })
             }
         }
     }
@@ -214,7 +214,7 @@ mod tests {
         let _a2 = budget.reserve_page(&user(1)).await.unwrap();
         assert!(matches!(
             budget.reserve_page(&user(1)).await,
-            Err(ApiError::RateLimited { retry_after: 1 })
+            Err(HubError::RateLimited { retry_after: 1 })
         ));
         // The node has room for one more page: another user gets it.
         let b1 = budget.reserve_page(&user(2)).await.unwrap();

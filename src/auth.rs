@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::Pubkey;
 use crate::ratelimit::ClientKey;
 
@@ -45,11 +45,11 @@ pub fn verify_login(
     pubkey: &Pubkey,
     challenge: &[u8; 32],
     signature: &[u8; 64],
-) -> Result<(), ApiError> {
-    let key = VerifyingKey::from_bytes(&pubkey.to_bytes()).map_err(|_| ApiError::BadSignature)?;
+) -> Result<(), HubError> {
+    let key = VerifyingKey::from_bytes(&pubkey.to_bytes()).map_err(|_| HubError::BadSignature)?;
     let signature = Signature::from_bytes(signature);
     key.verify_strict(&login_message(challenge), &signature)
-        .map_err(|_| ApiError::BadSignature)
+        .map_err(|_| HubError::BadSignature)
 }
 
 // ---------------------------------------------------------------------------
@@ -236,7 +236,7 @@ impl ChallengeStore {
 
     /// A challenge for a client that is not counted per client (only the
     /// global cap applies). Prefer `issue_for`.
-    pub fn issue(&self) -> Result<IssuedChallenge, ApiError> {
+    pub fn issue(&self) -> Result<IssuedChallenge, HubError> {
         self.issue_for(None)
     }
 
@@ -244,7 +244,7 @@ impl ChallengeStore {
     /// client already holds `MAX_PENDING_PER_CLIENT` live challenges (retry
     /// when its oldest expires), or when the store is full of challenges
     /// younger than `EVICTION_GRACE`.
-    pub fn issue_for(&self, client: Option<ClientKey>) -> Result<IssuedChallenge, ApiError> {
+    pub fn issue_for(&self, client: Option<ClientKey>) -> Result<IssuedChallenge, HubError> {
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         let id = Uuid::new_v4();
@@ -263,13 +263,13 @@ impl ChallengeStore {
         bytes: [u8; 32],
         client: Option<ClientKey>,
         now: Instant,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), HubError> {
         let mut p = self.pending();
         p.pop_expired(now, true);
         if let Some(key) = client {
             let (live, oldest) = p.live_for(key, now);
             if live >= self.max_per_client {
-                return Err(ApiError::RateLimited {
+                return Err(HubError::RateLimited {
                     retry_after: retry_after(oldest.unwrap_or(now), now),
                 });
             }
@@ -284,7 +284,7 @@ impl ChallengeStore {
             if let Some(&(oldest, oldest_id)) = p.order.front() {
                 let evictable = oldest.checked_sub(self.ttl - self.grace).unwrap_or(now);
                 if evictable > now {
-                    return Err(ApiError::RateLimited {
+                    return Err(HubError::RateLimited {
                         retry_after: retry_after(evictable, now),
                     });
                 }
@@ -320,11 +320,11 @@ impl ChallengeStore {
 
     /// Consumes a challenge: whatever the outcome of this attempt, it cannot
     /// be used again.
-    pub fn take(&self, id: &Uuid) -> Result<[u8; 32], ApiError> {
+    pub fn take(&self, id: &Uuid) -> Result<[u8; 32], HubError> {
         self.take_at(id, Instant::now())
     }
 
-    fn take_at(&self, id: &Uuid, now: Instant) -> Result<[u8; 32], ApiError> {
+    fn take_at(&self, id: &Uuid, now: Instant) -> Result<[u8; 32], HubError> {
         let mut p = self.pending();
         let challenge = p.by_id.remove(id);
         if let Some(c) = &challenge {
@@ -333,9 +333,9 @@ impl ChallengeStore {
         p.pop_expired(now, true);
         p.compact();
         drop(p);
-        let challenge = challenge.ok_or(ApiError::UnknownChallenge)?;
+        let challenge = challenge.ok_or(HubError::UnknownChallenge)?;
         if challenge.expires <= now {
-            return Err(ApiError::ChallengeExpired);
+            return Err(HubError::ChallengeExpired);
         }
         Ok(challenge.bytes)
     }
@@ -400,7 +400,7 @@ impl JwtKeys {
     }
 
     /// Issues an access token; returns it with its lifetime in seconds.
-    pub fn issue(&self, user: &Pubkey) -> Result<(String, u64), ApiError> {
+    pub fn issue(&self, user: &Pubkey) -> Result<(String, u64), HubError> {
         let iat = crate::model::now_ms() / 1000;
         let claims = Claims {
             sub: user.to_string(),
@@ -409,24 +409,24 @@ impl JwtKeys {
             iss: ISSUER.into(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(ApiError::internal)?;
+            .map_err(HubError::internal)?;
         Ok((token, self.ttl_secs))
     }
 
     /// Checks a token and returns its subject.
-    pub fn verify(&self, token: &str) -> Result<Pubkey, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Pubkey, HubError> {
         self.verify_with_expiry(token).map(|(user, _)| user)
     }
 
     /// Checks a token and returns its subject and `exp` (Unix seconds).
-    pub fn verify_with_expiry(&self, token: &str) -> Result<(Pubkey, u64), ApiError> {
+    pub fn verify_with_expiry(&self, token: &str) -> Result<(Pubkey, u64), HubError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => ApiError::TokenExpired,
-                _ => ApiError::Unauthorized("invalid access token"),
+                ErrorKind::ExpiredSignature => HubError::TokenExpired,
+                _ => HubError::Unauthorized("invalid access token"),
             })?;
         let user = Pubkey::parse(&data.claims.sub)
-            .map_err(|_| ApiError::Unauthorized("invalid access token"))?;
+            .map_err(|_| HubError::Unauthorized("invalid access token"))?;
         Ok((user, data.claims.exp))
     }
 }
@@ -517,7 +517,7 @@ mod tests {
         let other = JwtKeys::new(&[8u8; 32], 60);
         assert!(matches!(
             other.verify(&token),
-            Err(ApiError::Unauthorized(_))
+            Err(HubError::Unauthorized(_))
         ));
     }
 
@@ -533,14 +533,14 @@ mod tests {
         store: &ChallengeStore,
         client: Option<ClientKey>,
         now: Instant,
-    ) -> Result<Uuid, ApiError> {
+    ) -> Result<Uuid, HubError> {
         let id = Uuid::new_v4();
         store.insert(id, [1; 32], client, now).map(|()| id)
     }
 
-    fn retry_after_of(result: Result<Uuid, ApiError>) -> u32 {
+    fn retry_after_of(result: Result<Uuid, HubError>) -> u32 {
         match result {
-            Err(ApiError::RateLimited { retry_after }) => retry_after,
+            Err(HubError::RateLimited { retry_after }) => retry_after,
             Err(e) => panic!("expected 429, got {e:?}"),
             Ok(_) => panic!("expected 429, got a challenge"),
         }
@@ -557,7 +557,7 @@ mod tests {
         let t1 = t0 + TTL + Duration::from_secs(1);
         assert!(matches!(
             store.take_at(&ids[0], t1),
-            Err(ApiError::ChallengeExpired)
+            Err(HubError::ChallengeExpired)
         ));
         // Their clients hold no live challenge any more: each may ask again
         // for a full quota.
@@ -637,7 +637,7 @@ mod tests {
         for i in 0..200_000u64 {
             match issue_at(&store, client(i), t2) {
                 Ok(_) => {}
-                Err(ApiError::RateLimited { retry_after }) => {
+                Err(HubError::RateLimited { retry_after }) => {
                     assert_eq!(retry_after, EVICTION_GRACE.as_secs() as u32);
                     refused += 1;
                 }
@@ -682,7 +682,7 @@ mod tests {
         }
         assert!(matches!(
             store.take_at(&ids[0], t1),
-            Err(ApiError::UnknownChallenge)
+            Err(HubError::UnknownChallenge)
         ));
         for _ in 0..4 {
             issue_at(&store, a, t1 + EVICTION_GRACE).unwrap();
@@ -713,7 +713,7 @@ mod tests {
         assert_eq!(store.take(&issued.id).unwrap(), issued.bytes);
         assert!(matches!(
             store.take(&issued.id),
-            Err(ApiError::UnknownChallenge)
+            Err(HubError::UnknownChallenge)
         ));
     }
 

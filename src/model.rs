@@ -11,7 +11,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 /// Why client input was refused. The domain's own error: the boundary turns
-/// it into `ApiError` (400 `invalid_request` or 413 `payload_too_large`).
+/// it into `HubError` (400 `invalid_request` or 413 `payload_too_large`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
     #[error("{0}")]

@@ -30,7 +30,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::Settings;
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::Pubkey;
 use crate::net::{forwarded_client, IpNet};
 
@@ -128,14 +128,14 @@ impl RateLimits {
         &self,
         limiter: &Option<DefaultKeyedRateLimiter<K>>,
         key: &K,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), HubError> {
         let Some(limiter) = limiter else {
             return Ok(());
         };
         self.maybe_prune();
         limiter.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
-            ApiError::RateLimited {
+            HubError::RateLimited {
                 retry_after: (wait.as_secs_f64().ceil() as u32).max(1),
             }
         })
@@ -161,7 +161,7 @@ impl RateLimits {
     }
 
     /// Counts one auth request from the request's client.
-    pub fn check_auth(&self, req: &HttpRequest) -> Result<(), ApiError> {
+    pub fn check_auth(&self, req: &HttpRequest) -> Result<(), HubError> {
         match self.client_key(req) {
             Some(key) => self.check_auth_key(key),
             None => Ok(()),
@@ -169,27 +169,27 @@ impl RateLimits {
     }
 
     /// Counts one auth request from `key`.
-    pub fn check_auth_key(&self, key: ClientKey) -> Result<(), ApiError> {
+    pub fn check_auth_key(&self, key: ClientKey) -> Result<(), HubError> {
         self.check(&self.auth, &key)
     }
 
     /// Counts one send by `user`.
-    pub fn check_send(&self, user: &Pubkey) -> Result<(), ApiError> {
+    pub fn check_send(&self, user: &Pubkey) -> Result<(), HubError> {
         self.check(&self.send, user)
     }
 
     /// Counts one read by `user` (history, conversation list, offline page).
-    pub fn check_read(&self, user: &Pubkey) -> Result<(), ApiError> {
+    pub fn check_read(&self, user: &Pubkey) -> Result<(), HubError> {
         self.check(&self.read, user)
     }
 
     /// Counts one key publication by `user`.
-    pub fn check_key(&self, user: &Pubkey) -> Result<(), ApiError> {
+    pub fn check_key(&self, user: &Pubkey) -> Result<(), HubError> {
         self.check(&self.key, user)
     }
 
     /// Counts one conversation creation by `user`.
-    pub fn check_conversation(&self, user: &Pubkey) -> Result<(), ApiError> {
+    pub fn check_conversation(&self, user: &Pubkey) -> Result<(), HubError> {
         self.check(&self.conversation, user)
     }
 
@@ -335,7 +335,7 @@ mod tests {
         assert!(limits.check_auth_key(b).is_ok());
         assert!(matches!(
             limits.check_auth_key(a),
-            Err(ApiError::RateLimited { retry_after: 1 })
+            Err(HubError::RateLimited { retry_after: 1 })
         ));
         assert!(limits.check_auth_key(other).is_ok());
     }

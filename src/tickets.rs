@@ -19,7 +19,7 @@ use base64::Engine as _;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::Pubkey;
 
 /// How long a ticket can be used (`--ws-ticket-ttl`).
@@ -52,8 +52,8 @@ pub struct TicketHolder {
 }
 
 /// The answer to a used, expired or unknown ticket (contract §8: 401).
-pub fn refused() -> ApiError {
-    ApiError::Unauthorized("the ticket is unknown, used or expired")
+pub fn refused() -> HubError {
+    HubError::Unauthorized("the ticket is unknown, used or expired")
 }
 
 struct Held {
@@ -108,13 +108,13 @@ impl TicketStore {
 
     /// A new ticket for `holder`, valid `ttl` (the same for every call): the
     /// ticket and its expiry (Unix ms).
-    pub fn issue(&self, holder: TicketHolder, ttl: Duration) -> Result<(String, u64), ApiError> {
+    pub fn issue(&self, holder: TicketHolder, ttl: Duration) -> Result<(String, u64), HubError> {
         let now = Instant::now();
         let mut tickets = self.lock();
         tickets.purge_expired(now);
         let held = tickets.per_user.get(&holder.user).copied().unwrap_or(0);
         if held >= MAX_TICKETS_PER_USER {
-            return Err(ApiError::RateLimited {
+            return Err(HubError::RateLimited {
                 retry_after: ttl.as_secs().max(1) as u32,
             });
         }
@@ -127,7 +127,7 @@ impl TicketStore {
     }
 
     /// Takes a ticket: once, within its lifetime.
-    pub fn take(&self, ticket: &str) -> Result<TicketHolder, ApiError> {
+    pub fn take(&self, ticket: &str) -> Result<TicketHolder, HubError> {
         let hash = ticket_hash(ticket).ok_or_else(refused)?;
         let held = self.lock().forget(&hash).ok_or_else(refused)?;
         if held.expires <= Instant::now() {
@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(store.take(&ticket).unwrap(), holder(1));
         assert!(matches!(
             store.take(&ticket),
-            Err(ApiError::Unauthorized(_))
+            Err(HubError::Unauthorized(_))
         ));
         assert!(store.take("not a ticket").is_err());
         assert!(store.take(&new_ticket().0).is_err(), "unknown");
@@ -199,7 +199,7 @@ mod tests {
         }
         assert!(matches!(
             store.issue(holder(1), TICKET_TTL),
-            Err(ApiError::RateLimited { retry_after: 30 })
+            Err(HubError::RateLimited { retry_after: 30 })
         ));
         store.issue(holder(2), TICKET_TTL).expect("another user");
         store.take(&tickets[0]).unwrap();

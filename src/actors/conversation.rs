@@ -44,7 +44,7 @@ use super::claims::{Claim, IdClaims};
 use super::registry::SessionRegistry;
 use crate::cluster::ClusterNode;
 use crate::db::{MessageWrite, Skipped};
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Conversation, NewMessage, Pubkey, StoredMessage};
 use crate::proto;
@@ -69,13 +69,13 @@ pub struct SendOutcome {
 
 #[derive(Debug)]
 pub enum SendError {
-    Api(ApiError),
+    Api(HubError),
     /// The actor is stopping; ask the directory for a fresh one.
     Stopped,
 }
 
-impl From<ApiError> for SendError {
-    fn from(e: ApiError) -> Self {
+impl From<HubError> for SendError {
+    fn from(e: HubError) -> Self {
         SendError::Api(e)
     }
 }
@@ -133,7 +133,7 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn fail(self, err: impl Fn() -> ApiError) {
+    fn fail(self, err: impl Fn() -> HubError) {
         for (waiter, _) in self.waiters {
             let _ = waiter.send(Err(SendError::Api(err())));
         }
@@ -228,7 +228,7 @@ impl ConversationActor {
             .to_actor
             .observe(at.elapsed().as_secs_f64());
         if !self.conversation.has_participant(&sender) {
-            return Err(ApiError::NotParticipant.into());
+            return Err(HubError::NotParticipant.into());
         }
         let (tx, rx) = oneshot::channel();
 
@@ -236,7 +236,7 @@ impl ConversationActor {
             if let Some(entry) = self.pending().find(|e| e.message.id == id) {
                 if !entry.message.same_content(&message, &sender) {
                     return Err(
-                        ApiError::Conflict("message id reused with different content").into(),
+                        HubError::Conflict("message id reused with different content").into(),
                     );
                 }
                 entry.waiters.push((tx, false));
@@ -251,7 +251,7 @@ impl ConversationActor {
                 Some(claim) => Some(claim),
                 None => {
                     return Err(
-                        ApiError::Conflict("message id reused with different content").into(),
+                        HubError::Conflict("message id reused with different content").into(),
                     )
                 }
             },
@@ -336,7 +336,7 @@ impl ConversationActor {
                         let failed: Vec<InFlight> =
                             act.retry.drain(..).chain(act.waiting.drain(..)).collect();
                         for entry in failed {
-                            entry.fail(|| ApiError::from_store(&e));
+                            entry.fail(|| HubError::from_store(&e));
                         }
                     }
                 }),
@@ -356,13 +356,13 @@ impl ConversationActor {
                             message: Arc::new(stored.clone()),
                             created: false,
                         }),
-                        Ok(Some(_)) => Err(ApiError::Conflict(
+                        Ok(Some(_)) => Err(HubError::Conflict(
                             "message id reused with different content",
                         )),
-                        Ok(None) => Err(ApiError::internal(anyhow::anyhow!(
+                        Ok(None) => Err(HubError::internal(anyhow::anyhow!(
                             "a duplicate message id is not stored"
                         ))),
-                        Err(e) => Err(ApiError::from_store(e)),
+                        Err(e) => Err(HubError::from_store(e)),
                     };
                     let _ = waiter.send(answer.map_err(SendError::Api));
                 }
@@ -444,7 +444,7 @@ impl Handler<SendDm> for ConversationActor {
         match self.accept(msg, ctx) {
             Ok(rx) => Box::pin(async move {
                 rx.await.unwrap_or_else(|_| {
-                    Err(SendError::Api(ApiError::internal(anyhow::anyhow!(
+                    Err(SendError::Api(HubError::internal(anyhow::anyhow!(
                         "conversation actor dropped a send"
                     ))))
                 })
@@ -489,7 +489,7 @@ impl Handler<MessagesCommitted> for ConversationActor {
                     self.needs_resync = true;
                     if entry.attempts >= MAX_ATTEMPTS {
                         tracing::warn!(conversation = %self.conversation.id, ?skipped, "gave up assigning a message");
-                        entry.fail(|| ApiError::Unavailable { retry_after: 1 });
+                        entry.fail(|| HubError::Unavailable { retry_after: 1 });
                     } else {
                         self.handles.metrics.sequence_retries.inc();
                         self.retry.push_back(entry);
@@ -497,7 +497,7 @@ impl Handler<MessagesCommitted> for ConversationActor {
                 }
                 Err(CommitFailure::Batch(failure)) => {
                     self.needs_resync = true;
-                    entry.fail(|| failure.to_api_error());
+                    entry.fail(|| failure.to_hub_error());
                 }
             }
         }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::conversation::{
     ConversationActor, ConversationHandles, RenameParticipant, SendDm, SendError, SendOutcome,
 };
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::{NewMessage, Pubkey};
 
 /// How often a send is retried when it meets a stopping actor.
@@ -71,7 +71,7 @@ impl ConversationDirectory {
     }
 
     /// Sends a message through its conversation's actor.
-    pub async fn send(&self, sender: Pubkey, message: NewMessage) -> Result<SendOutcome, ApiError> {
+    pub async fn send(&self, sender: Pubkey, message: NewMessage) -> Result<SendOutcome, HubError> {
         let started = std::time::Instant::now();
         match tokio::time::timeout(self.send_timeout, self.send_once(sender, message)).await {
             Ok(outcome) => {
@@ -80,7 +80,7 @@ impl ConversationDirectory {
             }
             Err(_) => {
                 tracing::error!("a send took longer than {:?}", self.send_timeout);
-                Err(ApiError::Unavailable { retry_after: 1 })
+                Err(HubError::Unavailable { retry_after: 1 })
             }
         }
     }
@@ -89,7 +89,7 @@ impl ConversationDirectory {
         &self,
         sender: Pubkey,
         message: NewMessage,
-    ) -> Result<SendOutcome, ApiError> {
+    ) -> Result<SendOutcome, HubError> {
         for _ in 0..SEND_ATTEMPTS {
             let addr = self.get_or_start(&message.conversation_id).await?;
             let request = SendDm {
@@ -106,19 +106,19 @@ impl ConversationDirectory {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::internal(anyhow::anyhow!(
+        Err(HubError::internal(anyhow::anyhow!(
             "conversation actor kept stopping"
         )))
     }
 
-    async fn get_or_start(&self, id: &Uuid) -> Result<Addr<ConversationActor>, ApiError> {
+    async fn get_or_start(&self, id: &Uuid) -> Result<Addr<ConversationActor>, HubError> {
         if let Some(addr) = lock(&self.actors).get(id).filter(|a| a.connected()) {
             return Ok(addr.clone());
         }
         let renames_before = self.renames.load(Ordering::Acquire);
         let loaded = self.handles.store.conversation_with_last_seq(*id).await?;
         let Some((conversation, last_seq)) = loaded else {
-            return Err(ApiError::NotFound("no such conversation"));
+            return Err(HubError::NotFound("no such conversation"));
         };
         let participants = [
             conversation.participant_a.clone(),

@@ -182,19 +182,19 @@ impl SessionRegistry {
         &self,
         user: &Pubkey,
         ip: Option<ClientKey>,
-    ) -> Result<Admission, crate::error::ApiError> {
+    ) -> Result<Admission, crate::error::HubError> {
         let a = &self.admissions;
         let mut counts = a.counts();
         let user_count = counts.0.get(user).copied().unwrap_or(0);
         if a.per_user > 0 && user_count >= a.per_user {
-            return Err(crate::error::ApiError::TooManySessions(format!(
+            return Err(crate::error::HubError::TooManySessions(format!(
                 "this user already has {user_count} live sessions (--max-sessions-per-user)"
             )));
         }
         if let Some(ip) = &ip {
             let ip_count = counts.1.get(ip).copied().unwrap_or(0);
             if a.per_ip > 0 && ip_count >= a.per_ip {
-                return Err(crate::error::ApiError::TooManySessions(format!(
+                return Err(crate::error::HubError::TooManySessions(format!(
                     "this address already has {ip_count} live sessions (--max-connections-per-ip)"
                 )));
             }

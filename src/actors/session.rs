@@ -31,7 +31,7 @@ use super::ws_codec;
 use crate::answers::AnswerPermit;
 use crate::auth::JwtKeys;
 use crate::cluster::WatchGuard;
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::metrics::Metrics;
 use crate::model::Pubkey;
 use crate::service::dm::DmService;
@@ -176,7 +176,7 @@ impl WsSession {
         token: &str,
     ) {
         let answer = match self.state.jwt.verify_with_expiry(token) {
-            Ok((user, _)) if user != self.user => Err(ApiError::Unauthorized(
+            Ok((user, _)) if user != self.user => Err(HubError::Unauthorized(
                 "the token is for another user than this session's",
             )),
             Ok((_, expires_at)) => {
@@ -225,7 +225,7 @@ impl WsSession {
         self.bad_frames += 1;
         ctx.binary(ws_codec::error_envelope(
             request_id,
-            &ApiError::invalid(why),
+            &HubError::invalid(why),
         ));
         if self.bad_frames >= MAX_BAD_FRAMES {
             self.close(ctx, close_code::POLICY, "too many bad frames");
@@ -242,12 +242,12 @@ impl WsSession {
             return self.reauthenticate(ctx, &request_id, &auth.access_token);
         }
         if self.closing.is_some() {
-            let err = ApiError::ShuttingDown;
+            let err = HubError::ShuttingDown;
             ctx.binary(ws_codec::error_envelope(&request_id, &err));
             return;
         }
         if self.in_flight >= MAX_IN_FLIGHT {
-            let err = ApiError::RateLimited { retry_after: 1 };
+            let err = HubError::RateLimited { retry_after: 1 };
             ctx.binary(ws_codec::error_envelope(&request_id, &err));
             return;
         }

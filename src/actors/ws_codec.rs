@@ -10,7 +10,7 @@ use prost::Message as _;
 use uuid::Uuid;
 
 use crate::answers::AnswerPermit;
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::{
     parse_uuid, HistoryPage, NewMessage, Pubkey, StoredMessage, DEFAULT_HISTORY_LIMIT,
 };
@@ -79,7 +79,7 @@ pub fn is_request(payload: &Payload) -> bool {
 }
 
 /// Validates a client payload into a [`Request`]: the same rules as HTTP.
-pub fn parse(payload: Payload, max_payload_bytes: usize) -> Result<Request, ApiError> {
+pub fn parse(payload: Payload, max_payload_bytes: usize) -> Result<Request, HubError> {
     Ok(match payload {
         Payload::DmSendRequest(r) => Request::Send(NewMessage::validate(
             (!r.id.is_empty()).then_some(r.id.as_str()),
@@ -111,16 +111,16 @@ pub fn parse(payload: Payload, max_payload_bytes: usize) -> Result<Request, ApiE
         Payload::DmOfflineAckRequest(r) => Request::Ack(service::dm::parse_ack_ids(
             r.message_ids.iter().map(String::as_str),
         )?),
-        _ => return Err(ApiError::invalid("this payload is sent only by the server")),
+        _ => return Err(HubError::invalid("this payload is sent only by the server")),
     })
 }
 
 /// The error envelope for `request_id`.
-pub fn error_envelope(request_id: &str, err: &ApiError) -> Bytes {
+pub fn error_envelope(request_id: &str, err: &HubError) -> Bytes {
     err.log();
     proto::encode_envelope(
         request_id.to_owned(),
-        Payload::Error(err.to_proto(request_id)),
+        Payload::Error(crate::http::error::ws_error(err, request_id)),
     )
 }
 
@@ -157,7 +157,7 @@ async fn execute(
     dm: &DmService,
     user: &Pubkey,
     request: Request,
-) -> Result<(Payload, Option<AnswerPermit>), ApiError> {
+) -> Result<(Payload, Option<AnswerPermit>), HubError> {
     let answer = match request {
         Request::Send(message) => {
             let outcome = dm.send(user, message).await?;

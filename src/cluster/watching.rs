@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::watch;
 
 use super::{user_subject, ClusterNode, Watch, WatchGuard, LINGER, WATCH_TIMEOUT};
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::Pubkey;
 use crate::proto::cluster::presence::Kind;
 
@@ -16,7 +16,7 @@ impl ClusterNode {
     /// Watches `user` for as long as the guard lives: subscribes to their
     /// subject, announces them online and reads their conversations'
     /// baselines. Returns once pushes to them are complete from here on.
-    pub async fn watch(self: &Arc<Self>, user: &Pubkey) -> Result<WatchGuard, ApiError> {
+    pub async fn watch(self: &Arc<Self>, user: &Pubkey) -> Result<WatchGuard, HubError> {
         let (first, mut ready) = {
             let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
             match watches.get_mut(user) {
@@ -68,7 +68,7 @@ impl ClusterNode {
             Ok(guard)
         } else {
             // Dropping the guard unwatches.
-            Err(ApiError::Unavailable { retry_after: 1 })
+            Err(HubError::Unavailable { retry_after: 1 })
         }
     }
 

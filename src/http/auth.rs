@@ -2,8 +2,9 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::error::ApiError;
 use super::extract::{bearer_token, AuthUser};
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::json::{
     ChallengeResponse, ErrorJson, RefreshBody, TokenResponse, UserJson, VerifyBody, WsTicketJson,
 };
@@ -35,7 +36,7 @@ fn parse_verify(body: VerifyBody) -> Result<VerifyRequest, ApiError> {
     let challenge_id = parse_uuid(&body.challenge_id, "challenge_id")?;
     let mut signature = [0u8; 64];
     hex::decode_to_slice(&body.signature, &mut signature)
-        .map_err(|_| ApiError::invalid("signature must be 128 hex characters"))?;
+        .map_err(|_| HubError::invalid("signature must be 128 hex characters"))?;
     let display_name = body
         .display_name
         .as_deref()
@@ -80,7 +81,7 @@ pub async fn ws_ticket(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = bearer_token(&req).ok_or(ApiError::Unauthorized("missing access token"))?;
+    let token = bearer_token(&req).ok_or(HubError::Unauthorized("missing access token"))?;
     let (user, token_expires_at) = state.jwt.verify_with_expiry(token)?;
     state.limits.check_auth(&req)?;
     let holder = TicketHolder {

@@ -8,9 +8,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::body::BudgetedBody;
+use super::error::ApiError;
 use super::extract::AuthUser;
 use crate::answers::AnswerPermit;
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::json::{
     AckBody, AckJson, ConversationJson, ConversationListJson, CreateConversationBody, ErrorJson,
     HistoryJson, KeyJson, MessageJson, OfflineJson, PublishKeyBody, SendMessageBody,
@@ -36,7 +37,7 @@ pub async fn publish_key(
 ) -> Result<HttpResponse, ApiError> {
     let mut key = [0u8; 32];
     hex::decode_to_slice(&body.x25519_pubkey, &mut key)
-        .map_err(|_| ApiError::invalid("x25519_pubkey must be 64 hex characters"))?;
+        .map_err(|_| HubError::invalid("x25519_pubkey must be 64 hex characters"))?;
     let stored = dm.publish_key(&user, key).await?;
     Ok(HttpResponse::Ok().json(KeyJson::from(&stored)))
 }
@@ -84,7 +85,7 @@ fn budgeted_json(
     body: &impl serde::Serialize,
     permit: AnswerPermit,
 ) -> Result<HttpResponse, ApiError> {
-    let json = serde_json::to_vec(body).map_err(ApiError::internal)?;
+    let json = serde_json::to_vec(body).map_err(HubError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(BudgetedBody::new(Bytes::from(json), permit)))
@@ -92,7 +93,7 @@ fn budgeted_json(
 
 fn b64(value: &str, field: &str) -> Result<Vec<u8>, ApiError> {
     B64.decode(value)
-        .map_err(|_| ApiError::invalid(format!("{field} is not standard base64")))
+        .map_err(|_| HubError::invalid(format!("{field} is not standard base64")).into())
 }
 
 #[utoipa::path(post, path = "/api/dm/messages", tag = "messages", security(("bearer" = [])), request_body = SendMessageBody,
@@ -134,13 +135,15 @@ pub struct HistoryQuery {
 impl HistoryQuery {
     fn page(&self) -> Result<(HistoryPage, u32), ApiError> {
         let limit = match self.limit {
-            Some(0) => return Err(ApiError::invalid("limit must be at least 1")),
+            Some(0) => return Err(HubError::invalid("limit must be at least 1").into()),
             Some(n) => n,
             None => DEFAULT_HISTORY_LIMIT,
         };
         let page = match (self.before, self.after) {
-            (Some(_), Some(_)) => return Err(ApiError::invalid("give before or after, not both")),
-            (Some(0), None) => return Err(ApiError::invalid("before must be at least 1")),
+            (Some(_), Some(_)) => {
+                return Err(HubError::invalid("give before or after, not both").into())
+            }
+            (Some(0), None) => return Err(HubError::invalid("before must be at least 1").into()),
             (before, None) => HistoryPage::Before(before),
             (None, Some(after)) => HistoryPage::After(after),
         };
@@ -184,7 +187,7 @@ pub async fn offline(
     query: web::Query<OfflineQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = match query.limit {
-        Some(0) => return Err(ApiError::invalid("limit must be at least 1")),
+        Some(0) => return Err(HubError::invalid("limit must be at least 1").into()),
         Some(n) => n,
         None => 0,
     };

@@ -5,7 +5,8 @@ use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
-use crate::error::ApiError;
+use super::error::ApiError;
+use crate::error::HubError;
 use crate::model::Pubkey;
 use crate::state::AppState;
 
@@ -30,7 +31,7 @@ impl FromRequest for AuthUser {
 fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("app state is not configured")))?;
-    let token = bearer_token(req).ok_or(ApiError::Unauthorized("missing bearer token"))?;
+        .ok_or_else(|| HubError::internal(anyhow::anyhow!("app state is not configured")))?;
+    let token = bearer_token(req).ok_or(HubError::Unauthorized("missing bearer token"))?;
     Ok(AuthUser(state.jwt.verify(token)?))
 }

@@ -6,6 +6,7 @@
 mod auth;
 pub mod body;
 mod dm;
+pub mod error;
 pub mod extract;
 pub mod openapi;
 mod ops;
@@ -20,7 +21,8 @@ use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::header;
 use actix_web::{web, Error, HttpRequest, ResponseError as _};
 
-use crate::error::ApiError;
+use self::error::ApiError;
+use crate::error::HubError;
 use crate::state::AppState;
 
 /// Registers every route, with JSON errors for whatever the extractors refuse.
@@ -61,7 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &AppState) {
 /// header naming `allow`, the methods its routes serve.
 fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(move || async move {
-        let mut res = ApiError::MethodNotAllowed.error_response();
+        let mut res = ApiError(HubError::MethodNotAllowed).error_response();
         res.headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static(allow));
         res
@@ -69,26 +71,30 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
 }
 
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::NotFound("no such route"))
+    Err(HubError::NotFound("no such route").into())
 }
 
 fn json_error(err: JsonPayloadError, _: &HttpRequest) -> Error {
     match err {
         JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-            ApiError::PayloadTooLarge("the request body is too large".into()).into()
+            ApiError(HubError::PayloadTooLarge(
+                "the request body is too large".into(),
+            ))
+            .into()
         }
-        JsonPayloadError::ContentType => {
-            ApiError::invalid("the body must be JSON (Content-Type: application/json)").into()
-        }
+        JsonPayloadError::ContentType => ApiError(HubError::invalid(
+            "the body must be JSON (Content-Type: application/json)",
+        ))
+        .into(),
         JsonPayloadError::Deserialize(e) => {
-            ApiError::invalid(format!("malformed JSON: {e}")).into()
+            ApiError(HubError::invalid(format!("malformed JSON: {e}"))).into()
         }
-        other => ApiError::invalid(format!("unreadable body: {other}")).into(),
+        other => ApiError(HubError::invalid(format!("unreadable body: {other}"))).into(),
     }
 }
 
 fn query_error(err: QueryPayloadError, _: &HttpRequest) -> Error {
-    ApiError::invalid(format!("bad query: {err}")).into()
+    ApiError(HubError::invalid(format!("bad query: {err}"))).into()
 }
 
 /// The access log and request-latency metric. Logs the route pattern, never

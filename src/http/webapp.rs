@@ -13,7 +13,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError as _};
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use super::error::ApiError;
+use crate::error::HubError;
 
 /// The policy on every file of the web client.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self'; \
@@ -79,7 +80,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn method_not_allowed() -> HttpResponse {
-    let mut res = ApiError::MethodNotAllowed.error_response();
+    let mut res = ApiError(HubError::MethodNotAllowed).error_response();
     res.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     res
@@ -93,7 +94,7 @@ async fn asset(req: HttpRequest, file: web::Path<String>) -> Result<HttpResponse
     let i = ASSETS
         .iter()
         .position(|a| a.name == file.as_str())
-        .ok_or(ApiError::NotFound("no such route"))?;
+        .ok_or(HubError::NotFound("no such route"))?;
     Ok(serve(&req, &ASSETS[i], i + 1))
 }
 

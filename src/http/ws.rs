@@ -10,9 +10,10 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+use super::error::ApiError;
 use super::extract::bearer_token;
 use crate::actors::session::WsSession;
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::json::ErrorJson;
 use crate::state::AppState;
 
@@ -46,11 +47,11 @@ pub async fn upgrade(
             let holder = state.store.take_ticket(&ticket).await?;
             (holder.user, holder.token_expires_at)
         }
-        (None, None, None) => return Err(ApiError::Unauthorized("missing access token")),
+        (None, None, None) => return Err(HubError::Unauthorized("missing access token").into()),
     };
     check_origin(&req, &state.settings.allowed_origins)?;
     if state.registry.is_closing() {
-        return Err(ApiError::ShuttingDown);
+        return Err(HubError::ShuttingDown.into());
     }
     let admission = state.registry.admit(&user, state.limits.client_key(&req))?;
     // Cluster mode: the node follows the user's events before the session
@@ -62,7 +63,7 @@ pub async fn upgrade(
     let session = WsSession::new(user, expires_at, state.sessions.clone(), admission, watch);
     session
         .start(&req, stream, state.settings.max_frame_bytes)
-        .map_err(|e| ApiError::invalid(format!("not a WebSocket upgrade: {e}")))
+        .map_err(|e| HubError::invalid(format!("not a WebSocket upgrade: {e}")).into())
 }
 
 /// With an allow-list configured, the upgrade must carry one of its origins.
@@ -73,6 +74,6 @@ fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
     let origin = req.headers().get("Origin").and_then(|o| o.to_str().ok());
     match origin {
         Some(o) if allowed.iter().any(|a| a.eq_ignore_ascii_case(o)) => Ok(()),
-        _ => Err(ApiError::ForbiddenOrigin),
+        _ => Err(HubError::ForbiddenOrigin.into()),
     }
 }

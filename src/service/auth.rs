@@ -8,7 +8,7 @@ use crate::actors::directory::ConversationDirectory;
 use crate::auth::JwtKeys;
 use crate::auth::{self, IssuedChallenge};
 use crate::db::LoginOutcome;
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::{now_ms, Pubkey, User};
 use crate::ratelimit::ClientKey;
 use crate::store::Store;
@@ -43,12 +43,12 @@ pub struct Session {
 impl AuthService {
     /// A new login challenge; `client` (the caller's IPv4 address or IPv6 /64)
     /// counts toward its per-client cap.
-    pub async fn challenge(&self, client: Option<ClientKey>) -> Result<IssuedChallenge, ApiError> {
+    pub async fn challenge(&self, client: Option<ClientKey>) -> Result<IssuedChallenge, HubError> {
         self.store.issue_challenge(client).await
     }
 
     /// Checks a challenge answer; registers the user on first login.
-    pub async fn verify(&self, req: VerifyRequest) -> Result<Session, ApiError> {
+    pub async fn verify(&self, req: VerifyRequest) -> Result<Session, HubError> {
         let challenge = self.store.take_challenge(req.challenge_id).await?;
         auth::verify_login(&req.public_key, &challenge, &req.signature)?;
         let outcome = self
@@ -58,7 +58,7 @@ impl AuthService {
         let user = match outcome {
             LoginOutcome::User(user) => user,
             LoginOutcome::NeedsDisplayName => {
-                return Err(ApiError::invalid(
+                return Err(HubError::invalid(
                     "display_name is required on the first login",
                 ))
             }
@@ -81,7 +81,7 @@ impl AuthService {
     }
 
     /// Rotates a refresh token: the old one stops working.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, ApiError> {
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, HubError> {
         let (new_token, new_hash) = auth::new_refresh_token();
         let user = self
             .store
@@ -91,7 +91,7 @@ impl AuthService {
                 self.refresh_expiry(),
             )
             .await?
-            .ok_or(ApiError::InvalidRefreshToken)?;
+            .ok_or(HubError::InvalidRefreshToken)?;
         let (access_token, expires_in) = self.jwt.issue(&user.public_key)?;
         Ok(Session {
             access_token,
@@ -105,10 +105,10 @@ impl AuthService {
         now_ms() + self.refresh_token_ttl * 1000
     }
 
-    pub async fn user(&self, pubkey: Pubkey) -> Result<User, ApiError> {
+    pub async fn user(&self, pubkey: Pubkey) -> Result<User, HubError> {
         self.store
             .user(pubkey)
             .await?
-            .ok_or(ApiError::NotFound("no such user"))
+            .ok_or(HubError::NotFound("no such user"))
     }
 }

@@ -10,7 +10,7 @@ use crate::actors::registry::SessionRegistry;
 use crate::answers::AnswerBudget;
 use crate::answers::AnswerPermit;
 use crate::cluster::ClusterNode;
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::{
     is_small_order_x25519, Conversation, DmKey, History, HistoryPage, NewMessage, OfflinePage,
     Pubkey, MAX_HISTORY_LIMIT, MAX_OFFLINE_LIMIT,
@@ -42,9 +42,9 @@ impl DmService {
 
     /// Publishes the caller's X25519 key. When it changes, the caller's sessions
     /// and those of everyone who shares a conversation with them hear of it.
-    pub async fn publish_key(&self, user: &Pubkey, key: [u8; 32]) -> Result<DmKey, ApiError> {
+    pub async fn publish_key(&self, user: &Pubkey, key: [u8; 32]) -> Result<DmKey, HubError> {
         if is_small_order_x25519(&key) {
-            return Err(ApiError::invalid(
+            return Err(HubError::invalid(
                 "x25519_pubkey is a small-order point (the zero key among them)",
             ));
         }
@@ -60,11 +60,11 @@ impl DmService {
         Ok(stored)
     }
 
-    pub async fn get_key(&self, user: Pubkey) -> Result<DmKey, ApiError> {
+    pub async fn get_key(&self, user: Pubkey) -> Result<DmKey, HubError> {
         self.store
             .dm_key(user)
             .await?
-            .ok_or(ApiError::NotFound("no published key for this user"))
+            .ok_or(HubError::NotFound("no published key for this user"))
     }
 
     /// Creates (or finds) the caller's conversation with `recipient`.
@@ -73,13 +73,13 @@ impl DmService {
         &self,
         caller: &Pubkey,
         recipient: Pubkey,
-    ) -> Result<(Conversation, bool), ApiError> {
+    ) -> Result<(Conversation, bool), HubError> {
         if &recipient == caller {
-            return Err(ApiError::SelfConversation);
+            return Err(HubError::SelfConversation);
         }
         self.limits.check_conversation(caller)?;
         if self.store.user(recipient.clone()).await?.is_none() {
-            return Err(ApiError::NotFound("no such user"));
+            return Err(HubError::NotFound("no such user"));
         }
         let (a, b) = if caller < &recipient {
             (caller.clone(), recipient)
@@ -98,7 +98,7 @@ impl DmService {
         Ok((conversation, created))
     }
 
-    pub async fn list_conversations(&self, caller: &Pubkey) -> Result<Vec<Conversation>, ApiError> {
+    pub async fn list_conversations(&self, caller: &Pubkey) -> Result<Vec<Conversation>, HubError> {
         self.limits.check_read(caller)?;
         Ok(self.store.conversations_of(caller.clone()).await?)
     }
@@ -109,7 +109,7 @@ impl DmService {
         &self,
         sender: &Pubkey,
         message: NewMessage,
-    ) -> Result<SendOutcome, ApiError> {
+    ) -> Result<SendOutcome, HubError> {
         self.limits.check_send(sender)?;
         self.conversations.send(sender.clone(), message).await
     }
@@ -119,14 +119,14 @@ impl DmService {
         &self,
         caller: &Pubkey,
         id: Uuid,
-    ) -> Result<Conversation, ApiError> {
+    ) -> Result<Conversation, HubError> {
         let conversation = self
             .store
             .conversation(id)
             .await?
-            .ok_or(ApiError::NotFound("no such conversation"))?;
+            .ok_or(HubError::NotFound("no such conversation"))?;
         if !conversation.has_participant(caller) {
-            return Err(ApiError::NotParticipant);
+            return Err(HubError::NotParticipant);
         }
         Ok(conversation)
     }
@@ -141,7 +141,7 @@ impl DmService {
         conversation_id: Uuid,
         page: HistoryPage,
         limit: u32,
-    ) -> Result<(History, AnswerPermit), ApiError> {
+    ) -> Result<(History, AnswerPermit), HubError> {
         self.limits.check_read(caller)?;
         self.member_conversation(caller, conversation_id).await?;
         let limit = limit.clamp(1, MAX_HISTORY_LIMIT);
@@ -157,7 +157,7 @@ impl DmService {
         &self,
         caller: &Pubkey,
         limit: u32,
-    ) -> Result<(OfflinePage, AnswerPermit), ApiError> {
+    ) -> Result<(OfflinePage, AnswerPermit), HubError> {
         self.limits.check_read(caller)?;
         let limit = match limit {
             0 => MAX_OFFLINE_LIMIT,
@@ -169,7 +169,7 @@ impl DmService {
     }
 
     /// Marks the caller's named entries delivered; other users' are never touched.
-    pub async fn ack_offline(&self, caller: &Pubkey, ids: Vec<Uuid>) -> Result<u32, ApiError> {
+    pub async fn ack_offline(&self, caller: &Pubkey, ids: Vec<Uuid>) -> Result<u32, HubError> {
         if ids.is_empty() {
             return Ok(0);
         }
@@ -195,12 +195,12 @@ pub const MAX_ACK_IDS: usize = 1000;
 /// Parses the ids of an ack request.
 pub fn parse_ack_ids<'a>(
     ids: impl ExactSizeIterator<Item = &'a str>,
-) -> Result<Vec<Uuid>, ApiError> {
+) -> Result<Vec<Uuid>, HubError> {
     if ids.len() > MAX_ACK_IDS {
-        return Err(ApiError::invalid(format!(
+        return Err(HubError::invalid(format!(
             "at most {MAX_ACK_IDS} ids per ack"
         )));
     }
-    ids.map(|id| crate::model::parse_uuid(id, "message_ids").map_err(ApiError::from))
+    ids.map(|id| crate::model::parse_uuid(id, "message_ids").map_err(HubError::from))
         .collect()
 }

@@ -105,11 +105,11 @@ pub struct BatchError {
 }
 
 impl BatchError {
-    pub fn to_api_error(&self) -> crate::error::ApiError {
+    pub fn to_hub_error(&self) -> crate::error::HubError {
         if self.unavailable {
-            crate::error::ApiError::Unavailable { retry_after: 1 }
+            crate::error::HubError::Unavailable { retry_after: 1 }
         } else {
-            crate::error::ApiError::internal(anyhow::anyhow!(
+            crate::error::HubError::internal(anyhow::anyhow!(
                 "message not committed: {}",
                 self.reason
             ))

@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::auth::IssuedChallenge;
 use crate::db::portable::{Row as PortableRow, Table, Value};
 use crate::db::{DbError, LoginOutcome, MessageWrite, Purged, Skipped};
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::model::{
     Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
@@ -183,7 +183,7 @@ impl Store {
     pub async fn issue_challenge(
         &self,
         client: Option<crate::ratelimit::ClientKey>,
-    ) -> Result<IssuedChallenge, ApiError> {
+    ) -> Result<IssuedChallenge, HubError> {
         match &self.0 {
             Engine::Sqlite(s) => s.issue_challenge(client),
             Engine::Postgres(s) => s.issue_challenge(client).await,
@@ -191,7 +191,7 @@ impl Store {
     }
 
     /// Consumes a challenge; see `auth::ChallengeStore::take`.
-    pub async fn take_challenge(&self, id: Uuid) -> Result<[u8; 32], ApiError> {
+    pub async fn take_challenge(&self, id: Uuid) -> Result<[u8; 32], HubError> {
         match &self.0 {
             Engine::Sqlite(s) => s.take_challenge(&id),
             Engine::Postgres(s) => s.take_challenge(id).await,
@@ -209,7 +209,7 @@ impl Store {
         &self,
         holder: TicketHolder,
         ttl: Duration,
-    ) -> Result<(String, u64), ApiError> {
+    ) -> Result<(String, u64), HubError> {
         match &self.0 {
             Engine::Sqlite(s) => s.tickets().issue(holder, ttl),
             Engine::Postgres(s) => s.issue_ticket(holder, ttl).await,
@@ -217,7 +217,7 @@ impl Store {
     }
 
     /// Takes a WebSocket ticket: once, within its lifetime (else 401).
-    pub async fn take_ticket(&self, ticket: &str) -> Result<TicketHolder, ApiError> {
+    pub async fn take_ticket(&self, ticket: &str) -> Result<TicketHolder, HubError> {
         match &self.0 {
             Engine::Sqlite(s) => s.tickets().take(ticket),
             Engine::Postgres(s) => s.take_ticket(ticket).await,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tempfile::TempDir;
 use united_hub::db::{LoginOutcome, MessageWrite, Purged, Skipped};
-use united_hub::error::ApiError;
+use united_hub::error::HubError;
 use united_hub::localcluster::LocalPostgres;
 use united_hub::metrics::Metrics;
 use united_hub::model::{now_ms, HistoryPage, Pubkey, StoredMessage, User};
@@ -342,12 +342,12 @@ async fn challenges_are_taken_once(store: &Store) {
     assert_eq!(store.take_challenge(issued.id).await.unwrap(), issued.bytes);
     let again = store.take_challenge(issued.id).await;
     assert!(
-        matches!(again, Err(ApiError::UnknownChallenge)),
+        matches!(again, Err(HubError::UnknownChallenge)),
         "a challenge is taken once: {again:?}"
     );
     let unknown = store.take_challenge(Uuid::new_v4()).await;
     assert!(
-        matches!(unknown, Err(ApiError::UnknownChallenge)),
+        matches!(unknown, Err(HubError::UnknownChallenge)),
         "{unknown:?}"
     );
     assert_eq!(store.take_challenge(other.id).await.unwrap(), other.bytes);

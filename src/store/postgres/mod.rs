@@ -28,7 +28,7 @@ use crate::auth::IssuedChallenge;
 use crate::db::portable::{Row as PortableRow, Table, Value};
 use crate::db::postgres::{self as sql, checkout};
 use crate::db::{CommitMessages, DbError, LoginOutcome, MessageWrite, Purged, Skipped};
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::metrics::Metrics;
 use crate::model::{
     now_ms, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
@@ -177,7 +177,7 @@ impl PgStore {
     pub async fn issue_challenge(
         &self,
         client: Option<crate::ratelimit::ClientKey>,
-    ) -> Result<IssuedChallenge, ApiError> {
+    ) -> Result<IssuedChallenge, HubError> {
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         let id = Uuid::new_v4();
@@ -195,7 +195,7 @@ impl PgStore {
             now
         ))?;
         if let Err(sql::ChallengeRefused::OverCap { oldest_expires_at }) = stored {
-            return Err(ApiError::RateLimited {
+            return Err(HubError::RateLimited {
                 retry_after: oldest_expires_at.saturating_sub(now).div_ceil(1000).max(1) as u32,
             });
         }
@@ -216,11 +216,11 @@ impl PgStore {
         out
     }
 
-    pub async fn take_challenge(&self, id: Uuid) -> Result<[u8; 32], ApiError> {
+    pub async fn take_challenge(&self, id: Uuid) -> Result<[u8; 32], HubError> {
         let (bytes, expires_at) = with_client!(self, |c| sql::take_challenge(&c, id))?
-            .ok_or(ApiError::UnknownChallenge)?;
+            .ok_or(HubError::UnknownChallenge)?;
         if expires_at <= now_ms() {
-            return Err(ApiError::ChallengeExpired);
+            return Err(HubError::ChallengeExpired);
         }
         Ok(bytes)
     }
@@ -231,7 +231,7 @@ impl PgStore {
         &self,
         holder: TicketHolder,
         ttl: Duration,
-    ) -> Result<(String, u64), ApiError> {
+    ) -> Result<(String, u64), HubError> {
         let (ticket, hash) = crate::tickets::new_ticket();
         let now = now_ms();
         let expires_at = now + ttl.as_millis() as u64;
@@ -240,14 +240,14 @@ impl PgStore {
             &c, &hash, &holder, expires_at, cap, now
         ))?;
         if !stored {
-            return Err(ApiError::RateLimited {
+            return Err(HubError::RateLimited {
                 retry_after: ttl.as_secs().max(1) as u32,
             });
         }
         Ok((ticket, expires_at))
     }
 
-    pub async fn take_ticket(&self, ticket: &str) -> Result<TicketHolder, ApiError> {
+    pub async fn take_ticket(&self, ticket: &str) -> Result<TicketHolder, HubError> {
         let hash = crate::tickets::ticket_hash(ticket).ok_or_else(crate::tickets::refused)?;
         with_client!(self, |c| sql::take_ticket(&c, &hash, now_ms()))?
             .ok_or_else(crate::tickets::refused)

@@ -28,7 +28,7 @@ use self::writer::{Lane, Writer};
 use crate::auth::{ChallengeStore, IssuedChallenge};
 use crate::db::portable::{Row as PortableRow, Table, Value};
 use crate::db::{self, reads, writes, DbError, LoginOutcome, MessageWrite, Pool, Purged, Skipped};
-use crate::error::ApiError;
+use crate::error::HubError;
 use crate::metrics::Metrics;
 use crate::model::{
     now_ms, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
@@ -225,7 +225,7 @@ impl SqliteStore {
     pub fn issue_challenge(
         &self,
         client: Option<crate::ratelimit::ClientKey>,
-    ) -> Result<IssuedChallenge, ApiError> {
+    ) -> Result<IssuedChallenge, HubError> {
         self.challenges.issue_for(client)
     }
 
@@ -234,7 +234,7 @@ impl SqliteStore {
         &self.challenges
     }
 
-    pub fn take_challenge(&self, id: &Uuid) -> Result<[u8; 32], ApiError> {
+    pub fn take_challenge(&self, id: &Uuid) -> Result<[u8; 32], HubError> {
         self.challenges.take(id)
     }
 
