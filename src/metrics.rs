@@ -88,18 +88,76 @@ pub struct SendStages {
     pub ws_request: Histogram,
 }
 
+/// Registers `metric` (built from constant, valid definitions) in
+/// `registry` and returns it.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let m = metric.expect("metric definitions are constant and valid");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric names are unique");
+    m
+}
+
+/// The answer budget's gauge and counter (`crate::answers`).
+fn answer_metrics(registry: &Registry) -> crate::answers::BudgetMetrics {
+    crate::answers::BudgetMetrics {
+        pending_bytes: register(
+            registry,
+            IntGauge::new(
+                "answer_pending_bytes",
+                "Bytes reserved for history and offline answers not yet handed to a socket",
+            ),
+        ),
+        refused: register(
+            registry,
+            IntCounter::new(
+                "answers_refused_total",
+                "History and offline requests refused (429) because the answer budget was full",
+            ),
+        ),
+    }
+}
+
+impl SendStages {
+    fn new(registry: &Registry) -> Self {
+        let vec = register(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new("send_stage_seconds", "Time of one send, hop by hop").buckets(
+                    vec![
+                        0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+                    ],
+                ),
+                &["stage"],
+            ),
+        );
+        let stage = |name: &str| vec.with_label_values(&[name]);
+        SendStages {
+            to_actor: stage("to_actor"),
+            batch_wait: stage("batch_wait"),
+            writer_wait: stage("writer_wait"),
+            in_commit: stage("in_commit"),
+            back_to_actor: stage("back_to_actor"),
+            total: stage("total"),
+            to_session: stage("to_session"),
+            ws_request: stage("ws_request"),
+        }
+    }
+}
+
 impl Metrics {
+    /// Every metric of the node, registered under `united_`: one field
+    /// each, in the order of docs/operations.md's table.
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("united".into()), None)
             .expect("a constant prefix is a valid registry");
         macro_rules! register {
-            ($metric:expr) => {{
-                let m = $metric.expect("metric definitions are constant and valid");
-                registry
-                    .register(Box::new(m.clone()))
-                    .expect("metric names are unique");
-                m
-            }};
+            ($metric:expr) => {
+                register(&registry, $metric)
+            };
         }
         Metrics {
             live_sessions: register!(IntGauge::new("live_sessions", "Open WebSocket sessions")),
@@ -215,36 +273,8 @@ impl Metrics {
                 "sequence_retries_total",
                 "Messages assigned a sequence again after losing theirs"
             )),
-            answers: crate::answers::BudgetMetrics {
-                pending_bytes: register!(IntGauge::new(
-                    "answer_pending_bytes",
-                    "Bytes reserved for history and offline answers not yet handed to a socket"
-                )),
-                refused: register!(IntCounter::new(
-                    "answers_refused_total",
-                    "History and offline requests refused (429) because the answer budget was full"
-                )),
-            },
-            stages: {
-                let vec = register!(HistogramVec::new(
-                    HistogramOpts::new("send_stage_seconds", "Time of one send, hop by hop")
-                        .buckets(vec![
-                            0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0
-                        ]),
-                    &["stage"]
-                ));
-                let stage = |name: &str| vec.with_label_values(&[name]);
-                SendStages {
-                    to_actor: stage("to_actor"),
-                    batch_wait: stage("batch_wait"),
-                    writer_wait: stage("writer_wait"),
-                    in_commit: stage("in_commit"),
-                    back_to_actor: stage("back_to_actor"),
-                    total: stage("total"),
-                    to_session: stage("to_session"),
-                    ws_request: stage("ws_request"),
-                }
-            },
+            answers: answer_metrics(&registry),
+            stages: SendStages::new(&registry),
             registry,
         }
     }
