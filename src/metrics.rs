@@ -30,26 +30,10 @@ pub struct Metrics {
     /// Frames in the WAL at the last checkpoint.
     pub wal_frames: IntGauge,
     pub request_seconds: HistogramVec,
-    /// Cluster mode: events published to other nodes.
-    pub cluster_published: IntCounter,
-    /// Cluster mode: events received from other nodes.
-    pub cluster_received: IntCounter,
-    /// Cluster mode: messages read back from the database because NATS did
-    /// not bring them.
-    pub cluster_repaired: IntCounter,
-    /// Cluster mode: publications dropped because NATS was too far behind.
-    pub cluster_publish_dropped: IntCounter,
-    /// Cluster mode: NATS slow-consumer events.
-    pub cluster_slow_consumer: IntCounter,
-    /// 1 while this node's NATS connection is up (cluster mode).
-    pub cluster_bus_connected: IntGauge,
-    /// Other nodes this one hears from (cluster mode).
-    pub cluster_peers: IntGauge,
+    /// Cluster mode: the bus between the nodes.
+    pub cluster: ClusterMetrics,
     /// Age of the oldest undelivered offline entry, at the janitor's last run.
     pub offline_oldest_age_seconds: IntGauge,
-    /// Cluster mode: bus messages dropped because they failed the check
-    /// (label `reason`: malformed, bad_mac, stale, replayed).
-    pub cluster_rejected: prometheus::IntCounterVec,
     /// Messages assigned again because another node committed their
     /// sequence first (or an earlier message of the batch failed).
     pub sequence_retries: IntCounter,
@@ -118,6 +102,74 @@ fn answer_metrics(registry: &Registry) -> crate::answers::BudgetMetrics {
                 "History and offline requests refused (429) because the answer budget was full",
             ),
         ),
+    }
+}
+
+/// The bus between the nodes (cluster mode; zero on one node).
+pub struct ClusterMetrics {
+    /// Events published to other nodes.
+    pub published: IntCounter,
+    /// Events received from other nodes.
+    pub received: IntCounter,
+    /// Messages read back from the database because NATS did not bring them.
+    pub repaired: IntCounter,
+    /// Publications dropped because NATS was too far behind.
+    pub publish_dropped: IntCounter,
+    /// NATS slow-consumer events.
+    pub slow_consumer: IntCounter,
+    /// 1 while this node's NATS connection is up.
+    pub bus_connected: IntGauge,
+    /// Other nodes this one hears from.
+    pub peers: IntGauge,
+    /// Bus messages dropped because they failed the check (label `reason`:
+    /// malformed, bad_mac, stale, replayed).
+    pub rejected: prometheus::IntCounterVec,
+}
+
+impl ClusterMetrics {
+    fn new(registry: &Registry) -> Self {
+        macro_rules! register {
+            ($metric:expr) => {
+                register(registry, $metric)
+            };
+        }
+        ClusterMetrics {
+            published: register!(IntCounter::new(
+                "cluster_events_published_total",
+                "Events published to other nodes"
+            )),
+            received: register!(IntCounter::new(
+                "cluster_events_received_total",
+                "Events received from other nodes"
+            )),
+            repaired: register!(IntCounter::new(
+                "cluster_events_repaired_total",
+                "Messages read back from the database because the bus lost them"
+            )),
+            publish_dropped: register!(IntCounter::new(
+                "cluster_publish_dropped_total",
+                "Publications dropped while the bus was too far behind"
+            )),
+            rejected: register!(prometheus::IntCounterVec::new(
+                Opts::new(
+                    "cluster_rejected_total",
+                    "Bus messages dropped because they failed the cluster's check"
+                ),
+                &["reason"]
+            )),
+            slow_consumer: register!(IntCounter::new(
+                "cluster_slow_consumer_total",
+                "Times NATS dropped events for a slow subscription"
+            )),
+            bus_connected: register!(IntGauge::new(
+                "cluster_bus_connected",
+                "1 while this node's NATS connection is up (cluster mode)"
+            )),
+            peers: register!(IntGauge::new(
+                "cluster_peers",
+                "Other nodes this node hears from (cluster mode)"
+            )),
+        }
     }
 }
 
@@ -230,41 +282,6 @@ impl Metrics {
                 ]),
                 &["route", "status"]
             )),
-            cluster_published: register!(IntCounter::new(
-                "cluster_events_published_total",
-                "Events published to other nodes"
-            )),
-            cluster_received: register!(IntCounter::new(
-                "cluster_events_received_total",
-                "Events received from other nodes"
-            )),
-            cluster_repaired: register!(IntCounter::new(
-                "cluster_events_repaired_total",
-                "Messages read back from the database because the bus lost them"
-            )),
-            cluster_publish_dropped: register!(IntCounter::new(
-                "cluster_publish_dropped_total",
-                "Publications dropped while the bus was too far behind"
-            )),
-            cluster_rejected: register!(prometheus::IntCounterVec::new(
-                Opts::new(
-                    "cluster_rejected_total",
-                    "Bus messages dropped because they failed the cluster's check"
-                ),
-                &["reason"]
-            )),
-            cluster_slow_consumer: register!(IntCounter::new(
-                "cluster_slow_consumer_total",
-                "Times NATS dropped events for a slow subscription"
-            )),
-            cluster_bus_connected: register!(IntGauge::new(
-                "cluster_bus_connected",
-                "1 while this node's NATS connection is up (cluster mode)"
-            )),
-            cluster_peers: register!(IntGauge::new(
-                "cluster_peers",
-                "Other nodes this node hears from (cluster mode)"
-            )),
             offline_oldest_age_seconds: register!(IntGauge::new(
                 "offline_oldest_age_seconds",
                 "Age of the oldest undelivered offline entry at the janitor's last run (0: none)"
@@ -273,6 +290,7 @@ impl Metrics {
                 "sequence_retries_total",
                 "Messages assigned a sequence again after losing theirs"
             )),
+            cluster: ClusterMetrics::new(&registry),
             answers: answer_metrics(&registry),
             stages: SendStages::new(&registry),
             registry,

@@ -50,7 +50,7 @@ impl ClusterNode {
             }
         }
         for (user, events) in by_user {
-            self.metrics.cluster_published.inc_by(events.len() as u64);
+            self.metrics.cluster.published.inc_by(events.len() as u64);
             let msg = ClusterEvents {
                 node: self.id.clone(),
                 events,
@@ -63,7 +63,7 @@ impl ClusterNode {
     /// rotation, a new conversation) to `users` online on other nodes.
     pub fn publish_event(&self, users: &[Pubkey], envelope: Bytes) {
         for user in users.iter().filter(|u| self.presence.is_online(u)) {
-            self.metrics.cluster_published.inc();
+            self.metrics.cluster.published.inc();
             let msg = ClusterEvents {
                 node: self.id.clone(),
                 events: vec![ClusterEvent {
@@ -153,7 +153,8 @@ impl ClusterNode {
             return;
         };
         self.metrics
-            .cluster_received
+            .cluster
+            .received
             .inc_by(batch.events.len() as u64);
         for event in batch.events {
             if event.conversation_id.is_empty() {

@@ -270,17 +270,17 @@ impl ClusterNode {
         match event {
             async_nats::Event::Connected => {
                 tracing::info!("NATS connected");
-                self.metrics.cluster_bus_connected.set(1);
+                self.metrics.cluster.bus_connected.set(1);
                 // Peers answer HELLO with their snapshots; ours goes out too.
                 self.announce(Kind::Hello, Vec::new());
                 self.send_snapshot();
             }
             async_nats::Event::Disconnected => {
-                self.metrics.cluster_bus_connected.set(0);
+                self.metrics.cluster.bus_connected.set(0);
                 tracing::warn!("NATS disconnected");
             }
             async_nats::Event::SlowConsumer(_) => {
-                self.metrics.cluster_slow_consumer.inc();
+                self.metrics.cluster.slow_consumer.inc();
                 tracing::warn!(
                     "NATS dropped events for a slow subscription; the repair poll reads them back"
                 );
@@ -293,7 +293,8 @@ impl ClusterNode {
     /// payload or subject (which names a user).
     fn rejected(&self, why: Rejected) {
         self.metrics
-            .cluster_rejected
+            .cluster
+            .rejected
             .with_label_values(&[why.label()])
             .inc();
         tracing::warn!(
@@ -306,7 +307,7 @@ impl ClusterNode {
 
     fn publish(&self, subject: String, payload: Bytes) {
         if self.outbox.try_send((subject, payload)).is_err() {
-            self.metrics.cluster_publish_dropped.inc();
+            self.metrics.cluster.publish_dropped.inc();
         }
     }
 
@@ -415,8 +416,8 @@ async fn ticker(node: Weak<ClusterNode>) {
         let Some(node) = node.upgrade() else {
             return;
         };
-        (node.metrics.cluster_bus_connected).set(node.bus_connected() as i64);
-        (node.metrics.cluster_peers).set(node.peers() as i64);
+        (node.metrics.cluster.bus_connected).set(node.bus_connected() as i64);
+        (node.metrics.cluster.peers).set(node.peers() as i64);
         if last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
             last_heartbeat = Instant::now();
             node.announce(Kind::Heartbeat, Vec::new());

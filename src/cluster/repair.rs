@@ -61,7 +61,8 @@ impl ClusterNode {
             .history(repair.conversation, HistoryPage::After(repair.after), limit)
             .await?;
         self.metrics
-            .cluster_repaired
+            .cluster
+            .repaired
             .inc_by(page.messages.len() as u64);
         if !page.messages.is_empty() {
             tracing::debug!(
