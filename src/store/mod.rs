@@ -23,6 +23,7 @@
 pub mod commit;
 pub mod postgres;
 pub mod sqlite;
+pub mod url;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
