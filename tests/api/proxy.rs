@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use united_hub::client::trust_ca_pem;
 use united_hub::proto::Payload;
 
+use united_hub::localcluster::free_port;
+
 use crate::helpers::*;
 
 fn nginx_binary() -> PathBuf {
@@ -23,14 +25,6 @@ fn nginx_binary() -> PathBuf {
         }
     }
     panic!("nginx is not installed: apt-get install nginx (the reverse-proxy test runs it)");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// nginx as docs/operations.md configures it, on a TLS port and a plain

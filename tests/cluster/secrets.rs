@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use united_hub::localcluster::LocalPostgres;
+use united_hub::localcluster::{free_port, LocalPostgres};
 
 use crate::helpers::wait_healthy;
 
@@ -15,14 +15,6 @@ const SECRETS: [&str; 4] = [
     "UnreachableSecret3",
     "UnreachableSecret4",
 ];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts the binary with `url` and every log on; the log file's path.
 fn start(
