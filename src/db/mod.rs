@@ -111,11 +111,46 @@ pub fn other_hub(db: &Path) -> Option<u32> {
     live_pid(&hub_marker(db)).filter(|pid| *pid != std::process::id())
 }
 
-/// The process id in a marker file, if that process lives.
+/// What a marker file holds: this process's id and, on Linux, when it
+/// started, so that a marker left by a process that died is not taken for
+/// a live one when its id is reused.
+pub fn marker_text() -> String {
+    let pid = std::process::id();
+    match start_time(pid) {
+        Some(started) => format!("{pid} {started}"),
+        None => pid.to_string(),
+    }
+}
+
+/// The process id in a marker file, if that process lives (and, when the
+/// marker says when it started, is the same process).
 fn live_pid(marker: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(marker).ok()?;
-    let pid = text.trim().parse::<u32>().ok()?;
-    process_alive(pid).then_some(pid)
+    let mut fields = text.split_whitespace();
+    let pid = fields.next()?.parse::<u32>().ok()?;
+    let alive = match fields.next() {
+        Some(started) => start_time(pid).is_some_and(|now| now.to_string() == started),
+        None => process_alive(pid),
+    };
+    alive.then_some(pid)
+}
+
+/// When process `pid` started (clock ticks since boot), if it lives.
+#[cfg(target_os = "linux")]
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces), starttime is field 22.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_time(_pid: u32) -> Option<u64> {
+    None
 }
 
 #[cfg(target_os = "linux")]
@@ -175,4 +210,30 @@ pub fn durability_settings(conn: &Connection) -> Result<(String, i64), DbError> 
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
     let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
     Ok((mode, sync))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A marker names a live process only if the process that wrote it
+    /// still runs: its id with another start time (the id reused after a
+    /// crash) or a dead id does not count.
+    #[test]
+    fn a_marker_counts_only_for_the_process_that_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("marker");
+        std::fs::write(&marker, marker_text()).unwrap();
+        assert_eq!(live_pid(&marker), Some(std::process::id()));
+        std::fs::write(&marker, format!("{} 1", std::process::id())).unwrap();
+        assert_eq!(
+            live_pid(&marker),
+            None,
+            "the same id, started at another time"
+        );
+        std::fs::write(&marker, "0").unwrap();
+        assert_eq!(live_pid(&marker), None, "no process has id 0");
+        std::fs::remove_file(&marker).unwrap();
+        assert_eq!(live_pid(&marker), None);
+    }
 }

@@ -127,7 +127,7 @@ pub fn backup(
         source.display()
     );
     let marker = Marker(db::backup_marker(&source));
-    std::fs::write(&marker.0, std::process::id().to_string())
+    std::fs::write(&marker.0, db::marker_text())
         .with_context(|| format!("writing {}", marker.0.display()))?;
 
     let conn = Connection::open_with_flags(&source, OpenFlags::SQLITE_OPEN_READ_WRITE)

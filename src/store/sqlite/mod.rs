@@ -147,7 +147,7 @@ impl SqliteStore {
             );
         }
         let marker = db::hub_marker(&self.path);
-        std::fs::write(&marker, std::process::id().to_string())
+        std::fs::write(&marker, db::marker_text())
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", marker.display()))?;
         self.hub.store(true, Ordering::Release);
         Ok(())
