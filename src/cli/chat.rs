@@ -134,9 +134,16 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
                 if !std::mem::replace(&mut said_unreachable, true) {
                     println!("(cannot reach {}: {e}; retrying)", nodes.current());
                 }
-                if !nodes.next(&mut client) {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                // The next node at once; the same one, or the first again
+                // after a round, a moment later (not a busy loop when every
+                // node is down).
+                let moved = nodes.next(&mut client);
+                let wait = if moved && !nodes.round_done() {
+                    50
+                } else {
+                    1000
+                };
+                tokio::time::sleep(Duration::from_millis(wait)).await;
                 continue;
             }
             Err(e) => return Err(e).context("connecting"),

@@ -108,6 +108,11 @@ impl Nodes {
         true
     }
 
+    /// Whether the last move brought the client back to the first node.
+    pub fn round_done(&self) -> bool {
+        self.at == 0
+    }
+
     /// Signs in at the first node that answers.
     pub async fn sign_in(&mut self, id: &Identity, name: &str) -> anyhow::Result<HubClient> {
         let mut last = None;

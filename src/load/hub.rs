@@ -102,6 +102,7 @@ impl Node {
         while child.try_wait().context("waiting for the hub")?.is_none() {
             if Instant::now() > deadline {
                 let _ = child.kill();
+                let _ = child.wait();
                 bail!(
                     "the node at {} did not stop within 20 s of SIGTERM",
                     self.url

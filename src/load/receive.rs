@@ -83,7 +83,7 @@ pub async fn receive(
     stats: Rc<Stats>,
     done: Rc<Cell<bool>>,
     payload: PayloadMode,
-    failover: Option<(Rc<Failover>, usize)>,
+    mut failover: Option<(Rc<Failover>, usize)>,
 ) {
     // The socket of the latest reconnect, kept open while it is read.
     let mut _socket: Option<WsClient> = None;
@@ -102,7 +102,7 @@ pub async fn receive(
                 if done.get() {
                     return;
                 }
-                let Some((failover, node)) = &failover else {
+                let Some((failover, node)) = &mut failover else {
                     stats.anomaly(format!("a session was closed by the hub ({code:?})"));
                     return;
                 };
@@ -110,6 +110,8 @@ pub async fn receive(
                 let Some((mut ws, at)) = failover.reconnect(*node, &done).await else {
                     return;
                 };
+                // Where the session is now: the next close starts from here.
+                *node = at;
                 let Some(new_events) = ws.take_events() else {
                     return;
                 };

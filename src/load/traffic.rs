@@ -443,6 +443,7 @@ impl Sender {
                 at,
                 done,
             } => loop {
+                let tried = at.get();
                 let attempt = client.borrow().clone();
                 match Sender::Http(attempt).send(request.clone()).await {
                     Err(e)
@@ -450,8 +451,13 @@ impl Sender {
                             && (matches!(e, ClientError::Transport(_))
                                 || e.status() == Some(503)) =>
                     {
-                        at.set((at.get() + 1) % urls.len());
-                        client.borrow_mut().switch_to(urls[at.get()].clone());
+                        // The sends in flight fail together: the first to
+                        // fail moves everyone on, once, not back round to
+                        // the node that is down.
+                        if at.get() == tried {
+                            at.set((tried + 1) % urls.len());
+                            client.borrow_mut().switch_to(urls[at.get()].clone());
+                        }
                         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
                     }
                     answer => return answer,

@@ -37,8 +37,9 @@ pub struct MigrateArgs {
     /// way, say) instead of refusing it. What is deleted is gone.
     #[arg(long)]
     pub replace: bool,
-    /// Rows per transaction.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Rows per transaction (at most 5,000: PostgreSQL takes 65,535
+    /// parameters in one statement, and a message row has 10).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=5_000))]
     pub batch: u32,
 }
 

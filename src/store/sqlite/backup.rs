@@ -119,13 +119,14 @@ pub fn backup(
         "{} exists; a backup never overwrites a file",
         to.display()
     );
-    let partial = partial_of(to);
-    let _ = std::fs::remove_file(&partial);
     anyhow::ensure!(
         !db::backup_running(&source),
         "another backup of {} is running",
         source.display()
     );
+    // Only once no other backup runs: a partial file may be its copy.
+    let partial = partial_of(to);
+    let _ = std::fs::remove_file(&partial);
     let marker = Marker(db::backup_marker(&source));
     std::fs::write(&marker.0, db::marker_text())
         .with_context(|| format!("writing {}", marker.0.display()))?;
