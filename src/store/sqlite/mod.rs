@@ -12,6 +12,8 @@
 pub mod backup;
 pub mod checkpointer;
 pub mod commit_lane;
+#[cfg(target_os = "linux")]
+pub mod paced;
 pub mod writer;
 
 use std::path::PathBuf;
