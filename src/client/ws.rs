@@ -67,8 +67,23 @@ impl WsClient {
     /// Connects to `url` (which may carry `?access_token=`), with an optional
     /// bearer header. A refused upgrade is `ClientError::Status`.
     pub async fn connect_with(url: &str, bearer: Option<&str>) -> Result<WsClient, ClientError> {
+        Self::connect_from(url, bearer, None).await
+    }
+
+    /// [`WsClient::connect_with`] from the local address `source` (the
+    /// system's choice if `None`): the load generator spreads many sessions
+    /// over several loopback addresses, each of which has only so many ports.
+    pub async fn connect_from(
+        url: &str,
+        bearer: Option<&str>,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<WsClient, ClientError> {
+        let mut connector = super::connector();
+        if let Some(source) = source {
+            connector = connector.local_address(source);
+        }
         let mut req = awc::Client::builder()
-            .connector(super::connector())
+            .connector(connector)
             .timeout(Duration::from_secs(30))
             .finish()
             .ws(url)

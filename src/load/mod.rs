@@ -18,9 +18,11 @@
 mod hub;
 mod receive;
 mod report;
+mod sources;
 mod traffic;
 
 use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -104,6 +106,12 @@ pub struct LoadArgs {
     /// Setup requests in flight (logins, creates, connects).
     #[arg(long, default_value_t = 64)]
     pub setup_concurrency: usize,
+    /// Sessions each local address opens to one hub address before the next
+    /// sessions connect from the next loopback address (127.0.0.2, .3, …;
+    /// hubs on loopback only) [default: this machine's ephemeral ports less
+    /// 1,000]. A hub elsewhere gets at most this many sessions per address.
+    #[arg(long)]
+    pub sessions_per_source: Option<usize>,
     /// Seconds to wait for every accepted message to arrive after sending stops.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout: u64,
@@ -243,6 +251,9 @@ struct Planned {
     node: usize,
     pair: Option<Rc<Pair>>,
     recipient: bool,
+    /// The local address to connect from (`plan_sources`); `None`: the
+    /// system's choice.
+    source: Option<IpAddr>,
 }
 
 async fn connect(
@@ -273,6 +284,7 @@ async fn connect(
                 pair,
                 recipient,
                 node,
+                source,
                 ..
             } = planned;
             let failover = failover.map(|(urls, http)| {
@@ -284,8 +296,7 @@ async fn connect(
                 (Rc::new(failover), node)
             });
             async move {
-                let mut ws =
-                    WsClient::connect(ws_url, client.access_token().unwrap_or_default()).await?;
+                let mut ws = WsClient::connect_from(ws_url, client.access_token(), source).await?;
                 // One answer: the session is registered and gets every later push.
                 ws.call(Payload::DmConversationListRequest(
                     dm::DmConversationListRequest {},
@@ -331,6 +342,32 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
             anyhow::bail!("interrupted: stopped the hubs this run started")
         }
     }
+}
+
+/// Sets the local address each planned session connects from: each hub
+/// address's sessions past one local address's share connect from further
+/// loopback addresses (`sources`). Returns how many addresses that is (the
+/// system's choice counts as one).
+fn plan_sources(plan: &mut [Planned], ws_urls: &[String], per_source: usize) -> usize {
+    let mut per_node = vec![0; ws_urls.len()];
+    for planned in plan.iter_mut() {
+        let index = per_node[planned.node];
+        per_node[planned.node] += 1;
+        planned.source = sources::is_loopback(&ws_urls[planned.node])
+            .then(|| sources::source_for(index, per_source))
+            .flatten();
+    }
+    let mut used: Vec<_> = plan.iter().map(|planned| planned.source).collect();
+    used.sort_unstable();
+    used.dedup();
+    used.len()
+}
+
+/// Sessions one local address carries to one hub address.
+fn per_source(args: &LoadArgs) -> usize {
+    args.sessions_per_source
+        .unwrap_or_else(|| sources::per_source(sources::ephemeral_ports()))
+        .max(1)
 }
 
 /// File descriptors a run needs in this process: one socket per session,
@@ -390,6 +427,15 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
     // so is a run this process has too few file descriptors for.
     let template = Rc::new(Template::new(args.payload, args.payload_bytes)?);
     ensure_descriptors(descriptors_needed(&args, args.url.is_empty()))?;
+    if !args.url.is_empty() {
+        let sessions = 2 * args.pairs * args.sessions_per_user + args.idle;
+        let per_node = sessions.div_ceil(args.url.len());
+        sources::check(
+            &args.url,
+            &vec![per_node; args.url.len()],
+            per_source(&args),
+        )?;
+    }
     anyhow::ensure!(
         !args.rolling_restart || args.via == Via::Http,
         "--rolling-restart sends over HTTP, which can resend to another node: add --via http"
@@ -430,7 +476,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
 
     let stats = Rc::new(Stats::new());
     let done = Rc::new(Cell::new(false));
-    let plan = plan_sessions(&args, &pairs, placement, &mut report);
+    let mut plan = plan_sessions(&args, &pairs, placement, &mut report);
     report.sessions_per_node = vec![0; urls.len()];
     for planned in &plan {
         report.sessions_per_node[planned.node] += 1;
@@ -442,6 +488,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
         .collect();
     let t = Instant::now();
     let failover = args.rolling_restart.then_some((urls.as_slice(), &http));
+    report.source_addresses = plan_sources(&mut plan, &ws_urls, per_source(&args));
     let sessions = connect(&args, &users, &ws_urls, failover, plan, &stats, &done).await?;
     report.setup.connect_seconds = t.elapsed().as_secs_f64();
     report.sessions = sessions.len();
@@ -499,6 +546,7 @@ fn plan_sessions(
                     node: placement.device(user, device),
                     pair: Some(pair.clone()),
                     recipient,
+                    source: None,
                 });
             }
         }
@@ -513,6 +561,7 @@ fn plan_sessions(
             node: placement.home(user),
             pair: None,
             recipient: false,
+            source: None,
         });
     }
     plan

@@ -106,6 +106,8 @@ pub struct Report {
     pub urls: Vec<String>,
     /// Sessions connected to each node, in the order of `urls`.
     pub sessions_per_node: Vec<usize>,
+    /// Local addresses the sessions connected from (`sources.rs`).
+    pub source_addresses: usize,
     /// Pairs whose two users are on different nodes.
     pub cross_node_pairs: usize,
     /// Nodes restarted in turn during the run (`--rolling-restart`).
@@ -135,6 +137,11 @@ pub struct Report {
     /// How late sends left against their schedule: the generator's own lag.
     pub send_lag: Latency,
     pub worst_second: Option<WorstSecond>,
+    /// The slowest push of each second of the measurement, in ms (JSON only):
+    /// says when a stall happened, against the run's other events.
+    pub max_ms_by_second: Vec<f64>,
+    /// When the measurement's second 0 began (ms since the Unix epoch).
+    pub measured_from_unix_ms: Option<u64>,
     pub refused: u64,
     pub errors: u64,
     pub lost: u64,
@@ -172,6 +179,7 @@ impl Report {
             url: urls.first().cloned().unwrap_or_default(),
             urls,
             sessions_per_node: Vec::new(),
+            source_addresses: 0,
             cross_node_pairs: 0,
             restarts: 0,
             reconnects: 0,
@@ -194,6 +202,8 @@ impl Report {
             answer_latency: Latency::default(),
             send_lag: Latency::default(),
             worst_second: None,
+            max_ms_by_second: Vec::new(),
+            measured_from_unix_ms: None,
             refused: 0,
             errors: 0,
             lost: 0,
@@ -258,6 +268,13 @@ impl Report {
                 second,
                 latency: Latency::of(h),
             });
+        self.measured_from_unix_ms = stats.measure_from_unix_ms.get();
+        self.max_ms_by_second = stats
+            .per_second_us
+            .borrow()
+            .iter()
+            .map(|h| h.max() as f64 / 1000.0)
+            .collect();
         if let (Some(idle), Some(base)) = (self.rss.idle_connected, self.rss.after_register) {
             if self.sessions > 0 {
                 self.rss.per_session_kib = Some((idle as f64 - base as f64) / self.sessions as f64);
@@ -323,6 +340,13 @@ impl fmt::Display for Report {
                 spread.join(" / "),
                 self.cross_node_pairs,
                 self.pairs
+            )?;
+        }
+        if self.source_addresses > 1 {
+            writeln!(
+                f,
+                "  sources      sessions connected from {} local addresses (127.0.0.1, then 127.0.0.2 …)",
+                self.source_addresses
             )?;
         }
         if self.restarts > 0 {

@@ -85,6 +85,9 @@ pub struct Stats {
     pub sending: Cell<bool>,
     measure_from: Cell<Option<Instant>>,
     measure_until: Cell<Option<Instant>>,
+    /// When the measurement began, on the wall clock (ms since the epoch),
+    /// to line its seconds up with events outside the run.
+    pub measure_from_unix_ms: Cell<Option<u64>>,
     pub in_flight: Cell<u64>,
     pub accepted: Cell<u64>,
     pub accepted_measured: Cell<u64>,
@@ -127,6 +130,7 @@ impl Stats {
             sending: Cell::new(false),
             measure_from: Cell::new(None),
             measure_until: Cell::new(None),
+            measure_from_unix_ms: Cell::new(None),
             in_flight: Cell::new(0),
             accepted: Cell::new(0),
             accepted_measured: Cell::new(0),
@@ -155,6 +159,12 @@ impl Stats {
 
     pub fn start_measuring(&self) {
         self.measure_from.set(Some(Instant::now()));
+        self.measure_from_unix_ms.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as u64),
+        );
     }
 
     pub fn stop_measuring(&self) {

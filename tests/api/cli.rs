@@ -978,3 +978,65 @@ async fn load_checks_the_open_file_limit_before_it_starts() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("raised the open-file limit"), "{stderr}");
 }
+
+/// Issue 26, goal 3: past one local address's share of ports, sessions to a
+/// hub on loopback connect from further loopback addresses, and the run
+/// still delivers everything once; a hub elsewhere that would need more
+/// ports than one address has is refused before anything starts.
+#[actix_web::test]
+async fn load_spreads_sessions_over_loopback_addresses_past_one_addresss_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("load.json");
+    let out = run(args(&[
+        "load",
+        "--pairs",
+        "20",
+        "--sessions-per-source",
+        "15",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--payload",
+        "random",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["sessions"], 40, "{report}");
+    // 40 sessions, 15 an address: 127.0.0.1, .2 and .3.
+    assert_eq!(report["source_addresses"], 3, "{report}");
+    assert!(stdout.contains("from 3 local addresses"), "{stdout}");
+    for zero in ["lost", "duplicated", "anomalies", "errors"] {
+        assert_eq!(report[zero], 0, "{zero}: {report}");
+    }
+
+    // A hub that is not on loopback: 200 sessions at 50 an address are
+    // refused before any connection is tried (nothing listens there).
+    let out = run(args(&[
+        "load",
+        "--url",
+        "http://192.0.2.1:1984",
+        "--pairs",
+        "100",
+        "--sessions-per-source",
+        "50",
+    ]))
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("200 sessions to http://192.0.2.1:1984 need more local ports"),
+        "{stderr}"
+    );
+}
