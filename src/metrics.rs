@@ -29,9 +29,6 @@ pub struct Metrics {
     pub checkpoint_seconds: HistogramVec,
     /// Frames in the WAL at the last checkpoint.
     pub wal_frames: IntGauge,
-    /// Times a checkpoint waited for a range it copied into the database
-    /// file to reach the disk (`store::sqlite::paced`).
-    pub checkpoint_paced_waits: IntCounter,
     pub request_seconds: HistogramVec,
     /// Cluster mode: the bus between the nodes.
     pub cluster: ClusterMetrics,
@@ -274,10 +271,6 @@ impl Metrics {
             wal_frames: register!(IntGauge::new(
                 "wal_frames",
                 "Frames in the SQLite WAL at the last checkpoint"
-            )),
-            checkpoint_paced_waits: register!(IntCounter::new(
-                "checkpoint_paced_waits_total",
-                "Times a checkpoint waited for 4 MiB it copied into the database file to reach the disk"
             )),
             request_seconds: register!(HistogramVec::new(
                 HistogramOpts::from(Opts::new(

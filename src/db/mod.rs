@@ -179,12 +179,7 @@ fn poll_busy(tries: i32) -> bool {
 /// with the pragmas applied. It never checkpoints on commit:
 /// `store::sqlite::checkpointer` does that on its own thread.
 pub fn open_writer(path: &Path) -> Result<Connection, DbError> {
-    prepare_writer(Connection::open(path)?)
-}
-
-/// Applies [`open_writer`]'s settings to a connection opened otherwise (the
-/// checkpointer's, through its own VFS).
-pub fn prepare_writer(conn: Connection) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
     conn.execute_batch(CONNECTION_PRAGMAS)?;
     conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
     // SQLite's default busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms... between

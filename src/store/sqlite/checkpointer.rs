@@ -21,14 +21,8 @@
 //!   waits behind much.
 //! - **The reset.** The WAL must be reset now and then or it grows without
 //!   end; a `RESTART` checkpoint does it, holding new commits while it runs.
-//!   It runs right after a short pass and its flush, when there is almost
-//!   nothing left to copy or write, so it holds them for a few milliseconds.
-//!   After a long pass (the catch-up once a backup ends) more passes come
-//!   first ([`RESTART_AFTER_PASS`]).
-//! - **A long copy inside a pass.** After a backup, one pass copies 100-200
-//!   MB; SQLite syncs the file once, at its end. The connection writes
-//!   through the paced VFS ([`super::paced`]), which waits for each 4 MiB
-//!   it writes, so the file never holds much unwritten.
+//!   It runs right after a pass and its flush, when there is almost nothing
+//!   left to copy or write, so it holds them for a few milliseconds.
 //!
 //! The extra flushes change nothing about durability: SQLite's own order of
 //! writes and fsyncs is unchanged.
@@ -64,13 +58,6 @@ pub const IDLE_INTERVAL: Duration = Duration::from_millis(50);
 /// WAL frames (pages) above which the WAL is reset with a `RESTART`
 /// checkpoint: 64 MiB of 4 KiB pages.
 pub const RESTART_FRAMES: i64 = 16_384;
-
-/// The longest pass (copy and flush) a reset may follow. A reset copies what
-/// was committed since the pass began, holding new commits meanwhile: after
-/// the 100-200 MB catch-up that follows a backup, that was a quarter of a
-/// second of commits. Longer passes are followed by another pass instead,
-/// each one shorter, until one is short enough.
-const RESTART_AFTER_PASS: Duration = Duration::from_millis(10);
 
 /// Owns the checkpoint thread; dropping it stops the thread.
 pub struct Checkpointer {
@@ -139,36 +126,16 @@ struct Worker {
     last: Progress,
     /// [`RESTART_FRAMES`], or less in tests.
     restart_frames: i64,
-    /// [`RESTART_AFTER_PASS`], or none in tests.
-    restart_after_pass: Duration,
     /// The database file, whose backup marker defers resets.
     path: PathBuf,
     /// A backup was seen running at the last reset that was due.
     deferred: bool,
 }
 
-/// The checkpoint thread's connection: through the paced VFS where there is
-/// one, so that no checkpoint leaves much of the database file unwritten.
-fn open_connection(path: &std::path::Path) -> Result<Connection, DbError> {
-    #[cfg(target_os = "linux")]
-    return db::prepare_writer(super::paced::open(path)?);
-    #[cfg(not(target_os = "linux"))]
-    return db::open_writer(path);
-}
-
-/// Waits for copied ranges this thread made so far (none off Linux).
-fn paced_waits() -> u64 {
-    #[cfg(target_os = "linux")]
-    return super::paced::waits_on_this_thread();
-    #[cfg(not(target_os = "linux"))]
-    return 0;
-}
-
 impl Worker {
     /// Runs one checkpoint in `mode` and times it.
     fn checkpoint(&self, mode: &'static str) -> Result<Progress, DbError> {
         let started = Instant::now();
-        let waits = paced_waits();
         let (frames, copied) =
             self.conn
                 .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
@@ -178,7 +145,6 @@ impl Worker {
             .with_label_values(&[&mode.to_ascii_lowercase()])
             .observe(started.elapsed().as_secs_f64());
         self.metrics.wal_frames.set(frames);
-        (self.metrics.checkpoint_paced_waits).inc_by(paced_waits() - waits);
         Ok(Progress { frames, copied })
     }
 
@@ -221,7 +187,6 @@ impl Worker {
         while !stop.load(Ordering::Acquire) {
             std::thread::sleep(interval);
             let before = self.last;
-            let started = Instant::now();
             match self.pass() {
                 Ok(progress) => {
                     interval = if progress != before {
@@ -229,16 +194,7 @@ impl Worker {
                     } else {
                         (interval * 2).min(IDLE_INTERVAL)
                     };
-                    // A long pass (the catch-up after a backup) leaves behind
-                    // what was committed while it ran, and a reset copies
-                    // that while it holds every commit: wait for a short one.
-                    // Past four times the bound it resets all the same, so
-                    // that passes that are never short cannot grow the WAL
-                    // without end.
-                    let due = progress.frames > self.restart_frames
-                        && (started.elapsed() <= self.restart_after_pass
-                            || progress.frames > 4 * self.restart_frames);
-                    if due && !self.backup_running() {
+                    if progress.frames > self.restart_frames && !self.backup_running() {
                         match self.checkpoint("RESTART") {
                             Ok(progress) => self.last = progress,
                             Err(e) => tracing::warn!(error = %e, "restart checkpoint failed"),
@@ -254,13 +210,12 @@ impl Worker {
 impl Checkpointer {
     pub fn start(path: PathBuf, metrics: Arc<Metrics>) -> Result<Self, DbError> {
         let worker = Worker {
-            conn: open_connection(&path)?,
+            conn: db::open_writer(&path)?,
             file: File::open(&path)
                 .map_err(|e| DbError::Other(format!("opening {}: {e}", path.display())))?,
             metrics,
             last: Progress::default(),
             restart_frames: RESTART_FRAMES,
-            restart_after_pass: RESTART_AFTER_PASS,
             path,
             deferred: false,
         };
@@ -296,15 +251,6 @@ mod tests {
         dir: &std::path::Path,
         restart_frames: i64,
     ) -> (Connection, Arc<Metrics>, Arc<AtomicBool>, JoinHandle<()>) {
-        start_worker_with(dir, restart_frames, RESTART_AFTER_PASS)
-    }
-
-    /// [`start_worker`], resetting only after passes up to `restart_after_pass`.
-    fn start_worker_with(
-        dir: &std::path::Path,
-        restart_frames: i64,
-        restart_after_pass: Duration,
-    ) -> (Connection, Arc<Metrics>, Arc<AtomicBool>, JoinHandle<()>) {
         let path = dir.join("t.db");
         let writer = db::open_writer(&path).unwrap();
         writer
@@ -312,12 +258,11 @@ mod tests {
             .unwrap();
         let metrics = Arc::new(Metrics::new());
         let worker = Worker {
-            conn: open_connection(&path).unwrap(),
+            conn: db::open_writer(&path).unwrap(),
             file: File::open(&path).unwrap(),
             metrics: metrics.clone(),
             last: Progress::default(),
             restart_frames,
-            restart_after_pass,
             path: path.clone(),
             deferred: false,
         };
@@ -430,38 +375,6 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(stored, rows);
-    }
-
-    /// After a pass longer than the limit the WAL is not reset (a reset
-    /// would hold commits while it copies what came in during the pass),
-    /// until it passes four times its bound.
-    #[test]
-    fn a_reset_waits_for_a_short_pass_up_to_four_times_the_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        // No pass is short enough, so only the fallback resets.
-        let (writer, metrics, stop, thread) = start_worker_with(dir.path(), 50, Duration::ZERO);
-        let body = vec![7u8; 6000];
-        let frames = |m: &Metrics| m.wal_frames.get();
-        let mut rows = 0;
-        // Two pages a row: past twice the bound, the WAL is still whole.
-        while frames(&metrics) <= 100 {
-            writer
-                .execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-            rows += 1;
-            assert!(rows < 10_000, "the checkpointer never reported the WAL");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(count(&metrics, "restart"), 0, "reset after a long pass");
-        // Past four times the bound, it resets all the same.
-        for _ in 0..200 {
-            writer
-                .execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
-        assert!(within_5s(|| count(&metrics, "restart") >= 1), "never reset");
-        stop.store(true, Ordering::Release);
-        thread.join().unwrap();
     }
 
     /// While a live process holds the backup marker, the WAL is not reset;

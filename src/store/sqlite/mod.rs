@@ -12,8 +12,6 @@
 pub mod backup;
 pub mod checkpointer;
 pub mod commit_lane;
-#[cfg(target_os = "linux")]
-pub mod paced;
 pub mod writer;
 
 use std::path::PathBuf;
