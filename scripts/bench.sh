@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the four benchmark scenarios of BENCHMARKS.md, each RUNS times
+# Runs the four benchmark scenarios of the first rounds
+# (docs/benchmarks-history.md), each RUNS times
 # (default 3), against a release build, and prints the median of each figure.
 #
 #   cargo build --release && scripts/bench.sh            # all four

@@ -15,7 +15,7 @@ millisecond, for SECONDS; prints the percentiles and every write over 50 ms
     scripts/fsync-probe.py prefilled 150
 
 The files live in the current directory (the disk the hub's data dir would
-use) and are removed at the end. BENCHMARKS.md ("What is left") has what it
+use) and are removed at the end. docs/benchmarks-history.md ("What is left") has what it
 showed on the project's machine.
 """
 import os

@@ -6,7 +6,8 @@
 # minute is invisible as a share, but it is the p99.9). The first line is
 # the run's JSON summary.
 #
-#   scripts/stage-latency.sh [DURATION] [VAR=value ...]   # variables go to the hub
+#   [RATE=20000] scripts/stage-latency.sh [DURATION] [VAR=value ...]   # variables go to the hub
+# RATE is the load's msg/s (default 5,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/united-hub}
@@ -20,7 +21,7 @@ env "$@" "$BIN" --data-dir "$dir" --bind 127.0.0.1:$port --auth-rate 0 --send-ra
 hub=$!
 sleep 1
 ${GEN_PREFIX:-} "$BIN" load --url http://127.0.0.1:$port --hub-pid $hub --payload random --pairs 1000 \
-    --rate 5000 --duration "$duration" --warmup 2 --quiet --json "$dir/run.json" > "$dir/out" 2>&1
+    --rate "${RATE:-5000}" --duration "$duration" --warmup 2 --quiet --json "$dir/run.json" > "$dir/out" 2>&1
 curl -s http://127.0.0.1:$port/metrics > "$dir/metrics"
 jq -c "{p50: .latency.p50_ms, p99: .latency.p99_ms, p999: .latency.p999_ms, max: .latency.max_ms, accepted_per_second, answer_p99: .answer_latency.p99_ms, lag_p99: .send_lag.p99_ms, worst: .worst_second}" "$dir/run.json"
 python3 - "$dir/metrics" <<'PY'

@@ -18,7 +18,7 @@ pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.sender_pubk
 /// `last_message_at` is read from the conversation's last message (one
 /// seek in the `(conversation_id, server_sequence)` index) rather than kept
 /// in `dm_conversations`: updating that row in every group commit wrote one
-/// more page per conversation of the batch to the WAL (BENCHMARKS.md, issue
+/// more page per conversation of the batch to the WAL (docs/benchmarks-history.md, issue
 /// 13). The column stays in the schema, unused by this engine.
 const CONVERSATION_SELECT: &str =
     "SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \

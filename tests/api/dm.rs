@@ -180,7 +180,7 @@ async fn a_message_is_stored_and_pushed_to_the_recipient() {
 }
 
 /// Ids the server makes are UUIDv7 with the time of the send, so the unique
-/// index on message ids grows at its end (BENCHMARKS.md, issue 13); the
+/// index on message ids grows at its end (docs/benchmarks-history.md, issue 13); the
 /// reference client's ids are v7 too.
 #[actix_web::test]
 async fn ids_are_time_ordered_uuids() {

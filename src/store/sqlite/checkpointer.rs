@@ -3,7 +3,7 @@
 //! and never waits for a large flush of the database file.
 //!
 //! Three things make a checkpoint stall group commits, and each is handled
-//! here (BENCHMARKS.md, "The latency tail at 5,000 msg/s", has the figures):
+//! here (docs/benchmarks-history.md, "The latency tail at 5,000 msg/s", has the figures):
 //!
 //! - **A checkpoint inside `COMMIT`.** SQLite's automatic checkpoint runs in
 //!   the writer's `COMMIT`. The writer's connection runs with
@@ -49,7 +49,7 @@ use crate::metrics::Metrics;
 /// wait behind it: at 5,000 messages/s over 60 s, p99 send → push was 17-20
 /// ms with a pass every 50 ms, 14 ms every 20 ms, 9.5-11 ms every 10 ms and
 /// 5.8-7.1 ms every 5 ms (2 ms gave no more). Throughput at `--window 8` did
-/// not move measurably (BENCHMARKS.md).
+/// not move measurably (docs/benchmarks-history.md).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(5);
 /// The longest wait between passes: after each pass that found nothing to
 /// copy the wait doubles up to this, so an idle hub wakes 20 times a second,
