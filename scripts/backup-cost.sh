@@ -16,7 +16,10 @@
 # HUB (default target/release/united-hub) is the hub's binary, GEN (default
 # HUB) the load generator's, so that two hubs can be compared with one
 # generator; DIR (default a new directory under /var/tmp) is the data
-# directory's parent. Needs jq.
+# directory's parent. PREGROW=N (seconds) holds a snapshot that long during
+# the warm-up run, so that the WAL file has grown before the first backup
+# (an experiment: does the WAL's growth into new blocks cause the stall?).
+# Needs jq.
 set -euo pipefail
 
 pairs=${1:-2}
@@ -44,7 +47,24 @@ echo "database: $(du -h "$dir/data/united.db" | cut -f1)" >&2
 # seconds before its backup began, with either build.
 echo "a 30 s run, not reported, after the fill…" >&2
 "$gen" load --url "$url" --hub-pid $hub_pid --payload random --pairs 1000 \
-    --rate 5000 --duration 30 --warmup 2 >/dev/null 2>&1
+    --rate 5000 --duration 30 --warmup 2 >/dev/null 2>&1 &
+warm=$!
+if [[ ${PREGROW:-0} -gt 0 ]]; then
+    # An experiment: a reader holds one snapshot for PREGROW seconds, so
+    # that the WAL grows as it does during a backup, into blocks the file
+    # keeps afterwards (SQLite reuses the WAL and does not shrink it).
+    sleep 10
+    python3 - "$dir/data/united.db" "$PREGROW" <<'PY'
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN")
+db.execute("SELECT count(*) FROM users").fetchone()
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+PY
+fi
+wait $warm
+echo "WAL after the warm-up run: $(du -h "$dir/data/united.db-wal" | cut -f1)" >&2
 
 run() { # run NAME WITH_BACKUP
     local json="$dir/$1.json" start end
