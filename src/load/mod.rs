@@ -486,9 +486,9 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<Report> {
         .iter()
         .map(|url| HubClient::with_http(url, http.clone()).ws_url())
         .collect();
+    report.source_addresses = plan_sources(&mut plan, &ws_urls, per_source(&args));
     let t = Instant::now();
     let failover = args.rolling_restart.then_some((urls.as_slice(), &http));
-    report.source_addresses = plan_sources(&mut plan, &ws_urls, per_source(&args));
     let sessions = connect(&args, &users, &ws_urls, failover, plan, &stats, &done).await?;
     report.setup.connect_seconds = t.elapsed().as_secs_f64();
     report.sessions = sessions.len();
