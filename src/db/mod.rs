@@ -125,7 +125,12 @@ pub fn marker_text() -> String {
 /// The process id in a marker file, if that process lives (and, when the
 /// marker says when it started, is the same process).
 fn live_pid(marker: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(marker).ok()?;
+    live_process(&std::fs::read_to_string(marker).ok()?)
+}
+
+/// The process id in a [`marker_text`], if that process lives (and, when
+/// the text says when it started, is the same process).
+pub fn live_process(text: &str) -> Option<u32> {
     let mut fields = text.split_whitespace();
     let pid = fields.next()?.parse::<u32>().ok()?;
     let alive = match fields.next() {

@@ -64,6 +64,9 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<BackupSummary> {
         let _ = std::io::stderr().flush();
     };
     let summary = store::backup(&settings, &args.to, &mut show)?;
+    if let Some(pid) = summary.made_by_hub {
+        eprintln!("the copy was made by the hub that runs on the database (pid {pid})");
+    }
     eprintln!(
         "done: {} checked, {} users and {} messages, {:.1} MiB in {:.1} s",
         args.to.display(),

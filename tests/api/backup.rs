@@ -53,10 +53,18 @@ async fn a_backup_taken_while_messages_flow_restores_to_a_gap_free_prefix() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("MiB"), "progress: {stderr}");
     assert!(stderr.contains("checked, 2 users"), "{stderr}");
+    // The running hub made the copy, step by step through its writer.
     assert!(
-        !app.dir.path().join("united.db-backup").exists(),
-        "the backup's marker is gone"
+        stderr.contains("made by the hub that runs on the database"),
+        "{stderr}"
     );
+    for left in [
+        "united.db-backup",
+        "united.db-backup-request",
+        "united.db-backup-status",
+    ] {
+        assert!(!app.dir.path().join(left).exists(), "{left} is left");
+    }
     assert!(
         !out_dir.path().join("united.backup.partial").exists(),
         "no partial file is left"
@@ -146,4 +154,45 @@ async fn backup_refuses_postgres_and_a_missing_database_with_a_way_forward() {
     ]);
     assert!(text(&out.stderr).contains("there is no hub database"));
     assert!(!to.exists());
+}
+
+/// A hub that does not take the request (here a process that is no hub,
+/// as an older hub would be) gets a clear error after a bounded wait, and
+/// nothing is written.
+#[actix_web::test]
+async fn a_hub_that_does_not_take_the_request_is_named_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("united.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE users (x); CREATE TABLE dm_messages (x);")
+        .unwrap();
+    let mut not_a_hub = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(dir.path().join("united.db-hub"), not_a_hub.id().to_string()).unwrap();
+    let to = dir.path().join("x.backup");
+    let out = actix_web::rt::task::spawn_blocking({
+        let (data, to) = (dir.path().to_owned(), to.clone());
+        move || {
+            hub(&[
+                "backup",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--to",
+                to.to_str().unwrap(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    let _ = not_a_hub.kill();
+    let _ = not_a_hub.wait();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("the hub (pid {}) on", not_a_hub.id()))
+            && stderr.contains("did not take the backup request"),
+        "{stderr}"
+    );
+    assert!(!to.exists());
+    assert!(!dir.path().join("united.db-backup-request").exists());
 }

@@ -1,22 +1,39 @@
-//! A consistent copy of the SQLite database while the hub runs, and its
-//! way back (`united-hub backup` and `restore`).
+//! A consistent copy of the SQLite database, and its way back
+//! (`united-hub backup` and `restore`).
 //!
-//! The copy is `VACUUM INTO` on a connection of its own: one read
-//! transaction, so it is the database as of one moment, compacted. The hub
-//! goes on writing meanwhile. Its checkpointer sees the backup's marker
-//! ([`db::backup_marker`]) and defers WAL resets, which would otherwise
-//! wait for the backup's snapshot and hold every commit while waiting. The
-//! copy is written beside the target as `<target>.partial`, synced, checked
-//! (`PRAGMA quick_check`), and only then renamed into place.
+//! Beside a running hub (its marker, [`db::hub_marker`], names a live
+//! process) the hub makes the copy itself, on request ([`BackupService`]):
+//! `united-hub backup` leaves a request file beside the database, and the
+//! hub's writer copies the database into `<target>.partial` with SQLite's
+//! online backup API, a few pages at a time between its other jobs
+//! ([`HotBackup`](super::writer::HotBackup)). No snapshot is held for the
+//! length of the copy, so the WAL does not grow behind it and nothing is
+//! left for the checkpointer to catch up with at its end; a commit waits
+//! for one step at most. The hub reports progress in a status file, which
+//! the command shows.
+//!
+//! Without a running hub, the command copies the database itself with
+//! `VACUUM INTO`: one read transaction, the database as of one moment,
+//! compacted. Its marker ([`db::backup_marker`]) makes a hub that starts
+//! meanwhile defer its WAL resets, which would otherwise wait for the
+//! copy's snapshot while holding every commit.
+//!
+//! Either way the copy is flushed as it grows, checked (`PRAGMA
+//! quick_check`), synced, and only then renamed into place. A backup
+//! never overwrites a file.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::db;
+use super::writer::{BackupStep, DbExecutor, Lane, Writer};
+use crate::db::{self, DbError};
 
 /// What a backup or restore wrote.
 #[derive(Debug)]
@@ -25,6 +42,9 @@ pub struct Summary {
     pub users: u64,
     pub messages: u64,
     pub took: Duration,
+    /// The hub (its process id) that made the copy, if one ran on the
+    /// database.
+    pub made_by_hub: Option<u32>,
 }
 
 /// How often the copy's new bytes are written to the disk while it grows.
@@ -99,8 +119,9 @@ impl Drop for Marker {
     }
 }
 
-/// Copies the database of `data_dir` to the new file `to`. `progress` hears
-/// the bytes written so far and about how many there will be, about once a
+/// Copies the database of `data_dir` to the new file `to`: through the hub
+/// that runs on it, if one does, else directly. `progress` hears the bytes
+/// written so far and about how many there will be, several times a
 /// second.
 pub fn backup(
     data_dir: &Path,
@@ -120,10 +141,13 @@ pub fn backup(
         to.display()
     );
     anyhow::ensure!(
-        !db::backup_running(&source),
+        !db::backup_running(&source) && running_request(&source).is_none(),
         "another backup of {} is running",
         source.display()
     );
+    if let Some(hub) = db::other_hub(&source) {
+        return backup_through_hub(&source, to, hub, started, progress);
+    }
     // Only once no other backup runs: a partial file may be its copy.
     let partial = partial_of(to);
     let _ = std::fs::remove_file(&partial);
@@ -209,6 +233,7 @@ fn check(path: &Path, started: Instant) -> anyhow::Result<Summary> {
         users: count("users")?,
         messages: count("dm_messages")?,
         took: started.elapsed(),
+        made_by_hub: None,
     })
 }
 
@@ -221,4 +246,404 @@ fn settle(partial: &Path, to: &Path) -> anyhow::Result<()> {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+// The hub's side: backups on request, made by the writer.
+
+/// The file `united-hub backup` writes beside a running hub's database to
+/// ask for a backup: the asking process's [`db::marker_text`] on the first
+/// line, the target's absolute path on the second.
+fn request_file(db: &Path) -> PathBuf {
+    suffixed(db, "-backup-request")
+}
+
+/// The file the hub writes while it makes a requested backup: the asking
+/// process's marker text, then a [`Status`] line.
+fn status_file(db: &Path) -> PathBuf {
+    suffixed(db, "-backup-status")
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Writes `text` to `path` whole or not at all (a temporary file renamed).
+fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = suffixed(path, ".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Where a requested backup stands, as the status file says it.
+#[derive(Debug, PartialEq)]
+enum Status {
+    Copying {
+        copied: u64,
+        total: u64,
+    },
+    Done {
+        bytes: u64,
+        users: u64,
+        messages: u64,
+    },
+    Failed(String),
+}
+
+impl Status {
+    fn line(&self) -> String {
+        match self {
+            Status::Copying { copied, total } => format!("copying {copied} {total}"),
+            Status::Done {
+                bytes,
+                users,
+                messages,
+            } => format!("done {bytes} {users} {messages}"),
+            Status::Failed(why) => format!("failed {}", why.replace('\n', " ")),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Status> {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let numbers: Vec<u64> = rest
+            .split_whitespace()
+            .map_while(|n| n.parse().ok())
+            .collect();
+        match (word, numbers.as_slice()) {
+            ("copying", [copied, total]) => Some(Status::Copying {
+                copied: *copied,
+                total: *total,
+            }),
+            ("done", [bytes, users, messages]) => Some(Status::Done {
+                bytes: *bytes,
+                users: *users,
+                messages: *messages,
+            }),
+            ("failed", _) => Some(Status::Failed(rest.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// The asker's marker text and the status, if a status file is there.
+fn read_status(db: &Path) -> Option<(String, Status)> {
+    let text = std::fs::read_to_string(status_file(db)).ok()?;
+    let (asker, status) = text.split_once('\n')?;
+    Some((asker.to_owned(), Status::parse(status.trim_end())?))
+}
+
+/// A backup the hub is making, or has been asked for, whose asker lives.
+fn running_request(db: &Path) -> Option<u32> {
+    if let Ok(text) = std::fs::read_to_string(request_file(db)) {
+        if let Some(pid) = text.lines().next().and_then(db::live_process) {
+            return Some(pid);
+        }
+    }
+    match read_status(db)? {
+        (asker, Status::Copying { .. }) => db::live_process(&asker),
+        _ => None,
+    }
+}
+
+/// How long the command waits for a hub to take its request: it looks for
+/// requests every [`REQUEST_POLL`].
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+const REQUEST_POLL: Duration = Duration::from_millis(100);
+
+/// Asks the hub (process `hub`) that runs on `source` for a backup to `to`
+/// and shows its progress until it is done.
+fn backup_through_hub(
+    source: &Path,
+    to: &Path,
+    hub: u32,
+    started: Instant,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Summary> {
+    let to = std::path::absolute(to).context("resolving the target's path")?;
+    let dir = to.parent().context("the target has no directory")?;
+    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let target = to.to_str().context("the target's path is not UTF-8")?;
+    let me = db::marker_text();
+    let request = request_file(source);
+    write_whole(&request, &format!("{me}\n{target}\n"))
+        .with_context(|| format!("writing {}", request.display()))?;
+    // The request and the status are this command's to remove, however it
+    // ends; the hub drops a backup whose asker has gone.
+    struct Cleanup(PathBuf, PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+    let _cleanup = Cleanup(request.clone(), status_file(source));
+    let asked = Instant::now();
+    loop {
+        std::thread::sleep(REQUEST_POLL);
+        match read_status(source) {
+            Some((asker, status)) if asker == me => match status {
+                Status::Copying { copied, total } => progress(copied, total),
+                Status::Done {
+                    bytes,
+                    users,
+                    messages,
+                } => {
+                    return Ok(Summary {
+                        bytes,
+                        users,
+                        messages,
+                        took: started.elapsed(),
+                        made_by_hub: Some(hub),
+                    })
+                }
+                Status::Failed(why) => {
+                    anyhow::bail!("the hub (pid {hub}) could not back up: {why}")
+                }
+            },
+            _ => {
+                anyhow::ensure!(
+                    db::other_hub(source) == Some(hub),
+                    "the hub (pid {hub}) stopped before the backup was done; nothing was written to {}",
+                    to.display()
+                );
+                anyhow::ensure!(
+                    !request.exists() || asked.elapsed() < ANSWER_WITHIN,
+                    "the hub (pid {hub}) on {} did not take the backup request within {} s; \
+                     a hub older than this united-hub does not take requests: back up with its own \
+                     binary, or stop it and run this again",
+                    source.display(),
+                    ANSWER_WITHIN.as_secs()
+                );
+            }
+        }
+    }
+}
+
+/// Pages the writer copies in one step: 1 MiB of 4 KiB pages, about a
+/// millisecond of its time.
+const PAGES_PER_STEP: i32 = 256;
+/// The pause between two steps, in which commits and other writes run.
+const STEP_PAUSE: Duration = Duration::from_millis(2);
+/// How often the status file is rewritten while the copy grows.
+const REPORT_EVERY: Duration = Duration::from_millis(200);
+
+/// Takes backup requests for the hub that runs on a database and makes
+/// them through its writer, on a thread of its own; dropping it stops the
+/// thread (and a backup in progress, whose partial file is removed).
+pub struct BackupService {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BackupService {
+    pub fn start(db: PathBuf, writer: Writer) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("united-backup".into())
+            .spawn(move || {
+                lower_priority();
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::sleep(REQUEST_POLL);
+                    if let Some((asker, to)) = take_request(&db) {
+                        let job = Job {
+                            db: &db,
+                            writer: &writer,
+                            asker: &asker,
+                            stop: &flag,
+                        };
+                        job.run(&to);
+                    }
+                }
+            })?;
+        Ok(BackupService {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for BackupService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The copy and its check run at a lower CPU priority than the hub's
+/// other threads (nice 10): on a busy machine, sends come first.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: gettid and setpriority only read their integer arguments;
+    // on Linux a thread id names the thread for PRIO_PROCESS.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
+/// A request, taken (its file removed): the asker and the target.
+fn take_request(db: &Path) -> Option<(String, PathBuf)> {
+    let path = request_file(db);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    let mut lines = text.lines();
+    let asker = lines.next()?.to_owned();
+    let to = PathBuf::from(lines.next()?);
+    db::live_process(&asker)?;
+    Some((asker, to))
+}
+
+/// One requested backup.
+struct Job<'a> {
+    db: &'a Path,
+    writer: &'a Writer,
+    asker: &'a str,
+    stop: &'a AtomicBool,
+}
+
+impl Job<'_> {
+    fn run(&self, to: &Path) {
+        self.report(&Status::Copying {
+            copied: 0,
+            total: 0,
+        });
+        let partial = partial_of(to);
+        let outcome = self.copy(to, &partial).and_then(|()| {
+            let summary = check(&partial, Instant::now())?;
+            settle(&partial, to)?;
+            Ok(summary)
+        });
+        match outcome {
+            Ok(summary) => {
+                tracing::info!(
+                    bytes = summary.bytes,
+                    messages = summary.messages,
+                    "backup done"
+                );
+                self.report(&Status::Done {
+                    bytes: summary.bytes,
+                    users: summary.users,
+                    messages: summary.messages,
+                });
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                tracing::warn!(error = %format!("{e:#}"), "backup failed");
+                self.report(&Status::Failed(format!("{e:#}")));
+            }
+        }
+    }
+
+    fn report(&self, status: &Status) {
+        let _ = write_whole(
+            &status_file(self.db),
+            &format!("{}\n{}\n", self.asker, status.line()),
+        );
+    }
+
+    /// Runs `job` on the writer and waits for its answer.
+    fn on_writer<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut DbExecutor) -> Result<T, DbError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        self.writer.run(Lane::Housekeeping, move |executor| {
+            let _ = answer.send(job(executor));
+        });
+        let answer = answered
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the hub's writer stopped"))?;
+        Ok(answer?)
+    }
+
+    /// Copies the database into `partial` step by step.
+    fn copy(&self, to: &Path, partial: &Path) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !to.exists(),
+            "{} exists; a backup never overwrites a file",
+            to.display()
+        );
+        let _ = std::fs::remove_file(partial);
+        let dest =
+            Connection::open(partial).with_context(|| format!("creating {}", partial.display()))?;
+        // The copy is renamed into place only once whole, checked and
+        // synced: it needs no journal, and no sync of its own.
+        dest.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
+        self.on_writer(move |executor| executor.backup_begin(dest))?;
+        let copied = self.steps(partial);
+        let dest = self.on_writer(|executor| Ok(executor.backup_end()));
+        copied?;
+        drop(dest?.context("the copy's connection was lost")?);
+        // The copy's header says WAL, like the database's; a backup is one
+        // plain file, so its journal goes back to a rollback journal.
+        let dest = Connection::open(partial)?;
+        dest.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn steps(&self, partial: &Path) -> anyhow::Result<()> {
+        let mut flusher = Flusher::default();
+        let mut checked = Instant::now();
+        let mut reported = Instant::now();
+        loop {
+            let step: BackupStep =
+                self.on_writer(|executor| executor.backup_step(PAGES_PER_STEP))?;
+            flusher.flush(partial);
+            if step.done || reported.elapsed() >= REPORT_EVERY {
+                reported = Instant::now();
+                self.report(&Status::Copying {
+                    copied: step.copied,
+                    total: step.total,
+                });
+            }
+            if step.done {
+                return Ok(());
+            }
+            anyhow::ensure!(!self.stop.load(Ordering::Acquire), "the hub is stopping");
+            if checked.elapsed() > Duration::from_secs(1) {
+                checked = Instant::now();
+                anyhow::ensure!(
+                    db::live_process(self.asker).is_some(),
+                    "the process that asked for the backup is gone"
+                );
+            }
+            std::thread::sleep(STEP_PAUSE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_reads_back_as_written() {
+        for status in [
+            Status::Copying {
+                copied: 4096,
+                total: 1 << 30,
+            },
+            Status::Done {
+                bytes: 7,
+                users: 2,
+                messages: 100,
+            },
+            Status::Failed("disk full\nand more".into()),
+        ] {
+            let read = Status::parse(&status.line()).unwrap();
+            match (&status, &read) {
+                (Status::Failed(_), Status::Failed(why)) => assert_eq!(why, "disk full and more"),
+                _ => assert_eq!(read, status),
+            }
+        }
+        assert_eq!(Status::parse("copying 1"), None);
+        assert_eq!(Status::parse("what 1 2"), None);
+    }
 }

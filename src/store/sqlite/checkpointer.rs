@@ -27,10 +27,13 @@
 //! The extra flushes change nothing about durability: SQLite's own order of
 //! writes and fsyncs is unchanged.
 //!
-//! While `united-hub backup` reads the database (its marker file,
-//! [`db::backup_marker`], names a live process), resets wait: a `RESTART`
-//! would wait for the backup's old snapshot, holding every commit for up to
-//! the busy timeout. The WAL grows for as long as the backup runs.
+//! While `united-hub backup` reads the database in its own process (its
+//! marker file, [`db::backup_marker`], names a live process: no hub ran
+//! when it started, and this one started meanwhile), resets wait: a
+//! `RESTART` would wait for the backup's old snapshot, holding every commit
+//! for up to the busy timeout. The WAL grows for as long as that backup
+//! runs. A backup asked of a running hub holds no snapshot and changes
+//! nothing here (`backup.rs`).
 
 use std::fs::File;
 use std::path::PathBuf;

@@ -57,6 +57,9 @@ pub struct SqliteStore {
     tickets: TicketStore,
     /// Stopped (taken) at shutdown.
     checkpointer: Mutex<Option<Checkpointer>>,
+    /// Takes `united-hub backup`'s requests while this store runs a hub;
+    /// stopped (taken) at shutdown.
+    backups: Mutex<Option<backup::BackupService>>,
     /// The database file.
     path: PathBuf,
     /// This store runs a hub: it holds the hub marker until closed.
@@ -93,6 +96,7 @@ impl SqliteStore {
             challenges: ChallengeStore::new(challenge_ttl),
             tickets: TicketStore::default(),
             checkpointer: Mutex::new(Some(checkpointer)),
+            backups: Mutex::new(None),
             metrics,
         }
     }
@@ -150,6 +154,9 @@ impl SqliteStore {
         std::fs::write(&marker, db::marker_text())
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", marker.display()))?;
         self.hub.store(true, Ordering::Release);
+        let service = backup::BackupService::start(self.path.clone(), self.writer.clone())
+            .map_err(|e| anyhow::anyhow!("starting the backup service: {e}"))?;
+        *self.backups.lock().unwrap_or_else(|e| e.into_inner()) = Some(service);
         Ok(())
     }
 
@@ -162,6 +169,13 @@ impl SqliteStore {
     }
 
     pub fn close(&self) {
+        // First the backups, which need the writer and the hub marker.
+        drop(
+            self.backups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         if self.hub.swap(false, Ordering::AcqRel) {
             let _ = std::fs::remove_file(db::hub_marker(&self.path));
         }

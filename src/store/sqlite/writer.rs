@@ -30,6 +30,9 @@ use crate::metrics::Metrics;
 use crate::model::now_ms;
 
 pub struct DbExecutor {
+    /// A backup the hub copies between writes, if one runs. Declared
+    /// before `conn`, so that it ends before the connection it reads closes.
+    backup: Option<HotBackup>,
     /// The write connection; lives as long as the executor thread.
     conn: Connection,
     lanes: Arc<Lanes>,
@@ -41,6 +44,7 @@ pub struct DbExecutor {
 impl DbExecutor {
     pub fn new(conn: Connection, lanes: Arc<Lanes>, metrics: Arc<Metrics>) -> Self {
         DbExecutor {
+            backup: None,
             conn,
             lanes,
             metrics,
@@ -196,5 +200,234 @@ impl DbExecutor {
             .observe(started.elapsed().as_secs_f64());
         self.metrics.write_batch_size.observe(writes.len() as f64);
         result
+    }
+}
+
+/// A copy of the database that the writer makes a few pages at a time,
+/// between its other jobs, with SQLite's online backup API on the write
+/// connection itself (`united-hub backup` beside a running hub, see
+/// [`backup`](super::backup)). Because the source is the connection that
+/// writes, every page a commit changes after it was copied is written to
+/// the copy too, and the copy is the database as of its last step. No
+/// read transaction is held between steps, so the WAL is never pinned and
+/// the checkpointer keeps up while the backup runs.
+pub(crate) struct HotBackup {
+    handle: std::ptr::NonNull<rusqlite::ffi::sqlite3_backup>,
+    /// The copy; closed after `handle` is finished (see `Drop`).
+    dest: Option<Connection>,
+    page_size: u64,
+}
+
+/// Where a backup stands after a step.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BackupStep {
+    /// Bytes copied so far and bytes in the database now.
+    pub copied: u64,
+    pub total: u64,
+    /// The copy is complete and committed.
+    pub done: bool,
+}
+
+impl Drop for HotBackup {
+    fn drop(&mut self) {
+        // SAFETY: `handle` came from `sqlite3_backup_init` and is finished
+        // only here, once; its source (the executor's connection) is still
+        // open, because `DbExecutor::backup` is dropped before `conn`, and
+        // its destination `dest` is closed after this call.
+        unsafe {
+            rusqlite::ffi::sqlite3_backup_finish(self.handle.as_ptr());
+        }
+    }
+}
+
+impl HotBackup {
+    /// The error SQLite left on the copy's connection.
+    fn error(&self, rc: std::os::raw::c_int) -> DbError {
+        let message = self
+            .dest
+            .as_ref()
+            // SAFETY: the handle is open; SQLite returns a string it owns,
+            // valid until the next call on the connection, copied at once.
+            .map(|dest| unsafe {
+                std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_errmsg(dest.handle()))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default();
+        DbError::Other(format!("backup step failed ({rc}): {message}"))
+    }
+}
+
+impl DbExecutor {
+    /// Starts copying the database into `dest`, an empty database.
+    pub(crate) fn backup_begin(&mut self, dest: Connection) -> Result<(), DbError> {
+        if self.backup.is_some() {
+            return Err(DbError::Other("a backup is already running".into()));
+        }
+        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let main = c"main";
+        // SAFETY: both handles are open connections, used only on this
+        // thread; the backup is finished (HotBackup's Drop) before either
+        // closes.
+        let raw = unsafe {
+            rusqlite::ffi::sqlite3_backup_init(
+                dest.handle(),
+                main.as_ptr(),
+                self.conn.handle(),
+                main.as_ptr(),
+            )
+        };
+        let Some(handle) = std::ptr::NonNull::new(raw) else {
+            let error = rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                // SAFETY: as above; the message is copied at once.
+                Some(unsafe {
+                    std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_errmsg(dest.handle()))
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+            );
+            return Err(error.into());
+        };
+        self.backup = Some(HotBackup {
+            handle,
+            dest: Some(dest),
+            page_size: page_size as u64,
+        });
+        Ok(())
+    }
+
+    /// Copies up to `pages` more pages. A step that finds the database
+    /// busy copies nothing and says so by not advancing.
+    pub(crate) fn backup_step(&mut self, pages: i32) -> Result<BackupStep, DbError> {
+        let backup = self
+            .backup
+            .as_ref()
+            .ok_or_else(|| DbError::Other("no backup is running".into()))?;
+        // SAFETY: the handle is live (see HotBackup).
+        let (rc, remaining, total) = unsafe {
+            let rc = rusqlite::ffi::sqlite3_backup_step(backup.handle.as_ptr(), pages);
+            (
+                rc,
+                rusqlite::ffi::sqlite3_backup_remaining(backup.handle.as_ptr()),
+                rusqlite::ffi::sqlite3_backup_pagecount(backup.handle.as_ptr()),
+            )
+        };
+        let done = match rc {
+            rusqlite::ffi::SQLITE_DONE => true,
+            rusqlite::ffi::SQLITE_OK
+            | rusqlite::ffi::SQLITE_BUSY
+            | rusqlite::ffi::SQLITE_LOCKED => false,
+            _ => {
+                let error = backup.error(rc);
+                self.backup = None;
+                return Err(error);
+            }
+        };
+        let (total, remaining) = (total.max(0) as u64, remaining.max(0) as u64);
+        Ok(BackupStep {
+            copied: (total - remaining.min(total)) * backup.page_size,
+            total: total * backup.page_size,
+            done,
+        })
+    }
+
+    /// Ends the backup, complete or not, and hands back the copy's
+    /// connection.
+    pub(crate) fn backup_end(&mut self) -> Option<Connection> {
+        let mut backup = self.backup.take()?;
+        let dest = backup.dest.take();
+        drop(backup);
+        dest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sum of every row's id and body, as SQL sees it: equal sums say
+    /// two databases hold the same rows.
+    fn digest(conn: &Connection) -> (i64, i64) {
+        conn.query_row(
+            "SELECT count(*), coalesce(sum(id * length(body) + unicode(body)), 0) FROM t",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    /// Writes between the steps of a backup, to pages already copied and
+    /// to new ones, are in the copy: it equals the database as of its last
+    /// step, and it opens as one plain file once its journal is switched.
+    #[test]
+    fn a_backup_made_between_writes_holds_every_write_before_its_last_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open_writer(&dir.path().join("hub.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            .unwrap();
+        // About 4 MiB: a thousand pages, so the copy takes many steps.
+        for i in 0..2000 {
+            conn.execute("INSERT INTO t (body) VALUES (?1)", [format!("{i:02000}")])
+                .unwrap();
+        }
+        let mut executor =
+            DbExecutor::new(conn, Arc::new(Lanes::default()), Arc::new(Metrics::new()));
+        let copy = dir.path().join("copy.db");
+        let dest = Connection::open(&copy).unwrap();
+        dest.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+            .unwrap();
+        executor.backup_begin(dest).unwrap();
+        assert!(executor
+            .backup_begin(Connection::open_in_memory().unwrap())
+            .is_err());
+
+        let mut steps = 0;
+        let mut last = 0;
+        loop {
+            let step = executor.backup_step(16).unwrap();
+            steps += 1;
+            assert!(step.copied >= last || step.done, "progress went back");
+            last = step.copied;
+            if step.done {
+                assert_eq!(step.copied, step.total);
+                break;
+            }
+            // Rewrites a row the copy may already hold, and adds one.
+            executor
+                .conn
+                .execute(
+                    "UPDATE t SET body = ?1 WHERE id = ?2",
+                    rusqlite::params![format!("step {steps}"), steps % 50 + 1],
+                )
+                .unwrap();
+            executor
+                .conn
+                .execute("INSERT INTO t (body) VALUES (?1)", [format!("new {steps}")])
+                .unwrap();
+        }
+        assert!(steps > 20, "only {steps} steps");
+        let want = digest(&executor.conn);
+        let dest = executor.backup_end().unwrap();
+        assert!(executor.backup_end().is_none());
+        drop(dest);
+
+        let copied = Connection::open(&copy).unwrap();
+        let mode: String = copied
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        let check: String = copied
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(digest(&copied), want);
+        assert_eq!(want.0, 2000 + steps - 1);
+        // A write after the backup ended is not in the copy.
+        executor
+            .conn
+            .execute("INSERT INTO t (body) VALUES ('after')", [])
+            .unwrap();
+        assert_eq!(digest(&copied), want);
     }
 }
