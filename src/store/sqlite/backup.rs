@@ -286,10 +286,10 @@ enum Status {
         copied: u64,
         total: u64,
     },
-    Done {
+    /// The copy is whole in the partial file, for the asker to check and
+    /// put in place.
+    Copied {
         bytes: u64,
-        users: u64,
-        messages: u64,
     },
     Failed(String),
 }
@@ -298,11 +298,7 @@ impl Status {
     fn line(&self) -> String {
         match self {
             Status::Copying { copied, total } => format!("copying {copied} {total}"),
-            Status::Done {
-                bytes,
-                users,
-                messages,
-            } => format!("done {bytes} {users} {messages}"),
+            Status::Copied { bytes } => format!("copied {bytes}"),
             Status::Failed(why) => format!("failed {}", why.replace('\n', " ")),
         }
     }
@@ -318,11 +314,7 @@ impl Status {
                 copied: *copied,
                 total: *total,
             }),
-            ("done", [bytes, users, messages]) => Some(Status::Done {
-                bytes: *bytes,
-                users: *users,
-                messages: *messages,
-            }),
+            ("copied", [bytes]) => Some(Status::Copied { bytes: *bytes }),
             ("failed", _) => Some(Status::Failed(rest.to_owned())),
             _ => None,
         }
@@ -387,18 +379,22 @@ fn backup_through_hub(
         match read_status(source) {
             Some((asker, status)) if asker == me => match status {
                 Status::Copying { copied, total } => progress(copied, total),
-                Status::Done {
-                    bytes,
-                    users,
-                    messages,
-                } => {
+                Status::Copied { bytes } => {
+                    progress(bytes, bytes);
+                    // Checked here, in this process at the lowest
+                    // priority, not in the hub's: reading the whole copy
+                    // there stalled its sends (history, "A backup made by
+                    // the hub's writer").
+                    lower_priority();
+                    let partial = partial_of(&to);
+                    let summary = check(&partial, started).inspect_err(|_| {
+                        let _ = std::fs::remove_file(&partial);
+                    })?;
+                    settle(&partial, &to)?;
                     return Ok(Summary {
-                        bytes,
-                        users,
-                        messages,
-                        took: started.elapsed(),
                         made_by_hub: Some(hub),
-                    })
+                        ..summary
+                    });
                 }
                 Status::Failed(why) => {
                     anyhow::bail!("the hub (pid {hub}) could not back up: {why}")
@@ -526,22 +522,14 @@ impl Job<'_> {
         });
         let partial = partial_of(to);
         let outcome = self.copy(to, &partial).and_then(|()| {
-            let summary = check(&partial, Instant::now())?;
-            settle(&partial, to)?;
-            Ok(summary)
+            Ok(std::fs::metadata(&partial)
+                .with_context(|| format!("reading {}", partial.display()))?
+                .len())
         });
         match outcome {
-            Ok(summary) => {
-                tracing::info!(
-                    bytes = summary.bytes,
-                    messages = summary.messages,
-                    "backup done"
-                );
-                self.report(&Status::Done {
-                    bytes: summary.bytes,
-                    users: summary.users,
-                    messages: summary.messages,
-                });
+            Ok(bytes) => {
+                tracing::info!(bytes, "backup copied; the command that asked checks it");
+                self.report(&Status::Copied { bytes });
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
@@ -643,11 +631,7 @@ mod tests {
                 copied: 4096,
                 total: 1 << 30,
             },
-            Status::Done {
-                bytes: 7,
-                users: 2,
-                messages: 100,
-            },
+            Status::Copied { bytes: 7 },
             Status::Failed("disk full\nand more".into()),
         ] {
             let read = Status::parse(&status.line()).unwrap();
