@@ -10,7 +10,8 @@
 //! length of the copy, so the WAL does not grow behind it and nothing is
 //! left for the checkpointer to catch up with at its end; a commit waits
 //! for one step at most. The hub reports progress in a status file, which
-//! the command shows.
+//! the command shows, and hands the whole copy over to the command, which
+//! checks it in its own process.
 //!
 //! Without a running hub, the command copies the database itself with
 //! `VACUUM INTO`: one read transaction, the database as of one moment,
