@@ -451,7 +451,8 @@ impl BackupService {
             .spawn(move || {
                 lower_priority();
                 while !flag.load(Ordering::Acquire) {
-                    std::thread::sleep(REQUEST_POLL);
+                    // Woken at once when the hub stops (see Drop).
+                    std::thread::park_timeout(REQUEST_POLL);
                     if let Some((asker, to)) = take_request(&db) {
                         let job = Job {
                             db: &db,
@@ -474,6 +475,7 @@ impl Drop for BackupService {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
