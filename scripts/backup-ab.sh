@@ -9,8 +9,9 @@
 # the disk, and fills each database with FILL_SECONDS (default 5) of
 # `--rate 0 --window 8` traffic of 2 KiB payloads (about 0.6-0.8 GiB),
 # then a 30 s run at 5,000 msg/s that is not reported. Then RUNS (default
-# 5) rounds: a 40 s run at 5,000 msg/s on A with a backup (A's own
-# `backup` command) started 15 s in, then the same on B. For each run it
+# 5) rounds: a run of DURATION seconds (default 60) at 5,000 msg/s on A
+# with a backup (A's own `backup` command) started AT seconds (default 25)
+# into its measurement, then the same on B. For each run it
 # prints the slowest push from the second the backup began to three
 # seconds after it ended ("around"), the slowest push of the rest of the
 # run ("outside"), the run's p99 and p99.9, and the backup's duration.
@@ -19,6 +20,7 @@ set -euo pipefail
 : "${A:?A=path of the first united-hub}"
 B=${B:-target/release/united-hub}
 runs=${1:-5}; fill=${2:-5}
+duration=${DURATION:-60}; at=${AT:-25}
 gen=${GEN:-$B}
 root=$(mktemp -d /var/tmp/bab.XXXXXX)
 declare -A url pid
@@ -40,9 +42,9 @@ for i in $(seq "$runs"); do
  for h in A B; do
   if [ $h = A ]; then bin=$A; else bin=$B; fi
   json="$root/$h-$i.json"
-  "$gen" load --url "${url[$h]}" --hub-pid ${pid[$h]} --payload random --pairs 1000 --rate 5000 --duration 40 --warmup 2 --json "$json" >/dev/null 2>&1 &
+  "$gen" load --url "${url[$h]}" --hub-pid ${pid[$h]} --payload random --pairs 1000 --rate 5000 --duration "$duration" --warmup 2 --json "$json" >/dev/null 2>&1 &
   load=$!
-  sleep 17
+  sleep $((at + 2))
   start=$(date +%s%3N)
   "$bin" backup --data-dir "$root/$h/data" --to "$root/$h/copy.db" >/dev/null 2>&1
   end=$(date +%s%3N)

@@ -196,3 +196,62 @@ async fn a_hub_that_does_not_take_the_request_is_named_and_nothing_is_written() 
     assert!(!to.exists());
     assert!(!dir.path().join("united.db-backup-request").exists());
 }
+
+/// A hub that stops in the middle of a copy (here a stand-in that took the
+/// request and reported progress, then died) ends the command with a clear
+/// error, not a wait without end, and nothing is left at the target.
+#[actix_web::test]
+async fn a_hub_that_stops_during_the_copy_ends_the_command_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("united.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE users (x); CREATE TABLE dm_messages (x);")
+        .unwrap();
+    let mut stand_in = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(dir.path().join("united.db-hub"), stand_in.id().to_string()).unwrap();
+    let to = dir.path().join("x.backup");
+    let command = actix_web::rt::task::spawn_blocking({
+        let (data, to) = (dir.path().to_owned(), to.clone());
+        move || {
+            hub(&[
+                "backup",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--to",
+                to.to_str().unwrap(),
+            ])
+        }
+    });
+    // Take the request as the hub would, and report a copy under way.
+    let request = dir.path().join("united.db-backup-request");
+    let mut asker = None;
+    for _ in 0..100 {
+        if let Ok(text) = std::fs::read_to_string(&request) {
+            asker = text.lines().next().map(str::to_owned);
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let asker = asker.expect("the command asked the hub");
+    std::fs::remove_file(&request).unwrap();
+    std::fs::write(
+        dir.path().join("united.db-backup-status"),
+        format!("{asker}\ncopying 4096 8192\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("x.backup.partial"), b"half").unwrap();
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(500)).await;
+    let _ = stand_in.kill();
+    let _ = stand_in.wait();
+
+    let out = command.await.unwrap();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("stopped before the backup was done"),
+        "{stderr}"
+    );
+    assert!(!to.exists());
+    assert!(!dir.path().join("x.backup.partial").exists());
+}

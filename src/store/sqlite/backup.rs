@@ -377,45 +377,46 @@ fn backup_through_hub(
     let asked = Instant::now();
     loop {
         std::thread::sleep(REQUEST_POLL);
-        match read_status(source) {
-            Some((asker, status)) if asker == me => match status {
-                Status::Copying { copied, total } => progress(copied, total),
-                Status::Copied { bytes } => {
-                    progress(bytes, bytes);
-                    // Checked here, in this process at the lowest
-                    // priority, not in the hub's: reading the whole copy
-                    // there stalled its sends (history, "A backup made by
-                    // the hub's writer").
-                    lower_priority();
-                    let partial = partial_of(&to);
-                    let summary = check(&partial, started).inspect_err(|_| {
-                        let _ = std::fs::remove_file(&partial);
-                    })?;
-                    settle(&partial, &to)?;
-                    return Ok(Summary {
-                        made_by_hub: Some(hub),
-                        ..summary
-                    });
-                }
-                Status::Failed(why) => {
-                    anyhow::bail!("the hub (pid {hub}) could not back up: {why}")
-                }
-            },
-            _ => {
-                anyhow::ensure!(
-                    db::other_hub(source) == Some(hub),
-                    "the hub (pid {hub}) stopped before the backup was done; nothing was written to {}",
-                    to.display()
-                );
-                anyhow::ensure!(
-                    !request.exists() || asked.elapsed() < ANSWER_WITHIN,
-                    "the hub (pid {hub}) on {} did not take the backup request within {} s; \
-                     a hub older than this united-hub does not take requests: back up with its own \
-                     binary, or stop it and run this again",
-                    source.display(),
-                    ANSWER_WITHIN.as_secs()
-                );
+        let status = read_status(source)
+            .filter(|(asker, _)| *asker == me)
+            .map(|(_, status)| status);
+        match status {
+            Some(Status::Copying { copied, total }) => progress(copied, total),
+            Some(Status::Copied { bytes }) => {
+                progress(bytes, bytes);
+                // Checked here, in this process at the lowest priority, not
+                // in the hub's: reading the whole copy there stalled its
+                // sends (history, "A backup made by the hub's writer").
+                lower_priority();
+                let partial = partial_of(&to);
+                let summary = check(&partial, started).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&partial);
+                })?;
+                settle(&partial, &to)?;
+                return Ok(Summary {
+                    made_by_hub: Some(hub),
+                    ..summary
+                });
             }
+            Some(Status::Failed(why)) => {
+                anyhow::bail!("the hub (pid {hub}) could not back up: {why}")
+            }
+            None => anyhow::ensure!(
+                !request.exists() || asked.elapsed() < ANSWER_WITHIN,
+                "the hub (pid {hub}) on {} did not take the backup request within {} s; \
+                 a hub older than this united-hub does not take requests: back up with its own \
+                 binary, or stop it and run this again",
+                source.display(),
+                ANSWER_WITHIN.as_secs()
+            ),
+        }
+        if db::other_hub(source) != Some(hub) {
+            // A hub that died mid-copy left its partial file behind.
+            let _ = std::fs::remove_file(partial_of(&to));
+            anyhow::bail!(
+                "the hub (pid {hub}) stopped before the backup was done; nothing was written to {}",
+                to.display()
+            );
         }
     }
 }
