@@ -156,34 +156,44 @@ async fn backup_refuses_postgres_and_a_missing_database_with_a_way_forward() {
     assert!(!to.exists());
 }
 
+/// A data directory with a database and a hub marker that names a live
+/// process that is no hub (`sleep`): it takes no backup request.
+fn stand_in_hub() -> (tempfile::TempDir, std::process::Child) {
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join("united.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE users (x); CREATE TABLE dm_messages (x);")
+        .unwrap();
+    let stand_in = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(dir.path().join("united.db-hub"), stand_in.id().to_string()).unwrap();
+    (dir, stand_in)
+}
+
+/// `united-hub backup` of `dir` to `to`, on a blocking thread.
+fn backup_in(
+    dir: &tempfile::TempDir,
+    to: &std::path::Path,
+) -> actix_web::rt::task::JoinHandle<Output> {
+    let (data, to) = (dir.path().to_owned(), to.to_owned());
+    actix_web::rt::task::spawn_blocking(move || {
+        hub(&[
+            "backup",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ])
+    })
+}
+
 /// A hub that does not take the request (here a process that is no hub,
 /// as an older hub would be) gets a clear error after a bounded wait, and
 /// nothing is written.
 #[actix_web::test]
 async fn a_hub_that_does_not_take_the_request_is_named_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("united.db");
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch("CREATE TABLE users (x); CREATE TABLE dm_messages (x);")
-        .unwrap();
-    let mut not_a_hub = Command::new("sleep").arg("60").spawn().unwrap();
-    std::fs::write(dir.path().join("united.db-hub"), not_a_hub.id().to_string()).unwrap();
+    let (dir, mut not_a_hub) = stand_in_hub();
     let to = dir.path().join("x.backup");
-    let out = actix_web::rt::task::spawn_blocking({
-        let (data, to) = (dir.path().to_owned(), to.clone());
-        move || {
-            hub(&[
-                "backup",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--to",
-                to.to_str().unwrap(),
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let out = backup_in(&dir, &to).await.unwrap();
     let _ = not_a_hub.kill();
     let _ = not_a_hub.wait();
     assert!(!out.status.success());
@@ -202,27 +212,9 @@ async fn a_hub_that_does_not_take_the_request_is_named_and_nothing_is_written() 
 /// error, not a wait without end, and nothing is left at the target.
 #[actix_web::test]
 async fn a_hub_that_stops_during_the_copy_ends_the_command_with_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("united.db");
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch("CREATE TABLE users (x); CREATE TABLE dm_messages (x);")
-        .unwrap();
-    let mut stand_in = Command::new("sleep").arg("60").spawn().unwrap();
-    std::fs::write(dir.path().join("united.db-hub"), stand_in.id().to_string()).unwrap();
+    let (dir, mut stand_in) = stand_in_hub();
     let to = dir.path().join("x.backup");
-    let command = actix_web::rt::task::spawn_blocking({
-        let (data, to) = (dir.path().to_owned(), to.clone());
-        move || {
-            hub(&[
-                "backup",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--to",
-                to.to_str().unwrap(),
-            ])
-        }
-    });
+    let command = backup_in(&dir, &to);
     // Take the request as the hub would, and report a copy under way.
     let request = dir.path().join("united.db-backup-request");
     let mut asker = None;

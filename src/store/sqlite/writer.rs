@@ -240,20 +240,22 @@ impl Drop for HotBackup {
     }
 }
 
+/// The last error SQLite left on `conn`: the backup API reports its
+/// errors on the destination's connection.
+fn errmsg(conn: &Connection) -> String {
+    // SAFETY: the handle is open; SQLite returns a string it owns, valid
+    // until the next call on the connection, and it is copied at once.
+    unsafe {
+        std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_errmsg(conn.handle()))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 impl HotBackup {
     /// The error SQLite left on the copy's connection.
     fn error(&self, rc: std::os::raw::c_int) -> DbError {
-        let message = self
-            .dest
-            .as_ref()
-            // SAFETY: the handle is open; SQLite returns a string it owns,
-            // valid until the next call on the connection, copied at once.
-            .map(|dest| unsafe {
-                std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_errmsg(dest.handle()))
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .unwrap_or_default();
+        let message = self.dest.as_ref().map(errmsg).unwrap_or_default();
         DbError::Other(format!("backup step failed ({rc}): {message}"))
     }
 }
@@ -280,12 +282,7 @@ impl DbExecutor {
         let Some(handle) = std::ptr::NonNull::new(raw) else {
             let error = rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                // SAFETY: as above; the message is copied at once.
-                Some(unsafe {
-                    std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_errmsg(dest.handle()))
-                        .to_string_lossy()
-                        .into_owned()
-                }),
+                Some(errmsg(&dest)),
             );
             return Err(error.into());
         };
