@@ -87,7 +87,8 @@ pub async fn history(
 /// id is [`Skipped::DuplicateId`], and what follows it in its conversation
 /// [`Skipped::SequenceGap`]. Conversation rows are locked in id order, so two
 /// nodes' batches cannot deadlock. Round trips per batch: seven, whatever
-/// its size (eight when a run was refused).
+/// its size (eight when a run was refused); the statements are prepared
+/// once per connection.
 pub async fn commit_messages(
     client: &mut Client,
     batch: &[MessageWrite],
@@ -95,8 +96,11 @@ pub async fn commit_messages(
 ) -> Result<Vec<Result<(), Skipped>>, DbError> {
     let tx = client.transaction().await?;
     let ids: Vec<Uuid> = batch.iter().map(|w| w.message.id).collect();
+    let known = tx
+        .prepare_cached("SELECT id FROM dm_messages WHERE id = ANY($1)")
+        .await?;
     let stored: HashSet<Uuid> = tx
-        .query("SELECT id FROM dm_messages WHERE id = ANY($1)", &[&ids])
+        .query(&known, &[&ids])
         .await?
         .iter()
         .map(|r| r.try_get(0))
@@ -167,25 +171,28 @@ async fn advance(
 ) -> Result<HashSet<Uuid>, DbError> {
     let mut conversations: Vec<Uuid> = runs.keys().copied().collect();
     conversations.sort_unstable();
-    tx.execute(
-        "SELECT 1 FROM (SELECT id FROM dm_conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE) l",
-        &[&conversations],
-    )
-    .await?;
+    let lock = tx
+        .prepare_cached(
+            "SELECT 1 FROM (SELECT id FROM dm_conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE) l",
+        )
+        .await?;
+    tx.execute(&lock, &[&conversations]).await?;
     let firsts: Vec<i64> = conversations.iter().map(|c| runs[c].first as i64).collect();
     let lasts: Vec<i64> = conversations.iter().map(|c| runs[c].last as i64).collect();
     let ats: Vec<i64> = conversations
         .iter()
         .map(|c| runs[c].last_at as i64)
         .collect();
-    tx.query(
-        "UPDATE dm_conversations c SET last_seq = i.last, \
-         last_message_at = GREATEST(COALESCE(c.last_message_at, 0), i.at) \
-         FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[]) AS i(id, first, last, at) \
-         WHERE c.id = i.id AND c.last_seq = i.first - 1 RETURNING c.id",
-        &[&conversations, &firsts, &lasts, &ats],
-    )
-    .await?
+    let update = tx
+        .prepare_cached(
+            "UPDATE dm_conversations c SET last_seq = i.last, \
+             last_message_at = GREATEST(COALESCE(c.last_message_at, 0), i.at) \
+             FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[]) AS i(id, first, last, at) \
+             WHERE c.id = i.id AND c.last_seq = i.first - 1 RETURNING c.id",
+        )
+        .await?;
+    tx.query(&update, &[&conversations, &firsts, &lasts, &ats])
+        .await?
     .iter()
     .map(|r| Ok(r.try_get(0)?))
     .collect()
@@ -257,11 +264,16 @@ async fn insert_runs(
         }
     }
     if !rows.id.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, \
+                 ephemeral_pubkey, timestamp, server_sequence, sender_display_name, created_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::bytea[], \
+                 $6::bytea[], $7::int8[], $8::int8[], $9::text[], $10::int8[])",
+            )
+            .await?;
         tx.execute(
-            "INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, \
-             ephemeral_pubkey, timestamp, server_sequence, sender_display_name, created_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::bytea[], \
-             $6::bytea[], $7::int8[], $8::int8[], $9::text[], $10::int8[])",
+            &insert,
             &[
                 &rows.id,
                 &rows.conversation_id,
@@ -279,13 +291,15 @@ async fn insert_runs(
     }
     if !offline_ids.is_empty() {
         let queued_at = vec![now as i64; offline_ids.len()];
-        tx.execute(
-            "INSERT INTO dm_offline_queue (recipient_pubkey, dm_message_id, queued_at) \
-             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int8[]) \
-             ON CONFLICT (recipient_pubkey, dm_message_id) DO NOTHING",
-            &[&offline_to, &offline_ids, &queued_at],
-        )
-        .await?;
+        let queue = tx
+            .prepare_cached(
+                "INSERT INTO dm_offline_queue (recipient_pubkey, dm_message_id, queued_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int8[]) \
+                 ON CONFLICT (recipient_pubkey, dm_message_id) DO NOTHING",
+            )
+            .await?;
+        tx.execute(&queue, &[&offline_to, &offline_ids, &queued_at])
+            .await?;
     }
     Ok(())
 }
