@@ -11,9 +11,11 @@ use crate::db::{CommitMessages, DbError, Skipped};
 use crate::metrics::Metrics;
 use crate::model::now_ms;
 
-/// How often a group commit that lost a race (deadlock, an id inserted
-/// meanwhile) is run again before its messages fail.
-const COMMIT_TRIES: usize = 3;
+/// How often a group commit is tried before its messages fail: the first
+/// try assumes its ids are new ([`sql::Ids::AssumeNew`]); the others check
+/// them, and three of them outlast a race lost to another node (a deadlock,
+/// an id inserted meanwhile).
+const COMMIT_TRIES: usize = 4;
 
 /// Group commits on PostgreSQL: the `WriteBatcher`'s target in cluster
 /// mode. It keeps no state; the batcher keeps one batch in flight per node.
@@ -38,9 +40,16 @@ impl Handler<CommitMessages> for PgCommitter {
             let mut tries = 0;
             let result = loop {
                 tries += 1;
+                // A retry looks the ids up: a stored one (a client's resend)
+                // is what makes the first try fail most often.
+                let ids = if tries == 1 {
+                    sql::Ids::AssumeNew
+                } else {
+                    sql::Ids::Check
+                };
                 let attempt = async {
                     let mut client = checkout(&pool).await?;
-                    sql::commit_messages(&mut client, &msg.0, now_ms()).await
+                    sql::commit_messages(&mut client, &msg.0, now_ms(), ids).await
                 }
                 .await;
                 match attempt {
