@@ -127,7 +127,10 @@ pub enum Ids {
     Check,
 }
 
-async fn stored_ids(tx: &Transaction<'_>, batch: &[MessageWrite]) -> Result<HashSet<Uuid>, DbError> {
+async fn stored_ids(
+    tx: &Transaction<'_>,
+    batch: &[MessageWrite],
+) -> Result<HashSet<Uuid>, DbError> {
     let ids: Vec<Uuid> = batch.iter().map(|w| w.message.id).collect();
     let known = tx
         .prepare_cached("SELECT id FROM dm_messages WHERE id = ANY($1)")
@@ -220,9 +223,9 @@ async fn advance(
         .await?;
     tx.query(&update, &[&conversations, &firsts, &lasts, &ats])
         .await?
-    .iter()
-    .map(|r| Ok(r.try_get(0)?))
-    .collect()
+        .iter()
+        .map(|r| Ok(r.try_get(0)?))
+        .collect()
 }
 
 /// Fails the members of every run that did not advance: `Stale` when
