@@ -16,7 +16,7 @@
 //! published to this node or found by the repair poll. A conversation that
 //! is not in that read was created later, so its baseline is 0.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -74,11 +74,22 @@ pub struct Repair {
     pub participant_b: Pubkey,
 }
 
+/// Every operation costs what the user or the event concerns, never what the
+/// node follows as a whole: the feeds' lock is held for each event
+/// delivered, so a reconnect storm of thousands of sessions must not make
+/// each upgrade walk every conversation (it did: 8,000 sessions took 8-22 s
+/// to connect to a 2-node cluster, issue 26).
 #[derive(Default)]
 pub struct Feeds {
     cursors: HashMap<Uuid, Cursor>,
     /// Watched users: `false` while their baselines load.
     users: HashMap<Pubkey, bool>,
+    /// For each user, exactly the cursors that name them (as `a` or `b`):
+    /// what `unwatch` may forget.
+    by_user: HashMap<Pubkey, HashSet<Uuid>>,
+    /// Cursors whose baseline is not known yet (`delivered` is `None`):
+    /// what `loaded` may settle at 0.
+    unsettled: HashSet<Uuid>,
 }
 
 impl Feeds {
@@ -88,11 +99,27 @@ impl Feeds {
     }
 
     /// Stops watching `user`; forgets conversations nobody here watches.
+    /// Every cursor names a watched user, so only `user`'s can be orphaned.
     pub fn unwatch(&mut self, user: &Pubkey) {
         self.users.remove(user);
-        let users = &self.users;
-        self.cursors
-            .retain(|_, c| users.contains_key(&c.a) || users.contains_key(&c.b));
+        let mine: Vec<Uuid> = self
+            .by_user
+            .get(user)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        for id in mine {
+            let Some(cursor) = self.cursors.get(&id) else {
+                continue;
+            };
+            if self.users.contains_key(&cursor.a) || self.users.contains_key(&cursor.b) {
+                continue;
+            }
+            if let Some(cursor) = self.cursors.remove(&id) {
+                self.unindex(&cursor.a, &id);
+                self.unindex(&cursor.b, &id);
+            }
+            self.unsettled.remove(&id);
+        }
     }
 
     pub fn is_watched(&self, user: &Pubkey) -> bool {
@@ -104,13 +131,14 @@ impl Feeds {
     pub fn loaded(&mut self, user: &Pubkey, baselines: &[(Uuid, u64)]) -> Vec<Event> {
         self.users.insert(user.clone(), true);
         let mut ready = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for (id, last) in baselines {
             seen.insert(*id);
             match self.cursors.get_mut(id) {
                 Some(cursor) => {
                     if cursor.delivered.is_none() {
                         cursor.delivered = Some(*last);
+                        self.unsettled.remove(id);
                         drain(cursor, &mut ready);
                     }
                 }
@@ -127,13 +155,17 @@ impl Feeds {
                             behind: None,
                         },
                     );
+                    self.by_user.entry(user.clone()).or_default().insert(*id);
                 }
             }
         }
         // Conversations that were waiting for this user's baselines and are
         // not among them were created after the read: they start at 0.
         let users = &self.users;
-        for (id, cursor) in self.cursors.iter_mut() {
+        self.unsettled.retain(|id| {
+            let Some(cursor) = self.cursors.get_mut(id) else {
+                return false;
+            };
             let mine = &cursor.a == user || &cursor.b == user;
             let other = if &cursor.a == user {
                 &cursor.b
@@ -141,12 +173,23 @@ impl Feeds {
                 &cursor.a
             };
             let other_loading = users.get(other) == Some(&false);
-            if mine && cursor.delivered.is_none() && !seen.contains(id) && !other_loading {
+            if mine && !seen.contains(id) && !other_loading {
                 cursor.delivered = Some(0);
                 drain(cursor, &mut ready);
+                return false;
+            }
+            true
+        });
+        ready
+    }
+
+    fn unindex(&mut self, user: &Pubkey, id: &Uuid) {
+        if let Some(ids) = self.by_user.get_mut(user) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_user.remove(user);
             }
         }
-        ready
     }
 
     /// Takes one event; returns what can be delivered now, in order.
@@ -164,7 +207,15 @@ impl Feeds {
                 // Not among the baselines of a loaded participant: the
                 // conversation was created after they were read.
                 let loading = a == Some(false) || b == Some(false);
-                let baseline = if loading { None } else { Some(0) };
+                let baseline = if loading {
+                    self.unsettled.insert(event.conversation);
+                    None
+                } else {
+                    Some(0)
+                };
+                for user in [&event.participant_a, &event.participant_b] {
+                    (self.by_user.entry(user.clone()).or_default()).insert(event.conversation);
+                }
                 self.cursors.entry(event.conversation).or_insert(Cursor {
                     delivered: baseline,
                     pending: BTreeMap::new(),
@@ -175,8 +226,13 @@ impl Feeds {
             }
         };
         // A cursor made from baselines learns the pair from its first event.
-        cursor.a = event.participant_a.clone();
-        cursor.b = event.participant_b.clone();
+        if cursor.a != event.participant_a || cursor.b != event.participant_b {
+            cursor.a = event.participant_a.clone();
+            cursor.b = event.participant_b.clone();
+            for user in [&event.participant_a, &event.participant_b] {
+                (self.by_user.entry(user.clone()).or_default()).insert(event.conversation);
+            }
+        }
         if cursor.delivered.is_some_and(|d| event.seq <= d) {
             return ready;
         }
@@ -384,5 +440,46 @@ mod tests {
         feeds.unwatch(&a);
         assert!(feeds.tracked().is_empty());
         assert!(feeds.offer(event(c, 2)).is_empty(), "not followed here");
+    }
+
+    /// Both participants here, leaving and coming back in turns: the
+    /// conversation is followed while either is watched, and forgotten when
+    /// the last one leaves, whatever the order.
+    #[test]
+    fn a_conversation_is_forgotten_only_when_both_participants_left() {
+        let (a, b) = users();
+        let c = Uuid::new_v4();
+        let mut feeds = Feeds::default();
+        for user in [&a, &b] {
+            feeds.watch(user);
+            feeds.loaded(user, &[(c, 0)]);
+        }
+        assert_eq!(seqs(feeds.offer(event(c, 1))), vec![1]);
+        feeds.unwatch(&a);
+        assert_eq!(feeds.tracked(), vec![c], "b still follows it");
+        feeds.watch(&a);
+        feeds.loaded(&a, &[(c, 1)]);
+        feeds.unwatch(&b);
+        assert_eq!(seqs(feeds.offer(event(c, 2))), vec![2], "a follows it");
+        feeds.unwatch(&a);
+        assert!(feeds.tracked().is_empty());
+        assert!(feeds.offer(event(c, 3)).is_empty(), "not followed here");
+        assert!(feeds.by_user.is_empty() && feeds.unsettled.is_empty());
+    }
+
+    /// An event for a conversation of a user whose baselines load waits; a
+    /// second user's baselines do not settle it, its own user's do.
+    #[test]
+    fn only_a_participants_baselines_settle_a_waiting_conversation() {
+        let (a, _) = users();
+        let other = Pubkey::from_db("cc".repeat(32));
+        let c = Uuid::new_v4();
+        let mut feeds = Feeds::default();
+        feeds.watch(&a);
+        feeds.watch(&other);
+        assert!(feeds.offer(event(c, 1)).is_empty(), "a is loading");
+        assert!(feeds.loaded(&other, &[]).is_empty(), "not other's");
+        assert_eq!(seqs(feeds.loaded(&a, &[])), vec![1], "new: starts at 0");
+        assert!(feeds.unsettled.is_empty());
     }
 }

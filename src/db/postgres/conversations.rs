@@ -3,7 +3,7 @@
 use deadpool_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
-use super::rows::{conversation_from_row, CONVERSATION_SELECT};
+use super::rows::{conversation_columns, conversation_from_row, CONVERSATION_SELECT};
 use crate::db::rows::{self};
 use crate::db::DbError;
 use crate::model::{Conversation, DmKey, Pubkey};
@@ -106,13 +106,11 @@ pub async fn conversation_with_last_seq(
 ) -> Result<Option<(Conversation, u64)>, DbError> {
     // `CONVERSATION_SELECT` with `c.last_seq` as an eighth column.
     let stmt = client
-        .prepare_cached(
-            "SELECT c.id, c.participant_a, c.participant_b, ua.display_name, ub.display_name, \
-             c.created_at, COALESCE(c.last_message_at, 0), c.last_seq \
-             FROM dm_conversations c \
-             JOIN users ua ON ua.public_key = c.participant_a \
-             JOIN users ub ON ub.public_key = c.participant_b WHERE c.id = $1",
-        )
+        .prepare_cached(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            ", c.last_seq FROM dm_conversations c WHERE c.id = $1"
+        ))
         .await?;
     client
         .query_opt(&stmt, &[id])

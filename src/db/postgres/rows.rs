@@ -13,12 +13,26 @@ use crate::model::{Conversation, StoredMessage};
 pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.sender_pubkey, m.encrypted_payload, \
      m.nonce, m.ephemeral_pubkey, m.timestamp, m.server_sequence, m.sender_display_name, m.created_at";
 
+/// A conversation's columns, as `conversation_from_row` reads them. The
+/// names come from scalar subqueries, not joins: PostgreSQL then looks two
+/// names up by key for each conversation it returns. With joins, a table
+/// not analyzed yet (a cluster minutes old) or a generic plan made
+/// PostgreSQL hash the whole `users` table for every list of
+/// conversations: 5 ms at 8,000 users, and a 2-node cluster took 8-22 s to
+/// connect 8,000 sessions (issue 26). Every participant is a user (foreign
+/// keys), so the names are never missing.
+macro_rules! conversation_columns {
+    () => {
+        "c.id, c.participant_a, c.participant_b, \
+         (SELECT u.display_name FROM users u WHERE u.public_key = c.participant_a), \
+         (SELECT u.display_name FROM users u WHERE u.public_key = c.participant_b), \
+         c.created_at, COALESCE(c.last_message_at, 0)"
+    };
+}
+pub(super) use conversation_columns;
+
 pub(super) const CONVERSATION_SELECT: &str =
-    "SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \
-     ub.display_name, c.created_at, COALESCE(c.last_message_at, 0) \
-     FROM dm_conversations c \
-     JOIN users ua ON ua.public_key = c.participant_a \
-     JOIN users ub ON ub.public_key = c.participant_b";
+    concat!("SELECT ", conversation_columns!(), " FROM dm_conversations c");
 
 impl rows::Columns for Row {
     type Error = DbError;
