@@ -31,8 +31,11 @@ macro_rules! conversation_columns {
 }
 pub(super) use conversation_columns;
 
-pub(super) const CONVERSATION_SELECT: &str =
-    concat!("SELECT ", conversation_columns!(), " FROM dm_conversations c");
+pub(super) const CONVERSATION_SELECT: &str = concat!(
+    "SELECT ",
+    conversation_columns!(),
+    " FROM dm_conversations c"
+);
 
 impl rows::Columns for Row {
     type Error = DbError;
