@@ -32,6 +32,7 @@
 //! Why it is this long: sequence assignment, the in-flight queue with its
 //! retries, and fan-out are one state machine.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,6 +122,9 @@ type Waiter = oneshot::Sender<Result<SendOutcome, SendError>>;
 struct InFlight {
     /// `server_sequence` is 0 until the message is assigned.
     message: Arc<StoredMessage>,
+    /// The message's `DmMessageEvent` envelope, encoded when it is assigned
+    /// (empty before).
+    event: Bytes,
     recipient: Pubkey,
     /// The recipient's offline entry is in the same transaction.
     offline_queued: bool,
@@ -272,6 +276,7 @@ impl ConversationActor {
                 server_sequence: 0,
                 created_at: now_ms(),
             }),
+            event: Bytes::new(),
             recipient,
             offline_queued: false,
             _claim: claim,
@@ -292,6 +297,7 @@ impl ConversationActor {
         let mut message = (*entry.message).clone();
         message.server_sequence = self.next_seq;
         self.next_seq += 1;
+        entry.event = proto::message_event(&message);
         entry.message = Arc::new(message);
         entry.attempts += 1;
         // Decided now, written in the same transaction as the message.
@@ -302,6 +308,7 @@ impl ConversationActor {
                 recipient: entry.recipient.clone(),
                 offline_queued: entry.offline_queued,
             },
+            event: entry.event.clone(),
             reply: ctx.address().recipient(),
             at: Instant::now(),
         });
@@ -375,7 +382,7 @@ impl ConversationActor {
         let handles = &self.handles;
         handles.metrics.messages_accepted.inc();
         let message = entry.message;
-        let event = proto::message_event(&message);
+        let event = entry.event;
         let recipient = entry.recipient;
         if entry.offline_queued {
             handles.metrics.offline_queued.inc();

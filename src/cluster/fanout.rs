@@ -10,17 +10,17 @@ use uuid::Uuid;
 
 use super::feed::{Event, Feeds};
 use super::{user_subject, ClusterNode, RECENTLY_GONE};
-use crate::db::MessageWrite;
 use crate::model::{Pubkey, StoredMessage};
-use crate::proto;
 use crate::proto::cluster::{ClusterEvent, ClusterEvents};
+use crate::store::commit::AppendMessage;
 
 impl ClusterNode {
     /// Publishes what a group commit wrote to the users concerned who are
     /// online on another node: one NATS message per user per batch.
-    pub fn publish_committed(&self, writes: &[&MessageWrite]) {
+    pub fn publish_committed(&self, appends: &[&AppendMessage]) {
         let mut by_user: HashMap<&Pubkey, Vec<ClusterEvent>> = HashMap::new();
-        for write in writes {
+        for append in appends {
+            let write = &append.write;
             let m = &write.message;
             let to_sender = self.presence.is_online(&m.sender);
             let to_recipient = self.presence.is_online(&write.recipient);
@@ -33,7 +33,7 @@ impl ClusterNode {
                 (&write.recipient, &m.sender)
             };
             let event = ClusterEvent {
-                envelope: proto::message_event(m),
+                envelope: append.event.clone(),
                 conversation_id: Bytes::copy_from_slice(m.conversation_id.as_bytes()),
                 server_sequence: m.server_sequence,
                 participant_a: a.to_string(),

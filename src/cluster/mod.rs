@@ -47,12 +47,12 @@ use self::presence::{RemotePresence, Reply};
 use self::sealing::{BusSeal, Rejected};
 use crate::actors::registry::SessionRegistry;
 use crate::config::NatsUrl;
-use crate::db::MessageWrite;
+
 use crate::metrics::Metrics;
 use crate::model::Pubkey;
 use crate::proto::cluster::{presence::Kind, Presence};
 use crate::runtime::OwnedRuntime;
-use crate::store::commit::CommitListener;
+use crate::store::commit::{AppendMessage, CommitListener};
 use crate::store::Store;
 
 /// The presence subject.
@@ -158,8 +158,8 @@ impl Drop for WatchGuard {
 }
 
 impl CommitListener for ClusterNode {
-    fn committed(&self, writes: &[&MessageWrite]) {
-        self.publish_committed(writes);
+    fn committed(&self, appends: &[&AppendMessage]) {
+        self.publish_committed(appends);
     }
 }
 

@@ -40,7 +40,7 @@ pub const MAX_BATCH: usize = 512;
 /// it to the other nodes. Called once per batch, on the committing thread,
 /// before any conversation hears its results.
 pub trait CommitListener: Send + Sync {
-    fn committed(&self, writes: &[&MessageWrite]);
+    fn committed(&self, appends: &[&AppendMessage]);
 }
 
 /// Tells `listener` which of `batch`'s writes `result` says committed.
@@ -50,11 +50,11 @@ pub(crate) fn tell_committed(
     result: &Result<Vec<Result<(), Skipped>>, DbError>,
 ) {
     if let (Some(listener), Ok(results)) = (listener, result) {
-        let committed: Vec<&MessageWrite> = batch
+        let committed: Vec<&AppendMessage> = batch
             .iter()
             .zip(results)
             .filter(|(_, r)| r.is_ok())
-            .map(|(a, _)| &a.write)
+            .map(|(a, _)| a)
             .collect();
         listener.committed(&committed);
     }
@@ -135,6 +135,11 @@ pub struct MessagesCommitted {
 #[rtype(result = "()")]
 pub struct AppendMessage {
     pub write: MessageWrite,
+    /// The message's `DmMessageEvent` envelope, encoded once by its
+    /// conversation: what its sessions are pushed, and what the cluster's
+    /// [`CommitListener`] publishes to the other nodes (it was encoded a
+    /// second time there, issue 26). Opaque bytes to the store.
+    pub event: bytes::Bytes,
     /// Where the outcome goes (the conversation's actor).
     pub reply: Recipient<MessagesCommitted>,
     /// When it was appended (for `united_send_stage_seconds`).
@@ -406,6 +411,7 @@ mod tests {
                 recipient: Pubkey::from_db("cd".repeat(32)),
                 offline_queued: false,
             },
+            event: bytes::Bytes::new(),
             reply: which.2.clone(),
             at: std::time::Instant::now(),
         });
