@@ -20,5 +20,5 @@ pub use conversations::*;
 pub use identity::*;
 pub use messages::*;
 pub use offline::*;
-pub use rows::{checkout, is_connection_error, is_retryable};
+pub use rows::{checkout, is_connection_error, is_retryable, is_unique_violation};
 pub use schema::{migrate, shared_secret, LATEST};

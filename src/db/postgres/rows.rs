@@ -70,6 +70,12 @@ pub(super) fn conversation_from_row(row: &Row) -> Result<Conversation, DbError> 
     rows::conversation(row)
 }
 
+/// Whether a statement failed on a unique key (an id stored meanwhile, or
+/// one [`super::Ids::AssumeNew`] assumed new).
+pub fn is_unique_violation(err: &DbError) -> bool {
+    matches!(err, DbError::Postgres(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
+}
+
 /// Whether an error means the server cannot be reached (or is going away),
 /// as opposed to refusing a statement.
 pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {

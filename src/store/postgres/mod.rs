@@ -111,6 +111,7 @@ impl PgStore {
             handle: runtime.handle(),
             pool: pool.clone(),
             metrics: metrics.clone(),
+            ids: Arc::default(),
         }
         .start();
         let mut store = PgStore {
