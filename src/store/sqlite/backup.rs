@@ -26,8 +26,6 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -35,6 +33,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::writer::{BackupStep, DbExecutor, Lane, Writer};
 use crate::db::{self, DbError};
+use crate::runtime::StoppableThread;
 
 /// What a backup or restore wrote.
 #[derive(Debug)]
@@ -439,46 +438,28 @@ const REPORT_EVERY: Duration = Duration::from_millis(200);
 /// them through its writer, on a thread of its own; dropping it stops the
 /// thread (and a backup in progress, whose partial file is removed).
 pub struct BackupService {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: StoppableThread,
 }
 
 impl BackupService {
     pub fn start(db: PathBuf, writer: Writer) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("united-backup".into())
-            .spawn(move || {
-                lower_priority();
-                while !flag.load(Ordering::Acquire) {
-                    // Woken at once when the hub stops (see Drop).
-                    std::thread::park_timeout(REQUEST_POLL);
-                    if let Some((asker, to)) = take_request(&db) {
-                        let job = Job {
-                            db: &db,
-                            writer: &writer,
-                            asker: &asker,
-                            stop: &flag,
-                        };
-                        job.run(&to);
-                    }
+        let thread = StoppableThread::spawn("united-backup", move |stop| {
+            lower_priority();
+            while !stop.load(Ordering::Acquire) {
+                // Woken at once when the hub stops (the drop unparks it).
+                std::thread::park_timeout(REQUEST_POLL);
+                if let Some((asker, to)) = take_request(&db) {
+                    let job = Job {
+                        db: &db,
+                        writer: &writer,
+                        asker: &asker,
+                        stop,
+                    };
+                    job.run(&to);
                 }
-            })?;
-        Ok(BackupService {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for BackupService {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
+            }
+        })?;
+        Ok(BackupService { _thread: thread })
     }
 }
 

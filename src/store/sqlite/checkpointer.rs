@@ -39,13 +39,13 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
 use crate::db::{self, DbError};
 use crate::metrics::Metrics;
+use crate::runtime::StoppableThread;
 
 /// How often the checkpointer copies new WAL frames and flushes them while
 /// the WAL grows. The smaller each flush, the shorter the WAL fsyncs that
@@ -64,8 +64,7 @@ pub const RESTART_FRAMES: i64 = 16_384;
 
 /// Owns the checkpoint thread; dropping it stops the thread.
 pub struct Checkpointer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: StoppableThread,
 }
 
 /// What one `PRAGMA wal_checkpoint` reported.
@@ -222,31 +221,16 @@ impl Checkpointer {
             path,
             deferred: false,
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("united-checkpoint".into())
-            .spawn(move || worker.run(&flag))
+        let thread = StoppableThread::spawn("united-checkpoint", move |stop| worker.run(stop))
             .map_err(|e| DbError::Other(format!("starting the checkpointer: {e}")))?;
-        Ok(Checkpointer {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        Ok(Checkpointer { _thread: thread })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::thread::JoinHandle;
 
     /// A database at `dir` with table `t`, its writer, and a running worker
     /// that resets the WAL past `restart_frames`; stop it with the flag.
