@@ -47,7 +47,6 @@ use self::presence::{RemotePresence, Reply};
 use self::sealing::{BusSeal, Rejected};
 use crate::actors::registry::SessionRegistry;
 use crate::config::NatsUrl;
-
 use crate::metrics::Metrics;
 use crate::model::Pubkey;
 use crate::proto::cluster::{presence::Kind, Presence};
