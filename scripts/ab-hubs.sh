@@ -51,7 +51,7 @@ for i in $(seq 1 "$runs"); do
   done
 done
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-for field in accepted_per_second latency.p50_ms latency.p99_ms latency.p999_ms latency.max_ms rss.per_session_kib; do
+for field in accepted_per_second latency.p50_ms latency.p99_ms latency.p999_ms latency.max_ms rss.per_session_kib cpu.hub_percent cpu.generator_percent; do
   for name in base new; do
     runs_of=$(for i in $(seq 1 "$runs"); do jq -r ".$field // empty" "$OUT/$mode-$name-$i.json" 2>/dev/null; done)
     [ -n "$runs_of" ] || continue

@@ -81,14 +81,21 @@ impl From<HubError> for SendError {
     }
 }
 
-/// Sends one message into this conversation.
+/// Sends one message into this conversation. The answer goes to `reply`,
+/// not through actix's answer channel: the caller awaits it directly, so
+/// the commit's result wakes the caller's task and nothing in between (no
+/// task of the actor's to await the commit, no second channel).
 #[derive(Message)]
-#[rtype(result = "Result<SendOutcome, SendError>")]
+#[rtype(result = "()")]
 pub struct SendDm {
     pub sender: Pubkey,
     pub message: NewMessage,
     /// When the send was asked for (for `united_send_stage_seconds`).
     pub at: Instant,
+    /// Gets the answer once the message is committed (or refused). Dropped
+    /// unanswered only with a send the actor never took, one left in the
+    /// mailbox of an actor that stopped: the caller sends it again.
+    pub reply: Waiter,
 }
 
 /// A participant changed their display name.
@@ -116,7 +123,8 @@ pub struct ConversationHandles {
     pub on_stop: OnStop,
 }
 
-type Waiter = oneshot::Sender<Result<SendOutcome, SendError>>;
+/// Where the answer to a send goes.
+pub type Waiter = oneshot::Sender<Result<SendOutcome, SendError>>;
 
 /// A message of this conversation on its way to the store.
 struct InFlight {
@@ -212,20 +220,34 @@ impl ConversationActor {
             .chain(self.waiting.iter_mut())
     }
 
-    /// Checks a send and puts it on its way. Returns the receiver of the answer.
-    fn accept(
-        &mut self,
-        msg: SendDm,
-        ctx: &mut Context<Self>,
-    ) -> Result<oneshot::Receiver<Result<SendOutcome, SendError>>, SendError> {
-        if self.stopping {
-            return Err(SendError::Stopped);
-        }
+    /// Checks a send and puts it on its way; a refusal is answered at once.
+    fn accept(&mut self, msg: SendDm, ctx: &mut Context<Self>) {
         let SendDm {
             sender,
             message,
             at,
+            reply,
         } = msg;
+        let mut reply = Some(reply);
+        if let Err(e) = self.take(sender, message, at, &mut reply, ctx) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// [`Self::accept`]: on success, `reply` is taken by the message's entry.
+    fn take(
+        &mut self,
+        sender: Pubkey,
+        message: NewMessage,
+        at: Instant,
+        reply: &mut Option<Waiter>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), SendError> {
+        if self.stopping {
+            return Err(SendError::Stopped);
+        }
         self.handles
             .metrics
             .stages
@@ -234,7 +256,8 @@ impl ConversationActor {
         if !self.conversation.has_participant(&sender) {
             return Err(HubError::NotParticipant.into());
         }
-        let (tx, rx) = oneshot::channel();
+        let taken =
+            |reply: &mut Option<Waiter>| reply.take().expect("a send's reply is taken once");
 
         if let Some(id) = message.id {
             if let Some(entry) = self.pending().find(|e| e.message.id == id) {
@@ -243,8 +266,8 @@ impl ConversationActor {
                         HubError::Conflict("message id reused with different content").into(),
                     );
                 }
-                entry.waiters.push((tx, false));
-                return Ok(rx);
+                entry.waiters.push((taken(reply), false));
+                return Ok(());
             }
         }
         // Claimed before anything else, so that no other conversation of
@@ -280,7 +303,7 @@ impl ConversationActor {
             recipient,
             offline_queued: false,
             _claim: claim,
-            waiters: vec![(tx, true)],
+            waiters: vec![(taken(reply), true)],
             attempts: 0,
         };
         if self.needs_resync {
@@ -289,7 +312,7 @@ impl ConversationActor {
         } else {
             self.assign(entry, ctx);
         }
-        Ok(rx)
+        Ok(())
     }
 
     /// Gives `entry` the next sequence and appends it to the next group commit.
@@ -387,6 +410,16 @@ impl ConversationActor {
         if entry.offline_queued {
             handles.metrics.offline_queued.inc();
         }
+        // The sender's answer first: its waiter's task then runs before the
+        // sender's session, which the push below wakes, so the session
+        // writes the answer and its own event in one poll, one `sendto`
+        // (the contract lets them come in either order).
+        for (waiter, created) in entry.waiters {
+            let _ = waiter.send(Ok(SendOutcome {
+                message: message.clone(),
+                created,
+            }));
+        }
         let delivered_to_recipient = match &handles.cluster {
             // Delivered in sequence order with what other nodes commit; the
             // node queues offline itself when nobody took the push.
@@ -400,12 +433,6 @@ impl ConversationActor {
                 Some(pushed.delivered)
             }
         };
-        for (waiter, created) in entry.waiters {
-            let _ = waiter.send(Ok(SendOutcome {
-                message: message.clone(),
-                created,
-            }));
-        }
         if !entry.offline_queued && delivered_to_recipient == Some(0) {
             // The recipient was online at assignment but no session took the
             // push: queue it now, in a second small write.
@@ -444,20 +471,11 @@ impl Actor for ConversationActor {
 }
 
 impl Handler<SendDm> for ConversationActor {
-    type Result = ResponseFuture<Result<SendOutcome, SendError>>;
+    type Result = ();
 
-    fn handle(&mut self, msg: SendDm, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SendDm, ctx: &mut Context<Self>) {
         self.last_active = Instant::now();
-        match self.accept(msg, ctx) {
-            Ok(rx) => Box::pin(async move {
-                rx.await.unwrap_or_else(|_| {
-                    Err(SendError::Api(HubError::internal(anyhow::anyhow!(
-                        "conversation actor dropped a send"
-                    ))))
-                })
-            }),
-            Err(e) => Box::pin(async move { Err(e) }),
-        }
+        self.accept(msg, ctx);
     }
 }
 

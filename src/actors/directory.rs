@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::conversation::{
@@ -92,18 +93,26 @@ impl ConversationDirectory {
     ) -> Result<SendOutcome, HubError> {
         for _ in 0..SEND_ATTEMPTS {
             let addr = self.get_or_start(&message.conversation_id).await?;
+            let (reply, answer) = oneshot::channel();
             let request = SendDm {
                 sender: sender.clone(),
                 message: message.clone(),
                 at: std::time::Instant::now(),
+                reply,
             };
-            match addr.send(request).await {
+            // Into the mailbox without an answer channel of actix's; only a
+            // full mailbox waits for room, as `send` would.
+            if let Err(actix::prelude::SendError::Full(request)) = addr.try_send(request) {
+                let _ = addr.send(request).await;
+            }
+            match answer.await {
                 Ok(Ok(outcome)) => return Ok(outcome),
                 Ok(Err(SendError::Api(e))) => return Err(e),
-                Ok(Err(SendError::Stopped)) | Err(MailboxError::Closed) => {
+                // Stopping, or stopped with the send still in its mailbox
+                // (the send dropped unanswered): a fresh actor takes it.
+                Ok(Err(SendError::Stopped)) | Err(_) => {
                     self.forget(&message.conversation_id, &addr);
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         Err(HubError::internal(anyhow::anyhow!(
