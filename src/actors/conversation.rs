@@ -126,6 +126,30 @@ pub struct ConversationHandles {
 /// Where the answer to a send goes.
 pub type Waiter = oneshot::Sender<Result<SendOutcome, SendError>>;
 
+/// The answer channel of a send the actor has taken. Dropped unanswered
+/// (the actor dropped with the send in flight, as when the node stops), it
+/// answers with an internal error: only a send never taken is dropped
+/// silently, and only that one is sent again (`ConversationDirectory`).
+struct Answer(Option<Waiter>);
+
+impl Answer {
+    fn send(mut self, result: Result<SendOutcome, SendError>) {
+        if let Some(waiter) = self.0.take() {
+            let _ = waiter.send(result);
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(waiter) = self.0.take() {
+            let _ = waiter.send(Err(SendError::Api(HubError::internal(anyhow::anyhow!(
+                "conversation actor dropped a send"
+            )))));
+        }
+    }
+}
+
 /// A message of this conversation on its way to the store.
 struct InFlight {
     /// `server_sequence` is 0 until the message is assigned.
@@ -139,7 +163,7 @@ struct InFlight {
     /// The client-chosen id's claim (released when the entry is dropped).
     _claim: Option<Claim>,
     /// The sender, then any resend that arrived while it was in flight.
-    waiters: Vec<(Waiter, bool)>,
+    waiters: Vec<(Answer, bool)>,
     /// Times it was assigned a sequence.
     attempts: u32,
 }
@@ -147,7 +171,7 @@ struct InFlight {
 impl InFlight {
     fn fail(self, err: impl Fn() -> HubError) {
         for (waiter, _) in self.waiters {
-            let _ = waiter.send(Err(SendError::Api(err())));
+            waiter.send(Err(SendError::Api(err())));
         }
     }
 }
@@ -256,8 +280,7 @@ impl ConversationActor {
         if !self.conversation.has_participant(&sender) {
             return Err(HubError::NotParticipant.into());
         }
-        let taken =
-            |reply: &mut Option<Waiter>| reply.take().expect("a send's reply is taken once");
+        let taken = |reply: &mut Option<Waiter>| Answer(Some(reply.take().expect("taken once")));
 
         if let Some(id) = message.id {
             if let Some(entry) = self.pending().find(|e| e.message.id == id) {
@@ -394,7 +417,7 @@ impl ConversationActor {
                         ))),
                         Err(e) => Err(HubError::from_store(e)),
                     };
-                    let _ = waiter.send(answer.map_err(SendError::Api));
+                    waiter.send(answer.map_err(SendError::Api));
                 }
             })
             .spawn(ctx);
@@ -415,7 +438,7 @@ impl ConversationActor {
         // writes the answer and its own event in one poll, one `sendto`
         // (the contract lets them come in either order).
         for (waiter, created) in entry.waiters {
-            let _ = waiter.send(Ok(SendOutcome {
+            waiter.send(Ok(SendOutcome {
                 message: message.clone(),
                 created,
             }));
@@ -540,5 +563,26 @@ impl Handler<RenameParticipant> for ConversationActor {
         } else if c.participant_b == msg.user {
             c.participant_b_display_name = msg.display_name;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The directory sends again only a send whose answer channel was
+    /// dropped silently, which must mean the actor never took it.
+    #[test]
+    fn a_taken_send_dropped_unanswered_answers_with_an_error() {
+        let (waiter, mut answer) = oneshot::channel();
+        drop(Answer(Some(waiter)));
+        match answer.try_recv() {
+            Ok(Err(SendError::Api(e))) => assert_eq!(e.code(), "internal"),
+            other => panic!("expected an internal error, got {other:?}"),
+        }
+
+        let (waiter, mut answer) = oneshot::channel();
+        Answer(Some(waiter)).send(Err(SendError::Stopped));
+        assert!(matches!(answer.try_recv(), Ok(Err(SendError::Stopped))));
     }
 }
