@@ -252,25 +252,9 @@ impl ConversationActor {
             at,
             reply,
         } = msg;
-        let mut reply = Some(reply);
-        if let Err(e) = self.take(sender, message, at, &mut reply, ctx) {
-            if let Some(reply) = reply {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-
-    /// [`Self::accept`]: on success, `reply` is taken by the message's entry.
-    fn take(
-        &mut self,
-        sender: Pubkey,
-        message: NewMessage,
-        at: Instant,
-        reply: &mut Option<Waiter>,
-        ctx: &mut Context<Self>,
-    ) -> Result<(), SendError> {
+        let answer = Answer(Some(reply));
         if self.stopping {
-            return Err(SendError::Stopped);
+            return answer.send(Err(SendError::Stopped));
         }
         self.handles
             .metrics
@@ -278,19 +262,17 @@ impl ConversationActor {
             .to_actor
             .observe(at.elapsed().as_secs_f64());
         if !self.conversation.has_participant(&sender) {
-            return Err(HubError::NotParticipant.into());
+            return answer.send(Err(HubError::NotParticipant.into()));
         }
-        let taken = |reply: &mut Option<Waiter>| Answer(Some(reply.take().expect("taken once")));
+        let reused = || Err(HubError::Conflict("message id reused with different content").into());
 
         if let Some(id) = message.id {
             if let Some(entry) = self.pending().find(|e| e.message.id == id) {
                 if !entry.message.same_content(&message, &sender) {
-                    return Err(
-                        HubError::Conflict("message id reused with different content").into(),
-                    );
+                    return answer.send(reused());
                 }
-                entry.waiters.push((taken(reply), false));
-                return Ok(());
+                entry.waiters.push((answer, false));
+                return;
             }
         }
         // Claimed before anything else, so that no other conversation of
@@ -299,11 +281,7 @@ impl ConversationActor {
         let claim = match message.id {
             Some(id) => match self.handles.claims.claim_guard(id) {
                 Some(claim) => Some(claim),
-                None => {
-                    return Err(
-                        HubError::Conflict("message id reused with different content").into(),
-                    )
-                }
+                None => return answer.send(reused()),
             },
             None => None,
         };
@@ -326,7 +304,7 @@ impl ConversationActor {
             recipient,
             offline_queued: false,
             _claim: claim,
-            waiters: vec![(taken(reply), true)],
+            waiters: vec![(answer, true)],
             attempts: 0,
         };
         if self.needs_resync {
@@ -335,7 +313,6 @@ impl ConversationActor {
         } else {
             self.assign(entry, ctx);
         }
-        Ok(())
     }
 
     /// Gives `entry` the next sequence and appends it to the next group commit.
