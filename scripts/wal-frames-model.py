@@ -11,6 +11,7 @@ commit of each b-tree (as scripts/wal-frames.py does for a running hub).
     scripts/wal-frames-model.py              # all five
     scripts/wal-frames-model.py rowid        # one: rowid, worowid, intkey, blobkey, intblob
     BATCH=10 scripts/wal-frames-model.py     # commits of 10 (about 5,000/s)
+    PAGE_SIZE=1024 scripts/wal-frames-model.py rowid   # another page size
 
 rowid:   today's table (TEXT conversation id, UNIQUE(conversation_id,
          server_sequence), TEXT primary key).
@@ -70,6 +71,7 @@ _spec.loader.exec_module(wal_frames)
 
 
 BATCH = int(os.environ.get("BATCH", "106"))
+PAGE_SIZE = int(os.environ.get("PAGE_SIZE", "4096"))
 
 
 def uuid7():
@@ -82,6 +84,7 @@ def uuid7():
 def model(variant, directory):
     path = os.path.join(directory, f"{variant}.db")
     c = sqlite3.connect(path, isolation_level=None)
+    c.execute(f"PRAGMA page_size={PAGE_SIZE}")
     c.execute("PRAGMA journal_mode=WAL")
     c.execute("PRAGMA wal_autocheckpoint=0")
     c.execute("PRAGMA synchronous=OFF")
@@ -131,7 +134,7 @@ def model(variant, directory):
     frames = [page for t in wal_frames.commits(path + "-wal") for page in t]
     names = dict(c.execute("SELECT pageno, name || ' ' || pagetype FROM dbstat"))
     c.close()
-    print(f"{variant:8} {wal / (4096 + 24) / commits:6.1f} frames/commit "
+    print(f"{variant:8} {wal / (PAGE_SIZE + 24) / commits:6.1f} frames/commit "
           f"{wal / commits / BATCH:7.0f} WAL bytes/message")
     by_tree = collections.Counter(names.get(p, "(freed since)") for p in frames)
     for tree, count in by_tree.most_common():

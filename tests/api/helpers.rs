@@ -384,6 +384,19 @@ impl ProcessHub {
             .unwrap()
     }
 
+    /// The parts of the hub's RSS (`RssAnon`, `RssFile`, `RssShmem`), for
+    /// a failure message: anonymous memory is the heap, the rest is files
+    /// the hub maps.
+    pub fn rss_parts(&self) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .filter(|l| l.starts_with("Rss"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn ws_url(&self) -> String {
         HubClient::new(&self.address).ws_url()
     }
