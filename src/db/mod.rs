@@ -8,6 +8,7 @@
 //! Nothing else opens a SQLite connection that writes.
 
 pub mod migrations;
+pub mod order;
 pub mod portable;
 pub mod postgres;
 pub mod reads;

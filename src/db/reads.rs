@@ -6,6 +6,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
+use super::order;
 use super::portable::{Kind, Row as PortableRow, Table, Value};
 use super::{rows, DbError};
 use crate::model::{
@@ -15,19 +16,33 @@ use crate::model::{
 pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.sender_pubkey, m.encrypted_payload, \
      m.nonce, m.ephemeral_pubkey, m.timestamp, m.server_sequence, m.sender_display_name, m.created_at";
 
-/// `last_message_at` is read from the conversation's last message (one
-/// seek in the `(conversation_id, server_sequence)` index) rather than kept
-/// in `dm_conversations`: updating that row in every group commit wrote one
-/// more page per conversation of the batch to the WAL (docs/benchmarks-history.md, issue
-/// 13). The column stays in the schema, unused by this engine.
-const CONVERSATION_SELECT: &str =
-    "SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \
+/// `last_message_at` is read from the conversation's last message rather
+/// than kept in `dm_conversations`: updating that row in every group commit
+/// wrote one more page per conversation of the batch to the WAL
+/// (docs/benchmarks-history.md, issue 13). The column stays in the schema,
+/// unused by this engine. The last message is the newest of the tail not
+/// indexed yet (`tail`, one pass over it for all the conversations) or else
+/// the order's last (one seek).
+fn conversation_select(filter: &str) -> String {
+    format!(
+        "WITH tail AS MATERIALIZED ( \
+       SELECT m.conversation_id, max(m.server_sequence), m.created_at \
+       FROM dm_messages m WHERE {tail} GROUP BY m.conversation_id) \
+     SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \
      ub.display_name, c.created_at, \
-     COALESCE((SELECT m.created_at FROM dm_messages m WHERE m.conversation_id = c.id \
-               ORDER BY m.server_sequence DESC LIMIT 1), 0) AS last_at \
+     COALESCE(t.created_at, \
+              (SELECT m.created_at FROM dm_message_order o \
+               JOIN dm_messages m ON m.local_id = o.message \
+               WHERE o.conversation = unhex(replace(c.id, '-', '')) \
+               ORDER BY o.server_sequence DESC LIMIT 1), \
+              0) AS last_at \
      FROM dm_conversations c \
      JOIN users ua ON ua.public_key = c.participant_a \
-     JOIN users ub ON ub.public_key = c.participant_b";
+     JOIN users ub ON ub.public_key = c.participant_b \
+     LEFT JOIN tail t ON t.conversation_id = c.id {filter}",
+        tail = order::tail_of_all()
+    )
+}
 
 impl rows::Columns for Row<'_> {
     type Error = rusqlite::Error;
@@ -100,19 +115,39 @@ pub fn dm_key(conn: &Connection, pubkey: &Pubkey) -> Result<Option<DmKey>, DbErr
     Ok(key)
 }
 
+/// One conversation. Its last message in the tail is found by reading the
+/// tail backwards from the newest (it stops at the conversation's newest),
+/// not by aggregating the whole tail as [`conversations_of`] does.
 pub fn conversation(conn: &Connection, id: &Uuid) -> Result<Option<Conversation>, DbError> {
-    let mut stmt = conn.prepare_cached(&format!("{CONVERSATION_SELECT} WHERE c.id = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \
+         ub.display_name, c.created_at, \
+         COALESCE((SELECT m.created_at FROM dm_messages m \
+                   WHERE {tail} AND m.conversation_id = ?1 ORDER BY m.local_id DESC LIMIT 1), \
+                  (SELECT m.created_at FROM dm_message_order o \
+                   JOIN dm_messages m ON m.local_id = o.message \
+                   WHERE o.conversation = ?2 ORDER BY o.server_sequence DESC LIMIT 1), \
+                  0) AS last_at \
+         FROM dm_conversations c \
+         JOIN users ua ON ua.public_key = c.participant_a \
+         JOIN users ub ON ub.public_key = c.participant_b \
+         WHERE c.id = ?1",
+        tail = order::tail("?2")
+    ))?;
     Ok(stmt
-        .query_row([id.to_string()], conversation_from_row)
+        .query_row(
+            params![id.to_string(), &id.as_bytes()[..]],
+            conversation_from_row,
+        )
         .optional()?)
 }
 
 /// The caller's conversations: most recent message first, then conversations
 /// without messages, newest first.
 pub fn conversations_of(conn: &Connection, user: &Pubkey) -> Result<Vec<Conversation>, DbError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "{CONVERSATION_SELECT} WHERE c.participant_a = ?1 OR c.participant_b = ?1 \
-         ORDER BY last_at = 0, last_at DESC, c.created_at DESC, c.id"
+    let mut stmt = conn.prepare_cached(&conversation_select(
+        "WHERE c.participant_a = ?1 OR c.participant_b = ?1 \
+         ORDER BY last_at = 0, last_at DESC, c.created_at DESC, c.id",
     ))?;
     let rows = stmt.query_map([user.as_str()], conversation_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -167,10 +202,19 @@ pub fn oldest_offline(conn: &Connection) -> Result<Option<u64>, DbError> {
 }
 
 pub fn max_sequence(conn: &Connection, conversation: &Uuid) -> Result<u64, DbError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT COALESCE(MAX(server_sequence), 0) FROM dm_messages WHERE conversation_id = ?1",
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT max( \
+           COALESCE((SELECT max(server_sequence) FROM dm_message_order \
+                     WHERE conversation = ?2), 0), \
+           COALESCE((SELECT m.server_sequence FROM dm_messages m \
+                     WHERE {tail} AND m.conversation_id = ?1 \
+                     ORDER BY m.local_id DESC LIMIT 1), 0))",
+        tail = order::tail("?2")
+    ))?;
+    let max: i64 = stmt.query_row(
+        params![conversation.to_string(), &conversation.as_bytes()[..]],
+        |r| r.get(0),
     )?;
-    let max: i64 = stmt.query_row([conversation.to_string()], |r| r.get(0))?;
     Ok(max as u64)
 }
 
@@ -184,27 +228,44 @@ pub fn history(
 ) -> Result<History, DbError> {
     let fetch = i64::from(limit) + 1;
     let id = conversation.to_string();
+    let key = &conversation.as_bytes()[..];
+    // The order's first `fetch` and the whole tail (fewer than
+    // `order::INDEX_BATCH` rows), then the first `fetch` of both.
     let (messages, has_more) = match page {
         HistoryPage::Before(before) => {
             let before = before
                 .map(|b| b.min(i64::MAX as u64) as i64)
                 .unwrap_or(i64::MAX);
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
-                 WHERE m.conversation_id = ?1 AND m.server_sequence < ?2 \
-                 ORDER BY m.server_sequence DESC LIMIT ?3"
+                "SELECT * FROM ( \
+                   SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM dm_message_order o \
+                     JOIN dm_messages m ON m.local_id = o.message \
+                     WHERE o.conversation = ?4 AND o.server_sequence < ?2 \
+                     ORDER BY o.server_sequence DESC LIMIT ?3) \
+                   UNION ALL \
+                   SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
+                   WHERE {tail} AND m.conversation_id = ?1 AND m.server_sequence < ?2) \
+                 ORDER BY server_sequence DESC LIMIT ?3",
+                tail = order::tail("?4")
             ))?;
-            let rows = stmt.query_map(params![id, before, fetch], message_from_row)?;
+            let rows = stmt.query_map(params![id, before, fetch, key], message_from_row)?;
             take_page(rows, limit, |m| m.encrypted_payload.len())?
         }
         HistoryPage::After(after) => {
             let after = after.min(i64::MAX as u64) as i64;
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
-                 WHERE m.conversation_id = ?1 AND m.server_sequence > ?2 \
-                 ORDER BY m.server_sequence ASC LIMIT ?3"
+                "SELECT * FROM ( \
+                   SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM dm_message_order o \
+                     JOIN dm_messages m ON m.local_id = o.message \
+                     WHERE o.conversation = ?4 AND o.server_sequence > ?2 \
+                     ORDER BY o.server_sequence ASC LIMIT ?3) \
+                   UNION ALL \
+                   SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
+                   WHERE {tail} AND m.conversation_id = ?1 AND m.server_sequence > ?2) \
+                 ORDER BY server_sequence ASC LIMIT ?3",
+                tail = order::tail("?4")
             ))?;
-            let rows = stmt.query_map(params![id, after, fetch], message_from_row)?;
+            let rows = stmt.query_map(params![id, after, fetch, key], message_from_row)?;
             take_page(rows, limit, |m| m.encrypted_payload.len())?
         }
     };

@@ -107,10 +107,10 @@ pub(crate) fn rotation(used: bool, expires_at: i64, now: u64) -> Rotation {
 /// The migrations a database at schema version `current` still needs, with
 /// the version each brings it to. A database newer than this build is
 /// refused: running an older binary on it could lose data it does not know.
-pub(crate) fn pending_migrations<'a>(
-    all: &'a [&'a str],
+pub(crate) fn pending_migrations<T>(
+    all: &[T],
     current: u32,
-) -> Result<impl Iterator<Item = (u32, &'a str)> + 'a, DbError> {
+) -> Result<impl Iterator<Item = (u32, &T)>, DbError> {
     if current as usize > all.len() {
         return Err(DbError::Other(format!(
             "the database's schema is at version {current}, newer than this build knows ({}): \
@@ -122,7 +122,7 @@ pub(crate) fn pending_migrations<'a>(
         .iter()
         .enumerate()
         .skip(current as usize)
-        .map(|(index, sql)| (index as u32 + 1, *sql)))
+        .map(|(index, migration)| (index as u32 + 1, migration)))
 }
 
 #[cfg(test)]
@@ -141,7 +141,7 @@ mod tests {
     fn a_database_newer_than_the_build_is_refused() {
         let all = ["a", "b", "c"];
         let plan: Vec<_> = pending_migrations(&all, 1).unwrap().collect();
-        assert_eq!(plan, vec![(2, "b"), (3, "c")]);
+        assert_eq!(plan, vec![(2, &"b"), (3, &"c")]);
         assert_eq!(pending_migrations(&all, 3).unwrap().count(), 0);
         let Err(e) = pending_migrations(&all, 4) else {
             panic!("a newer schema was accepted")

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::portable::{Row as PortableRow, Table};
 use super::rows::{self, Rotation};
-use super::{reads, DbError};
+use super::{order, reads, DbError};
 use crate::model::{Conversation, DmKey, Pubkey, StoredMessage, User};
 
 fn begin(conn: &mut Connection) -> Result<Transaction<'_>, DbError> {
@@ -229,28 +229,35 @@ pub enum Skipped {
     Stale,
 }
 
-/// Each conversation's last committed sequence, as the writer committed it,
-/// so that a group commit does not read `MAX(server_sequence)` once per
-/// conversation. Only the writer commits messages (and nothing deletes
-/// them), so an entry stays true until the writer changes it.
+/// What the writer knows of what it committed: each conversation's last
+/// committed sequence, so that a group commit does not read
+/// `MAX(server_sequence)` once per conversation, and how many messages the
+/// conversation order has not indexed yet ([`order`]). Only the writer
+/// commits messages (and nothing deletes them), so an entry stays true
+/// until the writer changes it.
 #[derive(Debug, Default)]
-pub struct LastSequences(HashMap<Uuid, u64>);
+pub struct Committed {
+    last: HashMap<Uuid, u64>,
+    /// Read from the database at the first commit.
+    order: Option<order::Progress>,
+}
 
-impl LastSequences {
+impl Committed {
     /// Entries kept at most; past that the map starts again empty and fills
     /// from the database as conversations come back.
     const CAPACITY: usize = 65_536;
 
     fn get(&self, conversation: &Uuid) -> Option<u64> {
-        self.0.get(conversation).copied()
+        self.last.get(conversation).copied()
     }
 
     /// Records what a committed transaction wrote.
-    fn committed(&mut self, last: HashMap<Uuid, u64>) {
-        if self.0.len() + last.len() > Self::CAPACITY {
-            self.0.clear();
+    fn committed(&mut self, last: HashMap<Uuid, u64>, order: order::Progress) {
+        if self.last.len() + last.len() > Self::CAPACITY {
+            self.last.clear();
         }
-        self.0.extend(last);
+        self.last.extend(last);
+        self.order = Some(order);
     }
 }
 
@@ -262,14 +269,22 @@ impl LastSequences {
 /// so the table never has a gap. A message whose id is already stored is
 /// skipped as [`Skipped::DuplicateId`] before its insert could fail, so one
 /// client's resend never fails the other messages of the batch.
+///
+/// Each commit does its share of filling the conversation order
+/// ([`order::Progress::advance`]).
 pub fn commit_messages(
     conn: &mut Connection,
-    known: &mut LastSequences,
+    known: &mut Committed,
     batch: &[MessageWrite],
     now: u64,
 ) -> Result<Vec<Result<(), Skipped>>, DbError> {
     let tx = begin(conn)?;
+    let progress = match known.order.take() {
+        Some(progress) => progress,
+        None => order::Progress::read(&tx)?,
+    };
     let mut results = Vec::with_capacity(batch.len());
+    let mut written = Vec::with_capacity(batch.len());
     // What this transaction writes; `known` learns it once it commits.
     let mut last_seq: HashMap<Uuid, u64> = HashMap::new();
     {
@@ -317,6 +332,11 @@ pub fn commit_messages(
                 m.sender_display_name,
                 m.created_at as i64,
             ])?;
+            written.push((
+                *m.conversation_id.as_bytes(),
+                m.server_sequence as i64,
+                tx.last_insert_rowid(),
+            ));
             if write.offline_queued {
                 insert_offline.execute(params![write.recipient.as_str(), id, now as i64])?;
             }
@@ -324,8 +344,9 @@ pub fn commit_messages(
             results.push(Ok(()));
         }
     }
+    let progress = progress.advance(&tx, written)?;
     tx.commit()?;
-    known.committed(last_seq);
+    known.committed(last_seq, progress);
     Ok(results)
 }
 
@@ -434,6 +455,9 @@ pub fn clear_tables(conn: &mut Connection, tables: &[Table]) -> Result<u64, DbEr
     let mut deleted = 0;
     for table in tables.iter().rev() {
         deleted += tx.execute(&format!("DELETE FROM {}", table.name), [])? as u64;
+        if table.name == "dm_messages" {
+            order::clear(&tx)?;
+        }
     }
     tx.commit()?;
     Ok(deleted)
@@ -461,6 +485,12 @@ pub fn import_rows(
             stmt.execute(rusqlite::params_from_iter(values))?;
         }
     }
+    // Imported messages are in the conversation order at once: a
+    // duplicate (conversation, sequence) fails this batch, not a later
+    // commit.
+    if table.name == "dm_messages" {
+        order::index_all(&tx)?;
+    }
     tx.commit()?;
     Ok(())
 }
@@ -471,6 +501,7 @@ mod tests {
 
     use super::*;
     use crate::db::migrations::migrate;
+    use crate::model::HistoryPage;
 
     fn db_with_conversation() -> (Connection, Uuid, Pubkey, Pubkey) {
         let mut conn = Connection::open_in_memory().unwrap();
@@ -513,7 +544,7 @@ mod tests {
     fn the_sequence_cache_learns_only_what_committed() {
         let (mut conn, c, a, _) = db_with_conversation();
         conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
-        let known = &mut LastSequences::default();
+        let known = &mut Committed::default();
         let unknown = Uuid::new_v4();
         let failed = commit_messages(
             &mut conn,
@@ -539,7 +570,7 @@ mod tests {
     #[test]
     fn a_batch_never_leaves_a_gap() {
         let (mut conn, c, a, b) = db_with_conversation();
-        let known = &mut LastSequences::default();
+        let known = &mut Committed::default();
         let ok = commit_messages(
             &mut conn,
             known,
@@ -581,7 +612,7 @@ mod tests {
         let (mut conn, c, a, b) = db_with_conversation();
         let w1 = write(c, &a, 1, Some(&b));
         let w2 = write(c, &a, 2, Some(&b));
-        let known = &mut LastSequences::default();
+        let known = &mut Committed::default();
         commit_messages(&mut conn, known, &[w1.clone(), w2.clone()], 20).unwrap();
         assert_eq!(
             ack_offline(&mut conn, &a, &[w1.message.id]).unwrap(),
@@ -607,5 +638,106 @@ mod tests {
             "once"
         );
         assert!(reads::offline_entries(&conn, &b, 10).unwrap().0.is_empty());
+    }
+
+    /// Reads by conversation see each message once, in order, whether the
+    /// order holds it or it is still in the tail: before a sweep, in the
+    /// middle of one (some conversations swept, more messages above it) and
+    /// after; and the state read back from the database (as after a
+    /// restart) counts what the order lacks.
+    #[test]
+    fn reads_by_conversation_join_the_order_and_its_tail() {
+        let (mut conn, quiet, a, _) = db_with_conversation();
+        let n = order::SWEEP_CONVERSATIONS + 4;
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let partner = Pubkey::from_db(format!("{:02x}", i + 16).repeat(32));
+            login_user(&mut conn, &partner, Some("P"), 1).unwrap();
+            let (first, second) = if a.as_str() < partner.as_str() {
+                (&a, &partner)
+            } else {
+                (&partner, &a)
+            };
+            ids.push(
+                create_conversation(&mut conn, first, second, 1)
+                    .unwrap()
+                    .0
+                    .id,
+            );
+        }
+        let known = &mut Committed::default();
+        let mut last = vec![0u64; n];
+        let mut commit = |conn: &mut Connection, count: u64| {
+            let batch: Vec<_> = (0..count)
+                .map(|i| {
+                    let k = i as usize % n;
+                    last[k] += 1;
+                    write(ids[k], &a, last[k], None)
+                })
+                .collect();
+            let results = commit_messages(conn, known, &batch, 20).unwrap();
+            assert!(results.iter().all(|r| r.is_ok()));
+            last.clone()
+        };
+        let count = |conn: &Connection, sql: &str| -> u64 {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64
+        };
+        let check = |conn: &Connection, last: &[u64]| {
+            let stored = count(conn, "SELECT count(*) FROM dm_messages");
+            let indexed = count(conn, "SELECT count(*) FROM dm_message_order");
+            let progress = order::Progress::read(conn).unwrap();
+            assert_eq!(progress.unindexed(), stored - indexed);
+            for (conversation, &last) in ids.iter().zip(last) {
+                assert_eq!(reads::max_sequence(conn, conversation).unwrap(), last);
+                let at = reads::conversation(conn, conversation).unwrap().unwrap();
+                assert_eq!(at.last_message_at, 10 + last);
+                // Forwards in pages of 97, then backwards from the newest.
+                let mut seen = Vec::new();
+                loop {
+                    let after = seen.last().copied().unwrap_or(0);
+                    let page =
+                        reads::history(conn, conversation, HistoryPage::After(after), 97).unwrap();
+                    seen.extend(page.messages.iter().map(|m| m.server_sequence));
+                    if !page.has_more {
+                        break;
+                    }
+                }
+                assert_eq!(seen, (1..=last).collect::<Vec<_>>());
+                let mut back = Vec::new();
+                loop {
+                    let before = back.last().copied();
+                    let page = reads::history(conn, conversation, HistoryPage::Before(before), 97)
+                        .unwrap();
+                    back.extend(page.messages.iter().map(|m| m.server_sequence));
+                    if !page.has_more {
+                        break;
+                    }
+                }
+                assert_eq!(back, (1..=last).rev().collect::<Vec<_>>());
+            }
+            indexed
+        };
+        // All in the tail.
+        let last = commit(&mut conn, 1000);
+        assert_eq!(check(&conn, &last), 0);
+        // The commit that reaches INDEX_BATCH starts a sweep and indexes
+        // its first SWEEP_CONVERSATIONS conversations.
+        let last = commit(&mut conn, order::INDEX_BATCH - 1000);
+        let swept = check(&conn, &last);
+        assert!(swept > 0 && swept < order::INDEX_BATCH, "{swept}");
+        // The next commit ends the sweep: all of it is in the order.
+        let last = commit(&mut conn, 40);
+        assert_eq!(check(&conn, &last), order::INDEX_BATCH);
+        let conversations = reads::conversations_of(&conn, &a).unwrap();
+        assert_eq!(conversations.len(), n + 1);
+        assert_eq!(
+            conversations[n].id, quiet,
+            "the one without messages comes last"
+        );
+        // Imports index everything at once, the tail too.
+        let tx = conn.transaction().unwrap();
+        assert_eq!(order::index_all(&tx).unwrap(), 40);
+        tx.commit().unwrap();
+        assert_eq!(check(&conn, &last), order::INDEX_BATCH + 40);
     }
 }

@@ -180,6 +180,8 @@ async fn migration_creates_the_dm_tables() {
         "dm_public_keys",
         "dm_conversations",
         "dm_messages",
+        "dm_message_order",
+        "dm_message_order_state",
         "dm_offline_queue",
     ] {
         assert!(tables.contains(t), "missing table {t}");
@@ -191,12 +193,18 @@ async fn migration_creates_the_dm_tables() {
              VALUES ('m1', 'c', 'a', x'00', x'00', 1, 1, 0);",
     )
     .unwrap();
-    let dup_seq = db.execute(
-        "INSERT INTO dm_messages (id, conversation_id, sender_pubkey, encrypted_payload, nonce, timestamp, server_sequence, created_at)
-         VALUES ('m2', 'c', 'a', x'00', x'00', 1, 1, 0)",
+    // (conversation, sequence) is unique in the conversation order, which
+    // the writer fills in batches (src/db/order.rs).
+    db.execute(
+        "INSERT INTO dm_message_order VALUES ('c', 1, (SELECT rowid FROM dm_messages WHERE id = 'm1'))",
         [],
+    )
+    .unwrap();
+    let dup_seq = db.execute("INSERT INTO dm_message_order VALUES ('c', 1, 2)", []);
+    assert!(
+        dup_seq.is_err(),
+        "PRIMARY KEY(conversation_id, server_sequence)"
     );
-    assert!(dup_seq.is_err(), "UNIQUE(conversation_id, server_sequence)");
     let dup_pair = db.execute(
         "INSERT INTO dm_conversations (id, participant_a, participant_b, created_at) VALUES ('d', 'a', 'b', 0)",
         [],

@@ -24,7 +24,7 @@ use std::time::Instant;
 use actix::{Actor, Addr, Handler, Message, SyncContext};
 use rusqlite::Connection;
 
-use crate::db::writes::{self, LastSequences, Skipped};
+use crate::db::writes::{self, Committed, Skipped};
 use crate::db::{DbError, MessageWrite};
 use crate::metrics::Metrics;
 use crate::model::now_ms;
@@ -37,8 +37,9 @@ pub struct DbExecutor {
     conn: Connection,
     lanes: Arc<Lanes>,
     metrics: Arc<Metrics>,
-    /// Each conversation's last committed sequence.
-    last_sequences: LastSequences,
+    /// Each conversation's last committed sequence, and the messages the
+    /// conversation order has not indexed yet.
+    committed: Committed,
 }
 
 impl DbExecutor {
@@ -48,7 +49,7 @@ impl DbExecutor {
             conn,
             lanes,
             metrics,
-            last_sequences: LastSequences::default(),
+            committed: Committed::default(),
         }
     }
 }
@@ -193,8 +194,7 @@ impl DbExecutor {
         writes: &[MessageWrite],
     ) -> Result<Vec<Result<(), Skipped>>, DbError> {
         let started = Instant::now();
-        let result =
-            writes::commit_messages(&mut self.conn, &mut self.last_sequences, writes, now_ms());
+        let result = writes::commit_messages(&mut self.conn, &mut self.committed, writes, now_ms());
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
