@@ -229,8 +229,9 @@ pub fn history(
     let fetch = i64::from(limit) + 1;
     let id = conversation.to_string();
     let key = &conversation.as_bytes()[..];
-    // The order's first `fetch` and the whole tail (fewer than
-    // `order::INDEX_BATCH` rows), then the first `fetch` of both.
+    // The order's first `fetch` and the conversation's whole tail (the
+    // tail is about `order::INDEX_BATCH` rows at most, more while a sweep
+    // runs), then the first `fetch` of both.
     let (messages, has_more) = match page {
         HistoryPage::Before(before) => {
             let before = before

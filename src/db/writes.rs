@@ -231,8 +231,8 @@ pub enum Skipped {
 
 /// What the writer knows of what it committed: each conversation's last
 /// committed sequence, so that a group commit does not read
-/// `MAX(server_sequence)` once per conversation, and how many messages the
-/// conversation order has not indexed yet ([`order`]). Only the writer
+/// `MAX(server_sequence)` once per conversation, and where the sweep of the
+/// conversation order stands ([`order::Progress`]). Only the writer
 /// commits messages (and nothing deletes them), so an entry stays true
 /// until the writer changes it.
 #[derive(Debug, Default)]
