@@ -18,9 +18,13 @@
 //!
 //! The messages not indexed yet are those above
 //! `dm_message_order_state.indexed_through`, less those of the
-//! conversations the sweep in progress has passed. A read by conversation reads the order and
-//! that tail ([`tail`]) in one snapshot, so it neither misses a message nor
-//! sees one twice.
+//! conversations the sweep in progress has passed: the tail. The writer
+//! keeps the tail by conversation in memory ([`Tail`]), shared with the
+//! readers, so a read by conversation takes that conversation's part of it
+//! and reads only the order, never scanning the tail's rows. Scanning them
+//! cost each read up to [`INDEX_BATCH`] rows, and a thousand conversations
+//! starting at once (a restart under load) held the writer and the read
+//! pool for over 100 ms (docs/benchmarks-history.md).
 //!
 //! # Invariants
 //! - `local_id` is the table's `INTEGER PRIMARY KEY`, so `VACUUM` (and
@@ -31,9 +35,17 @@
 //! - Messages are deleted only all at once (`writes::clear_tables`), which
 //!   empties the order and resets `indexed_through`: a `local_id` below it
 //!   is never reused.
+//! - The [`Tail`] changes only after the commit it describes: a message
+//!   joins it once committed and leaves it once its sweep is committed.
+//!   A reader takes its part before its query, so the query sees each
+//!   message of the part in the order or as a row, possibly both (readers
+//!   drop the second by sequence), and never neither.
 //! - (conversation, sequence) is unique. The writer checks that each
 //!   message follows its conversation's last (`writes::commit_messages`),
 //!   and the order's primary key refuses a duplicate when it is filled.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, Transaction};
 
@@ -55,21 +67,15 @@ pub const INDEX_BATCH: u64 = 4096;
 /// the id's last digit (~60 conversations a commit) still gave 11 ms.
 pub const SWEEP_CONVERSATIONS: usize = 16;
 
-/// The rows of `dm_messages m` that the order does not hold yet, for a
-/// conversation whose 16-byte key is `key` (SQL): those above
-/// `indexed_through`, except those up to `sweep_through` of a conversation
-/// the sweep has passed (its key at most `sweep_key`).
-pub(crate) fn tail(key: &str) -> String {
+/// The rows of `dm_messages m` that the order does not hold yet (SQL):
+/// those above `indexed_through`, except those up to `sweep_through` of a
+/// conversation the sweep has passed (its key at most `sweep_key`).
+fn tail_of_all() -> String {
     format!(
         "m.local_id > (SELECT indexed_through FROM dm_message_order_state) \
          AND (m.local_id > (SELECT sweep_through FROM dm_message_order_state) \
-              OR {key} > coalesce((SELECT sweep_key FROM dm_message_order_state), x''))"
+              OR {KEY_SQL} > coalesce((SELECT sweep_key FROM dm_message_order_state), x''))"
     )
-}
-
-/// [`tail`] for the rows of every conversation.
-pub(crate) fn tail_of_all() -> String {
-    tail(KEY_SQL)
 }
 
 /// The order's key of `dm_messages m`'s conversation: its id's 16 bytes.
@@ -144,16 +150,18 @@ impl Progress {
     /// A commit's share of the indexing, in its transaction, after it wrote
     /// the messages `written`: starts a sweep once [`INDEX_BATCH`] messages
     /// wait, and indexes [`SWEEP_CONVERSATIONS`] conversations of it a
-    /// commit. Returns the state to keep once the transaction commits.
+    /// commit. Returns the state to keep once the transaction commits, and
+    /// the messages this commit put in the order.
     pub fn advance(
         mut self,
         tx: &Transaction<'_>,
         written: Vec<Entry>,
-    ) -> Result<Progress, DbError> {
+    ) -> Result<(Progress, Vec<Entry>), DbError> {
         self.waiting.extend(written);
+        let mut swept = Vec::new();
         if self.sweep_through == self.indexed_through {
             if (self.waiting.len() as u64) < INDEX_BATCH {
-                return Ok(self);
+                return Ok((self, swept));
             }
             let mut batch = std::mem::take(&mut self.waiting);
             let last = batch.iter().map(|e| e.2).max();
@@ -176,7 +184,7 @@ impl Progress {
                 self.sweep_key = Some(key.to_vec());
             }
             insert.execute(rusqlite::params![&key[..], seq, local_id])?;
-            self.pending.pop_front();
+            swept.extend(self.pending.pop_front());
         }
         if self.pending.is_empty() {
             self.indexed_through = self.sweep_through;
@@ -187,7 +195,91 @@ impl Progress {
              SET indexed_through = ?1, sweep_through = ?2, sweep_key = ?3",
             rusqlite::params![self.indexed_through, self.sweep_through, self.sweep_key],
         )?;
-        Ok(self)
+        Ok((self, swept))
+    }
+}
+
+/// A conversation's part of the tail: (sequence, `local_id`) of each of its
+/// messages the order does not hold yet, in sequence order.
+pub type Part = Vec<(i64, i64)>;
+
+/// The tail by conversation, kept by the writer and read by everyone who
+/// reads by conversation. Cheap to clone.
+///
+/// A reader takes its conversation's part ([`Tail::part`]) *before* it
+/// queries the order: see the module's invariants.
+#[derive(Clone, Debug, Default)]
+pub struct Tail(Arc<Mutex<HashMap<[u8; 16], Part>>>);
+
+impl Tail {
+    /// The tail as the database has it (a fresh process, tests).
+    pub fn read(conn: &Connection) -> Result<Tail, DbError> {
+        let tail = Tail::default();
+        tail.replace(&Progress::read(conn)?);
+        Ok(tail)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], Part>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `conversation`'s part of the tail, oldest first.
+    pub fn part(&self, conversation: &uuid::Uuid) -> Part {
+        self.lock()
+            .get(conversation.as_bytes())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The newest message of `conversation` in the tail.
+    pub fn last(&self, conversation: &uuid::Uuid) -> Option<(i64, i64)> {
+        self.lock()
+            .get(conversation.as_bytes())
+            .and_then(|part| part.last().copied())
+    }
+
+    /// Messages in the tail.
+    pub fn len(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Becomes the tail of `progress` (read from the database).
+    pub fn replace(&self, progress: &Progress) {
+        let mut map: HashMap<[u8; 16], Part> = HashMap::new();
+        for (key, seq, local_id) in progress.pending.iter().chain(&progress.waiting) {
+            map.entry(*key).or_default().push((*seq, *local_id));
+        }
+        for part in map.values_mut() {
+            part.sort_unstable();
+        }
+        *self.lock() = map;
+    }
+
+    /// After a commit: `added` joined the tail (in commit order) and
+    /// `swept` left it for the order.
+    pub fn apply(&self, added: &[Entry], swept: &[Entry]) {
+        let mut map = self.lock();
+        // Added first: a sweep may take messages of its own commit.
+        for (key, seq, local_id) in added {
+            map.entry(*key).or_default().push((*seq, *local_id));
+        }
+        // A sweep takes a conversation's oldest messages, in key order, and
+        // a conversation's `local_id`s grow with its sequence: each run of
+        // one key is a prefix of that conversation's part.
+        for run in swept.chunk_by(|a, b| a.0 == b.0) {
+            let (key, _, through) = run[run.len() - 1];
+            if let Some(part) = map.get_mut(&key) {
+                let cut = part.partition_point(|&(_, id)| id <= through);
+                part.drain(..cut);
+                if part.is_empty() {
+                    map.remove(&key);
+                }
+            }
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! # Architecture Invariant
 //! Nothing here writes.
 
+use std::collections::HashMap;
+
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
@@ -20,28 +22,28 @@ pub(crate) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.sender_pubk
 /// than kept in `dm_conversations`: updating that row in every group commit
 /// wrote one more page per conversation of the batch to the WAL
 /// (docs/benchmarks-history.md, issue 13). The column stays in the schema,
-/// unused by this engine. The last message is the newest of the tail not
-/// indexed yet (`tail`, one pass over it for all the conversations) or else
-/// the order's last (one seek).
+/// unused by this engine. Here it is the order's last message (one seek);
+/// the callers put the tail's newest in front of it ([`order::Tail`]).
 fn conversation_select(filter: &str) -> String {
     format!(
-        "WITH tail AS MATERIALIZED ( \
-       SELECT m.conversation_id, max(m.server_sequence), m.created_at \
-       FROM dm_messages m WHERE {tail} GROUP BY m.conversation_id) \
-     SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \
-     ub.display_name, c.created_at, \
-     COALESCE(t.created_at, \
-              (SELECT m.created_at FROM dm_message_order o \
-               JOIN dm_messages m ON m.local_id = o.message \
-               WHERE o.conversation = unhex(replace(c.id, '-', '')) \
-               ORDER BY o.server_sequence DESC LIMIT 1), \
-              0) AS last_at \
-     FROM dm_conversations c \
-     JOIN users ua ON ua.public_key = c.participant_a \
-     JOIN users ub ON ub.public_key = c.participant_b \
-     LEFT JOIN tail t ON t.conversation_id = c.id {filter}",
-        tail = order::tail_of_all()
+        "SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \
+         ub.display_name, c.created_at, \
+         COALESCE((SELECT m.created_at FROM dm_message_order o \
+                   JOIN dm_messages m ON m.local_id = o.message \
+                   WHERE o.conversation = unhex(replace(c.id, '-', '')) \
+                   ORDER BY o.server_sequence DESC LIMIT 1), \
+                  0) AS last_at \
+         FROM dm_conversations c \
+         JOIN users ua ON ua.public_key = c.participant_a \
+         JOIN users ub ON ub.public_key = c.participant_b {filter}"
     )
+}
+
+/// When the message with `local_id` was stored (a message of the tail).
+fn created_at(conn: &Connection, local_id: i64) -> Result<Option<u64>, DbError> {
+    let mut stmt = conn.prepare_cached("SELECT created_at FROM dm_messages WHERE local_id = ?1")?;
+    let at: Option<i64> = stmt.query_row([local_id], |r| r.get(0)).optional()?;
+    Ok(at.map(|t| t as u64))
 }
 
 impl rows::Columns for Row<'_> {
@@ -115,42 +117,69 @@ pub fn dm_key(conn: &Connection, pubkey: &Pubkey) -> Result<Option<DmKey>, DbErr
     Ok(key)
 }
 
-/// One conversation. Its last message in the tail is found by reading the
-/// tail backwards from the newest (it stops at the conversation's newest),
-/// not by aggregating the whole tail as [`conversations_of`] does.
-pub fn conversation(conn: &Connection, id: &Uuid) -> Result<Option<Conversation>, DbError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT c.id, c.participant_a, c.participant_b, ua.display_name, \
-         ub.display_name, c.created_at, \
-         COALESCE((SELECT m.created_at FROM dm_messages m \
-                   WHERE {tail} AND m.conversation_id = ?1 ORDER BY m.local_id DESC LIMIT 1), \
-                  (SELECT m.created_at FROM dm_message_order o \
-                   JOIN dm_messages m ON m.local_id = o.message \
-                   WHERE o.conversation = ?2 ORDER BY o.server_sequence DESC LIMIT 1), \
-                  0) AS last_at \
-         FROM dm_conversations c \
-         JOIN users ua ON ua.public_key = c.participant_a \
-         JOIN users ub ON ub.public_key = c.participant_b \
-         WHERE c.id = ?1",
-        tail = order::tail("?2")
-    ))?;
-    Ok(stmt
-        .query_row(
-            params![id.to_string(), &id.as_bytes()[..]],
-            conversation_from_row,
-        )
-        .optional()?)
+/// One conversation. `last` is its newest message in the tail
+/// ([`order::Tail::last`], taken before this read).
+pub fn conversation(
+    conn: &Connection,
+    id: &Uuid,
+    last: Option<(i64, i64)>,
+) -> Result<Option<Conversation>, DbError> {
+    let mut stmt = conn.prepare_cached(&conversation_select("WHERE c.id = ?1"))?;
+    let Some(mut conversation) = stmt
+        .query_row([id.to_string()], conversation_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    if let Some((_, local_id)) = last {
+        if let Some(at) = created_at(conn, local_id)? {
+            conversation.last_message_at = at;
+        }
+    }
+    Ok(Some(conversation))
 }
 
 /// The caller's conversations: most recent message first, then conversations
 /// without messages, newest first.
-pub fn conversations_of(conn: &Connection, user: &Pubkey) -> Result<Vec<Conversation>, DbError> {
+pub fn conversations_of(
+    conn: &Connection,
+    tail: &order::Tail,
+    user: &Pubkey,
+) -> Result<Vec<Conversation>, DbError> {
+    // Which conversations, then their newest messages in the tail, then the
+    // order (the tail's parts before the order: `order::Tail`).
+    let mut ids = conn.prepare_cached(
+        "SELECT id FROM dm_conversations WHERE participant_a = ?1 OR participant_b = ?1",
+    )?;
+    let ids: Vec<String> = ids
+        .query_map([user.as_str()], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let lasts: HashMap<Uuid, i64> = ids
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .filter_map(|id| tail.last(&id).map(|(_, local_id)| (id, local_id)))
+        .collect();
     let mut stmt = conn.prepare_cached(&conversation_select(
-        "WHERE c.participant_a = ?1 OR c.participant_b = ?1 \
-         ORDER BY last_at = 0, last_at DESC, c.created_at DESC, c.id",
+        "WHERE c.participant_a = ?1 OR c.participant_b = ?1",
     ))?;
-    let rows = stmt.query_map([user.as_str()], conversation_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut conversations: Vec<Conversation> = stmt
+        .query_map([user.as_str()], conversation_from_row)?
+        .collect::<Result<_, _>>()?;
+    for conversation in &mut conversations {
+        if let Some(&local_id) = lasts.get(&conversation.id) {
+            if let Some(at) = created_at(conn, local_id)? {
+                conversation.last_message_at = at;
+            }
+        }
+    }
+    conversations.sort_by(|a, b| {
+        (a.last_message_at == 0)
+            .cmp(&(b.last_message_at == 0))
+            .then(b.last_message_at.cmp(&a.last_message_at))
+            .then(b.created_at.cmp(&a.created_at))
+            .then(a.id.cmp(&b.id))
+    });
+    Ok(conversations)
 }
 
 /// Everyone who shares a conversation with `user`.
@@ -201,75 +230,93 @@ pub fn oldest_offline(conn: &Connection) -> Result<Option<u64>, DbError> {
     Ok(at.map(|t| t as u64))
 }
 
-pub fn max_sequence(conn: &Connection, conversation: &Uuid) -> Result<u64, DbError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT max( \
-           COALESCE((SELECT max(server_sequence) FROM dm_message_order \
-                     WHERE conversation = ?2), 0), \
-           COALESCE((SELECT m.server_sequence FROM dm_messages m \
-                     WHERE {tail} AND m.conversation_id = ?1 \
-                     ORDER BY m.local_id DESC LIMIT 1), 0))",
-        tail = order::tail("?2")
-    ))?;
-    let max: i64 = stmt.query_row(
-        params![conversation.to_string(), &conversation.as_bytes()[..]],
-        |r| r.get(0),
+/// The conversation's last committed sequence: the order's last, or
+/// `last`, its newest message in the tail ([`order::Tail::last`], taken
+/// before this read), whichever is later.
+pub fn max_sequence(
+    conn: &Connection,
+    conversation: &Uuid,
+    last: Option<(i64, i64)>,
+) -> Result<u64, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(max(server_sequence), 0) FROM dm_message_order WHERE conversation = ?1",
     )?;
-    Ok(max as u64)
+    let ordered: i64 = stmt.query_row([&conversation.as_bytes()[..]], |r| r.get(0))?;
+    Ok(ordered.max(last.map_or(0, |(seq, _)| seq)) as u64)
 }
 
 /// One page of history, cut at `limit` messages or at the page's byte cap
-/// ([`take_page`]); `has_more` is exact (one extra row is read).
+/// ([`take_page`]); `has_more` is exact (one extra row is read). `part` is
+/// the conversation's part of the tail ([`order::Tail::part`], taken before
+/// this read): the page is the first `limit` of the order's and the part's
+/// messages, each once.
 pub fn history(
     conn: &Connection,
     conversation: &Uuid,
+    part: &[(i64, i64)],
     page: HistoryPage,
     limit: u32,
 ) -> Result<History, DbError> {
-    let fetch = i64::from(limit) + 1;
-    let id = conversation.to_string();
+    let fetch = limit as usize + 1;
     let key = &conversation.as_bytes()[..];
-    // The order's first `fetch` and the conversation's whole tail (the
-    // tail is about `order::INDEX_BATCH` rows at most, more while a sweep
-    // runs), then the first `fetch` of both.
-    let (messages, has_more) = match page {
+    let (sql, bound, newest_first) = match page {
         HistoryPage::Before(before) => {
-            let before = before
-                .map(|b| b.min(i64::MAX as u64) as i64)
-                .unwrap_or(i64::MAX);
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT * FROM ( \
-                   SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM dm_message_order o \
-                     JOIN dm_messages m ON m.local_id = o.message \
-                     WHERE o.conversation = ?4 AND o.server_sequence < ?2 \
-                     ORDER BY o.server_sequence DESC LIMIT ?3) \
-                   UNION ALL \
-                   SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
-                   WHERE {tail} AND m.conversation_id = ?1 AND m.server_sequence < ?2) \
-                 ORDER BY server_sequence DESC LIMIT ?3",
-                tail = order::tail("?4")
-            ))?;
-            let rows = stmt.query_map(params![id, before, fetch, key], message_from_row)?;
-            take_page(rows, limit, |m| m.encrypted_payload.len())?
+            let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+            (
+                "o.server_sequence < ?2 ORDER BY o.server_sequence DESC",
+                before,
+                true,
+            )
         }
-        HistoryPage::After(after) => {
-            let after = after.min(i64::MAX as u64) as i64;
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT * FROM ( \
-                   SELECT * FROM (SELECT {MESSAGE_COLUMNS} FROM dm_message_order o \
-                     JOIN dm_messages m ON m.local_id = o.message \
-                     WHERE o.conversation = ?4 AND o.server_sequence > ?2 \
-                     ORDER BY o.server_sequence ASC LIMIT ?3) \
-                   UNION ALL \
-                   SELECT {MESSAGE_COLUMNS} FROM dm_messages m \
-                   WHERE {tail} AND m.conversation_id = ?1 AND m.server_sequence > ?2) \
-                 ORDER BY server_sequence ASC LIMIT ?3",
-                tail = order::tail("?4")
-            ))?;
-            let rows = stmt.query_map(params![id, after, fetch, key], message_from_row)?;
-            take_page(rows, limit, |m| m.encrypted_payload.len())?
+        HistoryPage::After(after) => (
+            "o.server_sequence > ?2 ORDER BY o.server_sequence ASC",
+            after.min(i64::MAX as u64) as i64,
+            false,
+        ),
+    };
+    // By sequence: a message swept since the part was taken is in both.
+    let mut found: std::collections::BTreeMap<i64, StoredMessage> = Default::default();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM dm_message_order o \
+         JOIN dm_messages m ON m.local_id = o.message \
+         WHERE o.conversation = ?1 AND {sql} LIMIT ?3"
+    ))?;
+    for message in stmt.query_map(params![key, bound, fetch as i64], message_from_row)? {
+        let message = message?;
+        found.insert(message.server_sequence as i64, message);
+    }
+    let in_page = |seq: i64| {
+        if newest_first {
+            seq < bound
+        } else {
+            seq > bound
         }
     };
+    let mut wanted: Vec<i64> = part
+        .iter()
+        .filter(|(seq, _)| in_page(*seq) && !found.contains_key(seq))
+        .map(|&(_, local_id)| local_id)
+        .collect();
+    if newest_first {
+        wanted.reverse();
+    }
+    wanted.truncate(fetch);
+    let mut row = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM dm_messages m WHERE m.local_id = ?1"
+    ))?;
+    for local_id in wanted {
+        if let Some(message) = row.query_row([local_id], message_from_row).optional()? {
+            found.insert(message.server_sequence as i64, message);
+        }
+    }
+    let messages: Vec<StoredMessage> = if newest_first {
+        found.into_values().rev().take(fetch).collect()
+    } else {
+        found.into_values().take(fetch).collect()
+    };
+    let (messages, has_more) = take_page(messages.into_iter().map(Ok::<_, DbError>), limit, |m| {
+        m.encrypted_payload.len()
+    })?;
     Ok(History { messages, has_more })
 }
 

@@ -166,9 +166,11 @@ pub fn upsert_dm_key(
 }
 
 /// Creates the conversation of a normalised pair, or returns the existing one.
-/// The writer is serial, so two concurrent creates cannot both insert.
+/// The writer is serial, so two concurrent creates cannot both insert, and
+/// `tail` (the writer's) is exact here.
 pub fn create_conversation(
     conn: &mut Connection,
+    tail: &order::Tail,
     a: &Pubkey,
     b: &Pubkey,
     now: u64,
@@ -197,8 +199,8 @@ pub fn create_conversation(
     let id = Uuid::parse_str(&id).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })?;
-    let conversation =
-        reads::conversation(&tx, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    let conversation = reads::conversation(&tx, &id, tail.last(&id))?
+        .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     tx.commit()?;
     Ok((conversation, created))
 }
@@ -232,14 +234,16 @@ pub enum Skipped {
 /// What the writer knows of what it committed: each conversation's last
 /// committed sequence, so that a group commit does not read
 /// `MAX(server_sequence)` once per conversation, and where the sweep of the
-/// conversation order stands ([`order::Progress`]). Only the writer
-/// commits messages (and nothing deletes them), so an entry stays true
-/// until the writer changes it.
+/// conversation order stands ([`order::Progress`]), with the tail it shares
+/// with the readers ([`order::Tail`]). Only the writer commits messages
+/// (and nothing deletes them), so an entry stays true until the writer
+/// changes it.
 #[derive(Debug, Default)]
 pub struct Committed {
     last: HashMap<Uuid, u64>,
-    /// Read from the database at the first commit.
+    /// Read from the database when `None` (then `tail` is rebuilt too).
     order: Option<order::Progress>,
+    tail: order::Tail,
 }
 
 impl Committed {
@@ -247,17 +251,40 @@ impl Committed {
     /// from the database as conversations come back.
     const CAPACITY: usize = 65_536;
 
+    /// The writer's knowledge of a database whose order stands at
+    /// `progress`, with `tail` already its tail.
+    pub fn new(progress: order::Progress, tail: order::Tail) -> Self {
+        Committed {
+            last: HashMap::new(),
+            order: Some(progress),
+            tail,
+        }
+    }
+
     fn get(&self, conversation: &Uuid) -> Option<u64> {
         self.last.get(conversation).copied()
     }
 
-    /// Records what a committed transaction wrote.
-    fn committed(&mut self, last: HashMap<Uuid, u64>, order: order::Progress) {
+    /// Forgets the order's state: the next commit reads it from the
+    /// database and rebuilds the tail (after an import or a clear).
+    pub fn reload(&mut self) {
+        self.order = None;
+    }
+
+    /// Records what a committed transaction wrote, and what it swept.
+    fn committed(
+        &mut self,
+        last: HashMap<Uuid, u64>,
+        order: order::Progress,
+        added: &[order::Entry],
+        swept: &[order::Entry],
+    ) {
         if self.last.len() + last.len() > Self::CAPACITY {
             self.last.clear();
         }
         self.last.extend(last);
         self.order = Some(order);
+        self.tail.apply(added, swept);
     }
 }
 
@@ -281,7 +308,11 @@ pub fn commit_messages(
     let tx = begin(conn)?;
     let progress = match known.order.take() {
         Some(progress) => progress,
-        None => order::Progress::read(&tx)?,
+        None => {
+            let progress = order::Progress::read(&tx)?;
+            known.tail.replace(&progress);
+            progress
+        }
     };
     let mut results = Vec::with_capacity(batch.len());
     let mut written = Vec::with_capacity(batch.len());
@@ -312,7 +343,11 @@ pub fn commit_messages(
                 Some(seq) => *seq,
                 None => match known.get(&m.conversation_id) {
                     Some(seq) => seq,
-                    None => reads::max_sequence(&tx, &m.conversation_id)?,
+                    None => reads::max_sequence(
+                        &tx,
+                        &m.conversation_id,
+                        known.tail.last(&m.conversation_id),
+                    )?,
                 },
             };
             if broken.contains(&m.conversation_id) || m.server_sequence != last + 1 {
@@ -344,9 +379,10 @@ pub fn commit_messages(
             results.push(Ok(()));
         }
     }
-    let progress = progress.advance(&tx, written)?;
+    let added = written.clone();
+    let (progress, swept) = progress.advance(&tx, written)?;
     tx.commit()?;
-    known.committed(last_seq, progress);
+    known.committed(last_seq, progress, &added, &swept);
     Ok(results)
 }
 
@@ -510,7 +546,8 @@ mod tests {
         let b = Pubkey::from_db("bb".repeat(32));
         login_user(&mut conn, &a, Some("A"), 1).unwrap();
         login_user(&mut conn, &b, Some("B"), 1).unwrap();
-        let (c, created) = create_conversation(&mut conn, &a, &b, 1).unwrap();
+        let (c, created) =
+            create_conversation(&mut conn, &order::Tail::default(), &a, &b, 1).unwrap();
         assert!(created);
         (conn, c.id, a, b)
     }
@@ -564,7 +601,10 @@ mod tests {
         assert_eq!(gap, vec![Err(Skipped::SequenceGap)]);
         let next = commit_messages(&mut conn, known, &[write(c, &a, 2, None)], 23).unwrap();
         assert_eq!(next, vec![Ok(())]);
-        assert_eq!(reads::max_sequence(&conn, &c).unwrap(), 2);
+        assert_eq!(
+            reads::max_sequence(&conn, &c, known.tail.last(&c)).unwrap(),
+            2
+        );
     }
 
     #[test]
@@ -594,7 +634,10 @@ mod tests {
         );
         let resumed = commit_messages(&mut conn, known, &[write(c, &a, 3, None)], 22).unwrap();
         assert_eq!(resumed, vec![Ok(())]);
-        assert_eq!(reads::max_sequence(&conn, &c).unwrap(), 3);
+        assert_eq!(
+            reads::max_sequence(&conn, &c, known.tail.last(&c)).unwrap(),
+            3
+        );
         let offline: i64 = conn
             .query_row(
                 "SELECT COUNT(*) FROM dm_offline_queue WHERE recipient_pubkey = ?1",
@@ -603,8 +646,18 @@ mod tests {
             )
             .unwrap();
         assert_eq!(offline, 1, "the offline entry went in with its message");
-        let conversation = reads::conversation(&conn, &c).unwrap().unwrap();
+        let conversation = reads::conversation(&conn, &c, known.tail.last(&c))
+            .unwrap()
+            .unwrap();
         assert_eq!(conversation.last_message_at, 13);
+        assert_eq!(
+            reads::conversation(&conn, &c, None)
+                .unwrap()
+                .unwrap()
+                .last_message_at,
+            0,
+            "without the tail, the order alone has no message yet"
+        );
     }
 
     #[test]
@@ -640,15 +693,11 @@ mod tests {
         assert!(reads::offline_entries(&conn, &b, 10).unwrap().0.is_empty());
     }
 
-    /// Reads by conversation see each message once, in order, whether the
-    /// order holds it or it is still in the tail: before a sweep, in the
-    /// middle of one (some conversations swept, more messages above it) and
-    /// after; and the state read back from the database (as after a
-    /// restart) counts what the order lacks.
-    #[test]
-    fn reads_by_conversation_join_the_order_and_its_tail() {
+    /// Conversations of `a` with `n` partners, and a writer's knowledge of
+    /// the database (its tail shared as the hub shares it).
+    fn db_with_partners(n: usize) -> (Connection, Vec<Uuid>, Uuid, Pubkey, order::Tail, Committed) {
         let (mut conn, quiet, a, _) = db_with_conversation();
-        let n = order::SWEEP_CONVERSATIONS + 4;
+        let tail = order::Tail::default();
         let mut ids = Vec::new();
         for i in 0..n {
             let partner = Pubkey::from_db(format!("{:02x}", i + 16).repeat(32));
@@ -659,26 +708,77 @@ mod tests {
                 (&partner, &a)
             };
             ids.push(
-                create_conversation(&mut conn, first, second, 1)
+                create_conversation(&mut conn, &tail, first, second, 1)
                     .unwrap()
                     .0
                     .id,
             );
         }
-        let known = &mut Committed::default();
+        let known = Committed::new(order::Progress::read(&conn).unwrap(), tail.clone());
+        (conn, ids, quiet, a, tail, known)
+    }
+
+    /// Commits `count` messages spread round-robin over `ids`, after `last`
+    /// (each conversation's last sequence, updated).
+    fn commit_round(
+        conn: &mut Connection,
+        known: &mut Committed,
+        ids: &[Uuid],
+        sender: &Pubkey,
+        last: &mut [u64],
+        count: u64,
+    ) {
+        let batch: Vec<_> = (0..count)
+            .map(|i| {
+                let k = i as usize % ids.len();
+                last[k] += 1;
+                write(ids[k], sender, last[k], None)
+            })
+            .collect();
+        let results = commit_messages(conn, known, &batch, 20).unwrap();
+        assert!(results.iter().all(|r| r.is_ok()));
+    }
+
+    /// Every sequence `history` gives for `conversation`, forwards in pages
+    /// of 97, then backwards from the newest.
+    fn history_both_ways(
+        conn: &Connection,
+        conversation: &Uuid,
+        part: &[(i64, i64)],
+    ) -> (Vec<u64>, Vec<u64>) {
+        let mut seen = Vec::new();
+        loop {
+            let after = seen.last().copied().unwrap_or(0);
+            let page =
+                reads::history(conn, conversation, part, HistoryPage::After(after), 97).unwrap();
+            seen.extend(page.messages.iter().map(|m| m.server_sequence));
+            if !page.has_more {
+                break;
+            }
+        }
+        let mut back = Vec::new();
+        loop {
+            let before = back.last().copied();
+            let page =
+                reads::history(conn, conversation, part, HistoryPage::Before(before), 97).unwrap();
+            back.extend(page.messages.iter().map(|m| m.server_sequence));
+            if !page.has_more {
+                break;
+            }
+        }
+        (seen, back)
+    }
+
+    /// Reads by conversation see each message once, in order, whether the
+    /// order holds it or it is still in the tail: before a sweep, in the
+    /// middle of one (some conversations swept, more messages above it) and
+    /// after. The writer's tail is the one the database gives (as after a
+    /// restart), and counts what the order lacks.
+    #[test]
+    fn reads_by_conversation_join_the_order_and_its_tail() {
+        let n = order::SWEEP_CONVERSATIONS + 4;
+        let (mut conn, ids, quiet, a, tail, mut known) = db_with_partners(n);
         let mut last = vec![0u64; n];
-        let mut commit = |conn: &mut Connection, count: u64| {
-            let batch: Vec<_> = (0..count)
-                .map(|i| {
-                    let k = i as usize % n;
-                    last[k] += 1;
-                    write(ids[k], &a, last[k], None)
-                })
-                .collect();
-            let results = commit_messages(conn, known, &batch, 20).unwrap();
-            assert!(results.iter().all(|r| r.is_ok()));
-            last.clone()
-        };
         let count = |conn: &Connection, sql: &str| -> u64 {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64
         };
@@ -687,57 +787,103 @@ mod tests {
             let indexed = count(conn, "SELECT count(*) FROM dm_message_order");
             let progress = order::Progress::read(conn).unwrap();
             assert_eq!(progress.unindexed(), stored - indexed);
+            assert_eq!(tail.len() as u64, stored - indexed);
+            let fresh = order::Tail::read(conn).unwrap();
             for (conversation, &last) in ids.iter().zip(last) {
-                assert_eq!(reads::max_sequence(conn, conversation).unwrap(), last);
-                let at = reads::conversation(conn, conversation).unwrap().unwrap();
+                assert_eq!(tail.part(conversation), fresh.part(conversation));
+                let newest = tail.last(conversation);
+                assert_eq!(
+                    reads::max_sequence(conn, conversation, newest).unwrap(),
+                    last
+                );
+                let at = reads::conversation(conn, conversation, newest)
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(at.last_message_at, 10 + last);
-                // Forwards in pages of 97, then backwards from the newest.
-                let mut seen = Vec::new();
-                loop {
-                    let after = seen.last().copied().unwrap_or(0);
-                    let page =
-                        reads::history(conn, conversation, HistoryPage::After(after), 97).unwrap();
-                    seen.extend(page.messages.iter().map(|m| m.server_sequence));
-                    if !page.has_more {
-                        break;
-                    }
-                }
+                let (seen, back) = history_both_ways(conn, conversation, &tail.part(conversation));
                 assert_eq!(seen, (1..=last).collect::<Vec<_>>());
-                let mut back = Vec::new();
-                loop {
-                    let before = back.last().copied();
-                    let page = reads::history(conn, conversation, HistoryPage::Before(before), 97)
-                        .unwrap();
-                    back.extend(page.messages.iter().map(|m| m.server_sequence));
-                    if !page.has_more {
-                        break;
-                    }
-                }
                 assert_eq!(back, (1..=last).rev().collect::<Vec<_>>());
             }
             indexed
         };
         // All in the tail.
-        let last = commit(&mut conn, 1000);
+        commit_round(&mut conn, &mut known, &ids, &a, &mut last, 1000);
         assert_eq!(check(&conn, &last), 0);
         // The commit that reaches INDEX_BATCH starts a sweep and indexes
         // its first SWEEP_CONVERSATIONS conversations.
-        let last = commit(&mut conn, order::INDEX_BATCH - 1000);
+        commit_round(
+            &mut conn,
+            &mut known,
+            &ids,
+            &a,
+            &mut last,
+            order::INDEX_BATCH - 1000,
+        );
         let swept = check(&conn, &last);
         assert!(swept > 0 && swept < order::INDEX_BATCH, "{swept}");
         // The next commit ends the sweep: all of it is in the order.
-        let last = commit(&mut conn, 40);
+        commit_round(&mut conn, &mut known, &ids, &a, &mut last, 40);
         assert_eq!(check(&conn, &last), order::INDEX_BATCH);
-        let conversations = reads::conversations_of(&conn, &a).unwrap();
+        let conversations = reads::conversations_of(&conn, &tail, &a).unwrap();
         assert_eq!(conversations.len(), n + 1);
         assert_eq!(
             conversations[n].id, quiet,
             "the one without messages comes last"
         );
-        // Imports index everything at once, the tail too.
+        assert!(conversations[..n].iter().all(|c| c.last_message_at > 10));
+        // Imports index everything at once, the tail too; the writer reads
+        // the order again after one (`SqliteStore::import_rows`).
         let tx = conn.transaction().unwrap();
         assert_eq!(order::index_all(&tx).unwrap(), 40);
         tx.commit().unwrap();
+        tail.replace(&order::Progress::read(&conn).unwrap());
+        assert!(tail.is_empty());
         assert_eq!(check(&conn, &last), order::INDEX_BATCH + 40);
+    }
+
+    /// A reader takes its part of the tail before its query, and a sweep
+    /// may commit in between: the query finds some of the part's messages
+    /// in the order as well, and still gives each message once, none
+    /// missing.
+    #[test]
+    fn a_part_taken_before_a_sweep_reads_each_message_once() {
+        let n = order::SWEEP_CONVERSATIONS + 4;
+        let (mut conn, ids, _, a, tail, mut known) = db_with_partners(n);
+        let mut last = vec![0u64; n];
+        commit_round(
+            &mut conn,
+            &mut known,
+            &ids,
+            &a,
+            &mut last,
+            order::INDEX_BATCH - 1,
+        );
+        let before = last.clone();
+        let parts: Vec<_> = ids
+            .iter()
+            .map(|id| (tail.part(id), tail.last(id)))
+            .collect();
+        // One more message starts the sweep, which indexes the first
+        // conversations at once.
+        commit_round(&mut conn, &mut known, &ids, &a, &mut last, 1);
+        let indexed: i64 = conn
+            .query_row("SELECT count(*) FROM dm_message_order", [], |r| r.get(0))
+            .unwrap();
+        assert!(indexed > 0, "the sweep started");
+        for (k, (conversation, (part, newest))) in ids.iter().zip(&parts).enumerate() {
+            let (seen, back) = history_both_ways(&conn, conversation, part);
+            // The message committed after the part may be seen (its
+            // conversation swept) or not; nothing else may differ.
+            assert!(
+                seen == (1..=before[k]).collect::<Vec<_>>()
+                    || seen == (1..=last[k]).collect::<Vec<_>>(),
+                "conversation {k}: {seen:?}"
+            );
+            let mut back = back;
+            back.reverse();
+            assert_eq!(back, seen);
+            let max = reads::max_sequence(&conn, conversation, *newest).unwrap();
+            assert!(max == before[k] || max == last[k]);
+        }
     }
 }

@@ -40,7 +40,8 @@ use self::sqlite::writer::{DbExecutor, Lanes, Writer};
 use self::sqlite::SqliteStore;
 use crate::auth::load_or_create_secret;
 use crate::config::Settings;
-use crate::db::{self, migrations};
+use crate::db::writes::Committed;
+use crate::db::{self, migrations, order};
 use crate::metrics::Metrics;
 
 use crate::auth::IssuedChallenge;
@@ -485,21 +486,33 @@ fn open_sqlite(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<(S
         db::open_writer(&path).with_context(|| format!("opening {}", path.display()))?;
     let applied = migrations::migrate(&mut writer_conn).context("migrating")?;
     let pool = db::open_pool(&path).context("opening the read pool")?;
+    // The tail is known before the first read, and shared by the writer
+    // with every reader (`db::order::Tail`).
+    let progress = order::Progress::read(&writer_conn).context("reading the conversation order")?;
+    let tail = order::Tail::default();
+    tail.replace(&progress);
     let checkpointer =
         Checkpointer::start(path.clone(), metrics.clone()).context("starting the checkpointer")?;
     let lanes = Arc::new(Lanes::default());
     let writer = {
-        let slot = Mutex::new(Some(writer_conn));
-        let (lanes, metrics, path) = (lanes.clone(), metrics.clone(), path.clone());
+        let slot = Mutex::new(Some((writer_conn, progress)));
+        let (lanes, metrics, path, tail) =
+            (lanes.clone(), metrics.clone(), path.clone(), tail.clone());
         SyncArbiter::start(1, move || {
-            let conn = slot
+            let (conn, progress) = slot
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
                 // The factory runs again only if the writer thread is
                 // restarted; the first connection was checked above.
-                .unwrap_or_else(|| db::open_writer(&path).expect("reopening the writer"));
-            DbExecutor::new(conn, lanes.clone(), metrics.clone())
+                .unwrap_or_else(|| {
+                    let conn = db::open_writer(&path).expect("reopening the writer");
+                    let progress = order::Progress::read(&conn).expect("reading the order");
+                    tail.replace(&progress);
+                    (conn, progress)
+                });
+            let committed = Committed::new(progress, tail.clone());
+            DbExecutor::new(conn, committed, lanes.clone(), metrics.clone())
         })
     };
     let writer = Writer::new(writer, lanes, metrics.clone());
@@ -507,6 +520,7 @@ fn open_sqlite(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<(S
         path.clone(),
         pool,
         writer,
+        tail,
         Duration::from_secs(settings.challenge_ttl),
         checkpointer,
         metrics.clone(),

@@ -26,6 +26,7 @@ use self::checkpointer::Checkpointer;
 use self::commit_lane::CommitLane;
 use self::writer::{Lane, Writer};
 use crate::auth::{ChallengeStore, IssuedChallenge};
+use crate::db::order::Tail;
 use crate::db::portable::{Row as PortableRow, Table, Value};
 use crate::db::{self, reads, writes, DbError, LoginOutcome, MessageWrite, Pool, Purged, Skipped};
 use crate::error::HubError;
@@ -48,6 +49,10 @@ pub struct SqliteStore {
     pool: Pool,
     /// The one writer.
     writer: Writer,
+    /// The messages the conversation order does not hold yet, by
+    /// conversation: the writer keeps it, reads by conversation take their
+    /// part of it before they query ([`crate::db::order::Tail`]).
+    tail: Tail,
     /// Writes waiting for the writer (not counting group commits).
     pending_writes: AtomicUsize,
     /// The last health check and when it ran; held while one runs.
@@ -82,6 +87,7 @@ impl SqliteStore {
         path: PathBuf,
         pool: Pool,
         writer: Writer,
+        tail: Tail,
         challenge_ttl: Duration,
         checkpointer: Checkpointer,
         metrics: Arc<Metrics>,
@@ -91,6 +97,7 @@ impl SqliteStore {
             hub: AtomicBool::new(false),
             pool,
             writer,
+            tail,
             pending_writes: AtomicUsize::new(0),
             health: tokio::sync::Mutex::new(None),
             challenges: ChallengeStore::new(challenge_ttl),
@@ -315,40 +322,49 @@ impl SqliteStore {
         a: Pubkey,
         b: Pubkey,
     ) -> Result<(Conversation, bool), DbError> {
-        self.write(move |conn| writes::create_conversation(conn, &a, &b, now_ms()))
+        let tail = self.tail.clone();
+        self.write(move |conn| writes::create_conversation(conn, &tail, &a, &b, now_ms()))
             .await
     }
 
     pub async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, DbError> {
-        self.read(move |conn| reads::conversation(conn, &id)).await
+        let last = self.tail.last(&id);
+        self.read(move |conn| reads::conversation(conn, &id, last))
+            .await
     }
 
     pub async fn conversation_with_last_seq(
         &self,
         id: Uuid,
     ) -> Result<Option<(Conversation, u64)>, DbError> {
+        let last = self.tail.last(&id);
         self.read(move |conn| {
-            let Some(conversation) = reads::conversation(conn, &id)? else {
+            let Some(conversation) = reads::conversation(conn, &id, last)? else {
                 return Ok(None);
             };
-            let last = reads::max_sequence(conn, &id)?;
+            let last = reads::max_sequence(conn, &id, last)?;
             Ok(Some((conversation, last)))
         })
         .await
     }
 
     pub async fn conversations_of(&self, user: Pubkey) -> Result<Vec<Conversation>, DbError> {
-        self.read(move |conn| reads::conversations_of(conn, &user))
+        let tail = self.tail.clone();
+        self.read(move |conn| reads::conversations_of(conn, &tail, &user))
             .await
     }
 
     /// The conversations of `user` with their last committed sequences.
     pub async fn sequences_of(&self, user: Pubkey) -> Result<Vec<(Uuid, u64)>, DbError> {
+        let tail = self.tail.clone();
         self.read(move |conn| {
-            let conversations = reads::conversations_of(conn, &user)?;
+            let conversations = reads::conversations_of(conn, &tail, &user)?;
             conversations
                 .iter()
-                .map(|c| Ok((c.id, reads::max_sequence(conn, &c.id)?)))
+                .map(|c| {
+                    let last = tail.last(&c.id);
+                    Ok((c.id, reads::max_sequence(conn, &c.id, last)?))
+                })
                 .collect()
         })
         .await
@@ -357,11 +373,12 @@ impl SqliteStore {
     /// The last committed sequences of the given conversations (those that
     /// exist).
     pub async fn last_sequences(&self, ids: Vec<Uuid>) -> Result<Vec<(Uuid, u64)>, DbError> {
+        let lasts: Vec<_> = ids.iter().map(|id| (*id, self.tail.last(id))).collect();
         self.read(move |conn| {
-            let mut found = Vec::with_capacity(ids.len());
-            for id in ids {
-                if reads::conversation(conn, &id)?.is_some() {
-                    found.push((id, reads::max_sequence(conn, &id)?));
+            let mut found = Vec::with_capacity(lasts.len());
+            for (id, last) in lasts {
+                if reads::conversation(conn, &id, last)?.is_some() {
+                    found.push((id, reads::max_sequence(conn, &id, last)?));
                 }
             }
             Ok(found)
@@ -378,7 +395,8 @@ impl SqliteStore {
     }
 
     pub async fn last_sequence(&self, conversation: Uuid) -> Result<u64, DbError> {
-        self.read(move |conn| reads::max_sequence(conn, &conversation))
+        let last = self.tail.last(&conversation);
+        self.read(move |conn| reads::max_sequence(conn, &conversation, last))
             .await
     }
 
@@ -402,17 +420,34 @@ impl SqliteStore {
         rows: Vec<PortableRow>,
     ) -> Result<(), DbError> {
         self.write(move |conn| writes::import_rows(conn, table, &rows))
-            .await
+            .await?;
+        self.reload_order().await
     }
 
     pub async fn clear_tables(&self, tables: &'static [Table]) -> Result<u64, DbError> {
-        self.write(move |conn| writes::clear_tables(conn, tables))
-            .await
+        let deleted = self
+            .write(move |conn| writes::clear_tables(conn, tables))
+            .await?;
+        self.reload_order().await?;
+        Ok(deleted)
     }
 
     /// Nothing to do: SQLite keeps no counter beside the rows.
     pub async fn finish_import(&self) -> Result<(), DbError> {
         Ok(())
+    }
+
+    /// After a write that changed the order other than by a group commit
+    /// (an import, a clear): the tail and the writer's state, read again.
+    async fn reload_order(&self) -> Result<(), DbError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let tail = self.tail.clone();
+        self.writer.run(Lane::Housekeeping, move |executor| {
+            let _ = answer.send(executor.reload_order(&tail));
+        });
+        answered
+            .await
+            .map_err(|_| DbError::WriterGone(actix::MailboxError::Closed))?
     }
 
     pub async fn history(
@@ -421,7 +456,8 @@ impl SqliteStore {
         page: HistoryPage,
         limit: u32,
     ) -> Result<History, DbError> {
-        self.read(move |conn| reads::history(conn, &conversation, page, limit))
+        let part = self.tail.part(&conversation);
+        self.read(move |conn| reads::history(conn, &conversation, &part, page, limit))
             .await
     }
 

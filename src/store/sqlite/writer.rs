@@ -24,6 +24,7 @@ use std::time::Instant;
 use actix::{Actor, Addr, Handler, Message, SyncContext};
 use rusqlite::Connection;
 
+use crate::db::order::{self, Tail};
 use crate::db::writes::{self, Committed, Skipped};
 use crate::db::{DbError, MessageWrite};
 use crate::metrics::Metrics;
@@ -43,14 +44,30 @@ pub struct DbExecutor {
 }
 
 impl DbExecutor {
-    pub fn new(conn: Connection, lanes: Arc<Lanes>, metrics: Arc<Metrics>) -> Self {
+    /// The writer of the database `conn` writes, whose conversation order
+    /// stands at `committed`.
+    pub fn new(
+        conn: Connection,
+        committed: Committed,
+        lanes: Arc<Lanes>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         DbExecutor {
             backup: None,
             conn,
             lanes,
             metrics,
-            committed: Committed::default(),
+            committed,
         }
+    }
+
+    /// Reads the order's state again and makes `tail` its tail (after an
+    /// import or a clear).
+    pub(crate) fn reload_order(&mut self, tail: &Tail) -> Result<(), DbError> {
+        let progress = order::Progress::read(&self.conn)?;
+        tail.replace(&progress);
+        self.committed = Committed::new(progress, tail.clone());
+        Ok(())
     }
 }
 
@@ -368,8 +385,12 @@ mod tests {
             conn.execute("INSERT INTO t (body) VALUES (?1)", [format!("{i:02000}")])
                 .unwrap();
         }
-        let mut executor =
-            DbExecutor::new(conn, Arc::new(Lanes::default()), Arc::new(Metrics::new()));
+        let mut executor = DbExecutor::new(
+            conn,
+            Committed::default(),
+            Arc::new(Lanes::default()),
+            Arc::new(Metrics::new()),
+        );
         let copy = dir.path().join("copy.db");
         let dest = Connection::open(&copy).unwrap();
         dest.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
