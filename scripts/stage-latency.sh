@@ -4,7 +4,9 @@
 # united_commit_seconds and united_checkpoint_seconds, as shares over each
 # threshold, and how many went over 20, 50 and 100 ms (one 60 ms stall a
 # minute is invisible as a share, but it is the p99.9). The first line is
-# the run's JSON summary.
+# the run's JSON summary. The histograms count from SKIP seconds after the
+# hub started (default 6: setup and the load's warmup are over by then;
+# conversation actors start then, not in the measured part).
 #
 #   [RATE=20000] scripts/stage-latency.sh [DURATION] [VAR=value ...]   # variables go to the hub
 # RATE is the load's msg/s (default 5,000).
@@ -21,24 +23,30 @@ env "$@" "$BIN" --data-dir "$dir" --bind 127.0.0.1:$port --auth-rate 0 --send-ra
 hub=$!
 sleep 1
 ${GEN_PREFIX:-} "$BIN" load --url http://127.0.0.1:$port --hub-pid $hub --payload random --pairs 1000 \
-    --rate "${RATE:-5000}" --duration "$duration" --warmup 2 --quiet --json "$dir/run.json" > "$dir/out" 2>&1
+    --rate "${RATE:-5000}" --duration "$duration" --warmup 2 --quiet --json "$dir/run.json" > "$dir/out" 2>&1 &
+gen=$!
+sleep $(( ${SKIP:-6} - 1 ))
+curl -s http://127.0.0.1:$port/metrics > "$dir/metrics.start"
+wait $gen
 curl -s http://127.0.0.1:$port/metrics > "$dir/metrics"
 jq -c "{p50: .latency.p50_ms, p99: .latency.p99_ms, p999: .latency.p999_ms, max: .latency.max_ms, accepted_per_second, answer_p99: .answer_latency.p99_ms, lag_p99: .send_lag.p99_ms, worst: .worst_second}" "$dir/run.json"
-python3 - "$dir/metrics" <<'PY'
+python3 - "$dir/metrics" "$dir/metrics.start" <<'PY'
 import collections, re, sys
 buckets, count, total = collections.defaultdict(dict), {}, {}
-for line in open(sys.argv[1]):
-    m = re.match(r'united_(send_stage|commit|checkpoint)_seconds_bucket\{(?:(?:stage|mode)="(\w+)",)?le="([^"]+)"\} (\S+)', line)
-    if m:
-        name = m.group(2) or m.group(1)
-        name = "checkpoint_" + name if m.group(1) == "checkpoint" else name
-        buckets[name][m.group(3)] = float(m.group(4))
-        continue
-    m = re.match(r'united_(send_stage|commit|checkpoint)_seconds_(sum|count)(?:\{(?:stage|mode)="(\w+)"\})? (\S+)', line)
-    if m:
-        name = m.group(3) or m.group(1)
-        name = "checkpoint_" + name if m.group(1) == "checkpoint" else name
-        (total if m.group(2) == "sum" else count)[name] = float(m.group(4))
+for path, sign in ((sys.argv[1], 1), (sys.argv[2], -1)):
+    for line in open(path):
+        m = re.match(r'united_(send_stage|commit|checkpoint)_seconds_bucket\{(?:(?:stage|mode)="(\w+)",)?le="([^"]+)"\} (\S+)', line)
+        if m:
+            name = m.group(2) or m.group(1)
+            name = "checkpoint_" + name if m.group(1) == "checkpoint" else name
+            buckets[name][m.group(3)] = buckets[name].get(m.group(3), 0) + sign * float(m.group(4))
+            continue
+        m = re.match(r'united_(send_stage|commit|checkpoint)_seconds_(sum|count)(?:\{(?:stage|mode)="(\w+)"\})? (\S+)', line)
+        if m:
+            name = m.group(3) or m.group(1)
+            name = "checkpoint_" + name if m.group(1) == "checkpoint" else name
+            d = total if m.group(2) == "sum" else count
+            d[name] = d.get(name, 0) + sign * float(m.group(4))
 for stage in ["to_actor", "batch_wait", "writer_wait", "commit", "in_commit", "back_to_actor", "total",
               "to_session", "ws_request",
               "checkpoint_passive", "checkpoint_sync", "checkpoint_restart"]:

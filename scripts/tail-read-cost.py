@@ -4,10 +4,12 @@ Python's sqlite3 with the hub's schema and queries (no hub involved).
 
 1,000 conversations, 100,000 messages in the conversation order, then a tail
 of TAIL messages not indexed yet (default 4,095: the most a commit leaves).
-Times the last-sequence read (the tail read backwards from the newest, as
-src/db/reads.rs does) and a 50-message history page, with that tail
-and with none, for conversations picked in turn; prints medians of 5 rounds
-in µs.
+Times the last-sequence read and a 50-message history page, for
+conversations picked in turn, three ways: scanning the tail's rows (the
+statements of `e8ec4ef`, which read the tail backwards from the newest),
+with the conversation's part of the tail known in memory (src/db/reads.rs
+now: `order::Tail`, the order's page, then the part's rows by `local_id`),
+and with no tail at all. Prints medians of 5 rounds in µs.
 
     scripts/tail-read-cost.py
     TAIL=2047 scripts/tail-read-cost.py
@@ -40,7 +42,8 @@ INSERT INTO dm_message_order_state VALUES (1, 0, 0, NULL);
 TAIL_SQL = "m.local_id > (SELECT indexed_through FROM dm_message_order_state)"
 COLUMNS = "m.id, m.conversation_id, m.sender_pubkey, m.encrypted_payload, m.nonce, " \
           "m.ephemeral_pubkey, m.timestamp, m.server_sequence, m.sender_display_name, m.created_at"
-# The statements of src/db/reads.rs (max_sequence, history before).
+# The statements of `e8ec4ef`'s src/db/reads.rs (max_sequence, history
+# before), which scanned the tail.
 LAST = f"""SELECT max(
   COALESCE((SELECT max(server_sequence) FROM dm_message_order WHERE conversation = ?2), 0),
   COALESCE((SELECT m.server_sequence FROM dm_messages m
@@ -54,16 +57,25 @@ PAGE = f"""SELECT * FROM (
   SELECT {COLUMNS} FROM dm_messages m
   WHERE {TAIL_SQL} AND m.conversation_id = ?1 AND m.server_sequence < ?3)
 ORDER BY server_sequence DESC LIMIT ?4"""
+# Today's: the order alone, then the part's rows one by one.
+ORDER_LAST = "SELECT COALESCE(max(server_sequence), 0) FROM dm_message_order WHERE conversation = ?1"
+ORDER_PAGE = f"""SELECT {COLUMNS} FROM dm_message_order o JOIN dm_messages m ON m.local_id = o.message
+  WHERE o.conversation = ?1 AND o.server_sequence < ?2 ORDER BY o.server_sequence DESC LIMIT ?3"""
+ROW = f"SELECT {COLUMNS} FROM dm_messages m WHERE m.local_id = ?1"
 
 
-def timed(c, sql, args):
+def timed(read):
     rounds = []
     for _ in range(ROUNDS):
         started = time.perf_counter()
         for i in range(READS):
-            c.execute(sql, args(i)).fetchall()
+            read(i)
         rounds.append((time.perf_counter() - started) / READS * 1e6)
     return statistics.median(rounds)
+
+
+def statement(c, sql, args):
+    return lambda i: c.execute(sql, args(i)).fetchall()
 
 
 def main():
@@ -111,12 +123,37 @@ def main():
             k = conversations[i % 1000]
             return (str(k), k.bytes, 1 << 62, 51)
 
-        with_tail = (timed(c, LAST, last), timed(c, PAGE, page))
+        # The writer's tail by conversation (order::Tail): (sequence, local_id).
+        parts = {}
+        for conversation, seq, local_id in c.execute(
+                f"SELECT conversation_id, server_sequence, local_id FROM dm_messages m "
+                f"WHERE {TAIL_SQL} ORDER BY local_id"):
+            parts.setdefault(conversation, []).append((seq, local_id))
+
+        def part_last(i):
+            k = conversations[i % 1000]
+            part = parts.get(str(k), [])
+            ordered = c.execute(ORDER_LAST, (k.bytes,)).fetchone()[0]
+            return max(ordered, part[-1][0] if part else 0)
+
+        def part_page(i):
+            k = conversations[i % 1000]
+            found = {row[7]: row for row in c.execute(ORDER_PAGE, (k.bytes, 1 << 62, 51))}
+            for seq, local_id in reversed(parts.get(str(k), [])[-51:]):
+                if seq not in found:
+                    row = c.execute(ROW, (local_id,)).fetchone()
+                    found[row[7]] = row
+            return sorted(found, reverse=True)[:51]
+
+        scan = (timed(statement(c, LAST, last)), timed(statement(c, PAGE, page)))
+        known = (timed(part_last), timed(part_page))
         index()
-        without = (timed(c, LAST, last), timed(c, PAGE, page))
+        without = (timed(statement(c, LAST, last)), timed(statement(c, PAGE, page)))
         print(f"SQLite {sqlite3.sqlite_version}, {INDEXED} messages indexed, tail of {TAIL}:")
-        print(f"  last sequence  {with_tail[0]:7.1f} µs   (no tail: {without[0]:6.1f} µs)")
-        print(f"  history page   {with_tail[1]:7.1f} µs   (no tail: {without[1]:6.1f} µs)")
+        print(f"  last sequence  scanning the tail {scan[0]:7.1f} µs, its part in memory "
+              f"{known[0]:6.1f} µs, no tail {without[0]:6.1f} µs")
+        print(f"  history page   scanning the tail {scan[1]:7.1f} µs, its part in memory "
+              f"{known[1]:6.1f} µs, no tail {without[1]:6.1f} µs")
 
 
 if __name__ == "__main__":
