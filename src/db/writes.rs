@@ -265,12 +265,6 @@ impl Committed {
         self.last.get(conversation).copied()
     }
 
-    /// Forgets the order's state: the next commit reads it from the
-    /// database and rebuilds the tail (after an import or a clear).
-    pub fn reload(&mut self) {
-        self.order = None;
-    }
-
     /// Records what a committed transaction wrote, and what it swept.
     fn committed(
         &mut self,
