@@ -15,13 +15,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/united-hub}
 duration=${1:-20}
 shift || true
-dir=$(mktemp -d)
-port=${PORT:-19850}
-trap 'kill $hub 2>/dev/null; rm -rf "$dir"' EXIT
-env "$@" "$BIN" --data-dir "$dir" --bind 127.0.0.1:$port --auth-rate 0 --send-rate 0 \
-    --read-rate 0 --max-sessions-per-user 0 --max-connections-per-ip 0 > "$dir/log" 2>&1 &
-hub=$!
-sleep 1
+. scripts/fresh-hub.sh
+PORT=${PORT:-19850} start_hub "$@"
 ${GEN_PREFIX:-} "$BIN" load --url http://127.0.0.1:$port --hub-pid $hub --payload random --pairs 1000 \
     --rate "${RATE:-5000}" --duration "$duration" --warmup 2 --quiet --json "$dir/run.json" > "$dir/out" 2>&1 &
 gen=$!

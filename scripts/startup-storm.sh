@@ -11,13 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/united-hub}
-dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BIN" --data-dir "$dir" --bind "127.0.0.1:$port" --auth-rate 0 --send-rate 0 --read-rate 0 \
-    --max-sessions-per-user 0 --max-connections-per-ip 0 > "$dir/log" 2>&1 &
-hub=$!
-trap 'kill $hub 2>/dev/null || true; rm -rf "$dir"' EXIT
-sleep 1
+. scripts/fresh-hub.sh
+start_hub
 "$BIN" load --url "http://127.0.0.1:$port" --hub-pid $hub --payload random --pairs 1000 \
     --rate 20000 --duration 5 --warmup 2 --quiet --json "$dir/run.json" > "$dir/out" 2>&1 &
 gen=$!
