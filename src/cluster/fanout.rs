@@ -2,29 +2,27 @@
 //! key rotation, and what it does with what the others publish (hands it
 //! to its sessions in order, or queues it for a user who is offline).
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use prost::Message as _;
 use uuid::Uuid;
 
 use super::feed::{Event, Feeds};
-use super::{user_subject, ClusterNode, RECENTLY_GONE};
+use super::sealing::Rejected;
+use super::{ClusterNode, EVENTS, EVENTS_PART, RECENTLY_GONE};
 use crate::model::{Pubkey, StoredMessage};
 use crate::proto::cluster::{ClusterEvent, ClusterEvents};
 use crate::store::commit::AppendMessage;
 
 impl ClusterNode {
-    /// Publishes what a group commit wrote to the users concerned who are
-    /// online on another node: one NATS message per user per batch.
+    /// Publishes what a group commit wrote and concerns a user online on
+    /// another node: one NATS message for the whole commit (more for a very
+    /// large one, [`EVENTS_PART`]), whichever users and nodes it reaches.
     pub fn publish_committed(&self, appends: &[&AppendMessage]) {
-        let mut by_user: HashMap<&Pubkey, Vec<ClusterEvent>> = HashMap::new();
+        let mut events = Vec::new();
         for append in appends {
             let write = &append.write;
             let m = &write.message;
-            let to_sender = self.presence.is_online(&m.sender);
-            let to_recipient = self.presence.is_online(&write.recipient);
-            if !to_sender && !to_recipient {
+            if !self.presence.is_online(&m.sender) && !self.presence.is_online(&write.recipient) {
                 continue;
             }
             let (a, b) = if m.sender < write.recipient {
@@ -32,7 +30,7 @@ impl ClusterNode {
             } else {
                 (&write.recipient, &m.sender)
             };
-            let event = ClusterEvent {
+            events.push(ClusterEvent {
                 envelope: append.event.clone(),
                 conversation_id: Bytes::copy_from_slice(m.conversation_id.as_bytes()),
                 server_sequence: m.server_sequence,
@@ -41,37 +39,40 @@ impl ClusterNode {
                 sender: m.sender.to_string(),
                 offline_queued: write.offline_queued,
                 message_id: Bytes::copy_from_slice(m.id.as_bytes()),
-            };
-            if to_sender {
-                by_user.entry(&m.sender).or_default().push(event.clone());
-            }
-            if to_recipient {
-                by_user.entry(&write.recipient).or_default().push(event);
-            }
+                to: Vec::new(),
+            });
         }
-        for (user, events) in by_user {
-            self.metrics.cluster.published.inc_by(events.len() as u64);
-            let msg = ClusterEvents {
-                node: self.id.clone(),
-                events,
-            };
-            self.publish(user_subject(user), msg.encode_to_vec().into());
-        }
+        self.publish_events(events);
     }
 
     /// Publishes an event outside any conversation's sequence (a key
-    /// rotation, a new conversation) to `users` online on other nodes.
+    /// rotation, a new conversation) for those of `users` online on other
+    /// nodes.
     pub fn publish_event(&self, users: &[Pubkey], envelope: Bytes) {
-        for user in users.iter().filter(|u| self.presence.is_online(u)) {
-            self.metrics.cluster.published.inc();
+        let to: Vec<String> = users
+            .iter()
+            .filter(|u| self.presence.is_online(u))
+            .map(Pubkey::to_string)
+            .collect();
+        if to.is_empty() {
+            return;
+        }
+        self.publish_events(vec![ClusterEvent {
+            envelope,
+            to,
+            ..ClusterEvent::default()
+        }]);
+    }
+
+    /// Publishes `events` in order, in parts of about [`EVENTS_PART`] bytes.
+    fn publish_events(&self, events: Vec<ClusterEvent>) {
+        self.metrics.cluster.published.inc_by(events.len() as u64);
+        for part in parts(events, EVENTS_PART) {
             let msg = ClusterEvents {
                 node: self.id.clone(),
-                events: vec![ClusterEvent {
-                    envelope: envelope.clone(),
-                    ..ClusterEvent::default()
-                }],
+                events: part,
             };
-            self.publish(user_subject(user), msg.encode_to_vec().into());
+            self.publish(EVENTS.into(), msg.encode_to_vec().into());
         }
     }
 
@@ -147,9 +148,12 @@ impl ClusterNode {
             .is_some_and(|t| t.elapsed() < RECENTLY_GONE)
     }
 
-    pub(super) fn on_user_events(&self, user: &Pubkey, payload: &[u8]) {
+    /// What another node published on [`EVENTS`]: each event goes to the
+    /// feeds if a participant is watched here, and to the offline queue if
+    /// its recipient left this node a moment ago and is nowhere now.
+    pub(super) fn on_events(&self, payload: &[u8]) {
         let Ok(batch) = ClusterEvents::decode(payload) else {
-            tracing::warn!("undecodable cluster event");
+            self.rejected(Rejected::Malformed);
             return;
         };
         self.metrics
@@ -158,7 +162,9 @@ impl ClusterNode {
             .inc_by(batch.events.len() as u64);
         for event in batch.events {
             if event.conversation_id.is_empty() {
-                self.registry.push(user, &event.envelope);
+                for user in event.to.iter().filter_map(|u| Pubkey::parse(u).ok()) {
+                    self.registry.push(&user, &event.envelope);
+                }
                 continue;
             }
             let (Ok(conversation), Ok(message_id), Ok(a), Ok(b), Ok(sender)) = (
@@ -168,7 +174,7 @@ impl ClusterNode {
                 Pubkey::parse(&event.participant_b),
                 Pubkey::parse(&event.sender),
             ) else {
-                tracing::warn!("malformed cluster event");
+                self.rejected(Rejected::Malformed);
                 continue;
             };
             let watched = {
@@ -176,17 +182,16 @@ impl ClusterNode {
                 feeds.is_watched(&a) || feeds.is_watched(&b)
             };
             if !watched {
-                // The user left this node a moment ago; the sender's node
-                // still thought them here. Nobody took the push: queue it,
-                // unless they are back somewhere.
-                let recipient = if sender == a { &b } else { &a };
-                if recipient == user
-                    && !event.offline_queued
-                    && self.recently_gone(user)
-                    && !self.registry.is_online(user)
-                    && !self.presence.is_online(user)
+                // The recipient left this node a moment ago; the sender's
+                // node still thought them online. Nobody took the push:
+                // queue it, unless they are back somewhere.
+                let recipient = if sender == a { b } else { a };
+                if !event.offline_queued
+                    && self.recently_gone(&recipient)
+                    && !self.registry.is_online(&recipient)
+                    && !self.presence.is_online(&recipient)
                 {
-                    self.queue_offline(user.clone(), message_id);
+                    self.queue_offline(recipient, message_id);
                 }
                 continue;
             }
@@ -203,5 +208,58 @@ impl ClusterNode {
                 envelope: event.envelope,
             });
         }
+    }
+}
+
+/// Splits `events` into runs of about `budget` encoded bytes, in order; an
+/// event larger than `budget` goes alone.
+fn parts(events: Vec<ClusterEvent>, budget: usize) -> Vec<Vec<ClusterEvent>> {
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    let mut size = 0;
+    for event in events {
+        let len = event.encoded_len();
+        if !part.is_empty() && size + len > budget {
+            parts.push(std::mem::take(&mut part));
+            size = 0;
+        }
+        size += len;
+        part.push(event);
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(bytes: usize) -> ClusterEvent {
+        ClusterEvent {
+            envelope: Bytes::from(vec![7; bytes]),
+            ..ClusterEvent::default()
+        }
+    }
+
+    #[test]
+    fn parts_keep_the_order_and_the_budget_and_a_large_event_goes_alone() {
+        let sizes = [100, 100, 100, 1000, 100, 50, 50];
+        let events: Vec<ClusterEvent> = sizes.iter().map(|&n| event(n)).collect();
+        let parts = parts(events, 300);
+        let got: Vec<Vec<usize>> = parts
+            .iter()
+            .map(|p| p.iter().map(|e| e.envelope.len()).collect())
+            .collect();
+        assert_eq!(
+            got,
+            vec![vec![100, 100], vec![100], vec![1000], vec![100, 50, 50]]
+        );
+        for part in &parts {
+            let size: usize = part.iter().map(|e| e.encoded_len()).sum();
+            assert!(part.len() == 1 || size <= 300, "{size} bytes in {part:?}");
+        }
+        assert!(super::parts(Vec::new(), 300).is_empty());
     }
 }

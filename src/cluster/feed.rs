@@ -11,10 +11,11 @@
 //!
 //! The starting point (baseline) of a conversation is its last committed
 //! sequence when the node began to watch one of its participants (the
-//! participant's first session here), read *after* the node subscribed to
-//! that participant's subject: everything committed later is either
-//! published to this node or found by the repair poll. A conversation that
-//! is not in that read was created later, so its baseline is 0.
+//! participant's first session here), read *after* the node started to
+//! watch them (it hears the bus from its start): everything committed later
+//! is either published to this node or found by the repair poll. A
+//! conversation that is not in that read was created later, so its baseline
+//! is 0.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -2,9 +2,11 @@
 //! (core pub/sub) carrying events between them.
 //!
 //! - **Fan-out.** After a group commit, the node publishes the batch's
-//!   events once per user concerned, on `united.user.<pubkey>`, to users
-//!   online on another node. A node subscribes to the subject of every user
-//!   it holds a session of (from the session's upgrade until it ends).
+//!   events that concern a user online on another node in one message (a
+//!   very large batch in several) on `united.events`, which every node
+//!   subscribes to from its start. Each node keeps the events of the users
+//!   it holds sessions of. One message a commit rather than one a user: the
+//!   bus's work per message is that of a commit, not of a send.
 //! - **Order.** Every `DmMessageEvent` a node hands to its sessions, its own
 //!   or another node's, goes through [`feed::Feeds`]: once per session, in
 //!   `server_sequence` order per conversation.
@@ -56,6 +58,12 @@ use crate::store::Store;
 
 /// The presence subject.
 const PRESENCE: &str = "united.presence";
+/// The events subject: every node publishes its commits' events there and
+/// hears every other node's.
+const EVENTS: &str = "united.events";
+/// About how many bytes of events one bus message carries (NATS refuses
+/// messages over its `max_payload`, 1 MiB by default).
+const EVENTS_PART: usize = 256 * 1024;
 /// Heartbeats, node expiry and the repair poll.
 const TICK: Duration = Duration::from_millis(250);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -66,10 +74,6 @@ const REPAIR_GRACE: Duration = Duration::from_millis(500);
 /// A user who left this node this recently still counts for the offline
 /// fallback of events published while they were leaving.
 const RECENTLY_GONE: Duration = Duration::from_secs(10);
-/// How long a user's subscription outlives their last session here.
-const LINGER: Duration = Duration::from_secs(5);
-/// How long a new session waits for its subscription before it gets 503.
-const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Users per presence message.
 const SNAPSHOT_PART: usize = 2000;
 /// Publications waiting for NATS; past this they are dropped and repaired.
@@ -115,16 +119,11 @@ impl NatsSettings {
     }
 }
 
-fn user_subject(user: &Pubkey) -> String {
-    format!("united.user.{user}")
-}
-
-/// One watched user: their subject's subscription and how many sessions.
+/// One watched user: how many sessions, and whether the watch started.
 struct Watch {
     count: usize,
     /// `None` while loading, then whether the watch started.
     ready: watch::Sender<Option<bool>>,
-    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct ClusterNode {
@@ -224,13 +223,20 @@ impl ClusterNode {
         let _ = slot.set(Arc::downgrade(&node));
 
         let nats = node.nats.clone();
-        let presence = node
-            .spawn(async move { nats.subscribe(PRESENCE).await })
+        let (presence, events) = node
+            .spawn(async move {
+                let presence = nats.subscribe(PRESENCE).await?;
+                let events = nats.subscribe(EVENTS).await?;
+                // The server has both subscriptions once the flush returns.
+                nats.flush().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((presence, events))
+            })
             .await
-            .context("subscribing to presence")?;
+            .context("subscribing to presence and events")?;
         let handle = node.runtime.handle();
         handle.spawn(publisher(node.nats.clone(), node.seal.clone(), outgoing));
         handle.spawn(read_presence(Arc::downgrade(&node), presence));
+        handle.spawn(read_events(Arc::downgrade(&node), events));
         handle.spawn(ticker(Arc::downgrade(&node)));
         node.announce(Kind::Hello, Vec::new());
         tracing::info!(node = %&node.id[..8], "joined the cluster");
@@ -289,7 +295,7 @@ impl ClusterNode {
     }
 
     /// Counts and logs a bus message that failed the check, without its
-    /// payload or subject (which names a user).
+    /// payload (which names users).
     fn rejected(&self, why: Rejected) {
         self.metrics
             .cluster
@@ -400,6 +406,20 @@ async fn read_presence(node: Weak<ClusterNode>, mut sub: async_nats::Subscriber)
         }
         if node.presence.apply(presence) == Reply::SendSnapshot {
             node.send_snapshot();
+        }
+    }
+}
+
+async fn read_events(node: Weak<ClusterNode>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        match node.seal.open(msg.subject.as_str(), &msg.payload) {
+            // NATS does not echo a node's own messages: this is a replay.
+            Ok((sender, _)) if sender == node.id => node.rejected(Rejected::Replayed),
+            Ok((_, payload)) => node.on_events(&payload),
+            Err(why) => node.rejected(why),
         }
     }
 }

@@ -17,7 +17,8 @@
 //! with each: a frame whose counter is not above the last one seen from its
 //! node on its subject is a replay. What is left: a frame replayed within
 //! [`FRESHNESS`] on a (node, subject) pair the receiver had not heard from
-//! before, for instance just after it subscribed; see docs/security.md.
+//! before, that is within its first seconds of hearing that node (after
+//! either of them started); see docs/security.md.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

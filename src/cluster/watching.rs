@@ -1,21 +1,22 @@
 //! Watching users: a node follows the events of every user who has a
 //! session on it, from the session's upgrade until its last session ends.
+//! The node hears every event on the bus from its start; watching a user
+//! is announcing them online and reading their conversations' baselines.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::StreamExt as _;
 use tokio::sync::watch;
 
-use super::{user_subject, ClusterNode, Watch, WatchGuard, LINGER, WATCH_TIMEOUT};
+use super::{ClusterNode, Watch, WatchGuard};
 use crate::error::HubError;
 use crate::model::Pubkey;
 use crate::proto::cluster::presence::Kind;
 
 impl ClusterNode {
-    /// Watches `user` for as long as the guard lives: subscribes to their
-    /// subject, announces them online and reads their conversations'
-    /// baselines. Returns once pushes to them are complete from here on.
+    /// Watches `user` for as long as the guard lives: announces them online
+    /// and reads their conversations' baselines. Returns once pushes to them
+    /// are complete from here on.
     pub async fn watch(self: &Arc<Self>, user: &Pubkey) -> Result<WatchGuard, HubError> {
         let (first, mut ready) = {
             let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
@@ -31,7 +32,6 @@ impl ClusterNode {
                         Watch {
                             count: 1,
                             ready: tx,
-                            reader: None,
                         },
                     );
                     (true, rx)
@@ -49,10 +49,7 @@ impl ClusterNode {
             }
             let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(w) = watches.get_mut(user) {
-                let ok = result.as_ref().is_ok();
-                if let Ok(reader) = result {
-                    w.reader = Some(reader);
-                }
+                let ok = result.is_ok();
                 let _ = w.ready.send(Some(ok));
                 ok
             } else {
@@ -72,50 +69,31 @@ impl ClusterNode {
         }
     }
 
-    pub(super) async fn start_watch(
-        self: &Arc<Self>,
-        user: &Pubkey,
-    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    /// Follows `user` from now on: the node already hears every event on
+    /// [`super::EVENTS`], so what is committed after the baselines read here
+    /// reaches the feeds (or the repair poll finds it).
+    pub(super) async fn start_watch(self: &Arc<Self>, user: &Pubkey) -> anyhow::Result<()> {
         self.feeds
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .watch(user);
-        let nats = self.nats.clone();
-        let subject = user_subject(user);
-        let subscriber = self
-            .spawn(async move {
-                let subscribe = async {
-                    let sub = nats.subscribe(subject).await.map_err(|e| e.to_string())?;
-                    // The server has the subscription once the flush returns:
-                    // what is committed after the baselines below reaches us.
-                    nats.flush().await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>(sub)
-                };
-                tokio::time::timeout(WATCH_TIMEOUT, subscribe)
-                    .await
-                    .map_err(|_| "NATS did not confirm the subscription in time".to_owned())?
-            })
-            .await?;
-        let reader =
-            self.runtime
-                .handle()
-                .spawn(read_user(Arc::downgrade(self), user.clone(), subscriber));
         self.announce(Kind::Online, vec![user.to_string()]);
-        let baselines = match self.store.sequences_of(user.clone()).await {
-            Ok(b) => b,
-            Err(e) => {
-                reader.abort();
-                anyhow::bail!("reading baselines: {e}");
-            }
-        };
+        let baselines = self
+            .store
+            .sequences_of(user.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("reading baselines: {e}"))?;
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         let ready = feeds.loaded(user, &baselines);
         self.hand_out(&feeds, ready);
-        Ok(reader)
+        Ok(())
     }
 
+    /// Ends a session's watch; the last one stops following `user`. Events
+    /// published before the other nodes hear that the user left still
+    /// arrive, and go to the offline queue (`on_events`) instead of nowhere.
     pub(super) fn unwatch(&self, user: &Pubkey) {
-        let gone = {
+        {
             let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
             let Some(w) = watches.get_mut(user) else {
                 return;
@@ -124,16 +102,7 @@ impl ClusterNode {
             if w.count > 0 {
                 return;
             }
-            watches.remove(user)
-        };
-        if let Some(reader) = gone.and_then(|w| w.reader) {
-            // The subscription lingers: events published before the other
-            // nodes hear that the user left still arrive, and go to the
-            // offline queue (`on_user_events`) instead of nowhere.
-            self.runtime.handle().spawn(async move {
-                tokio::time::sleep(LINGER).await;
-                reader.abort();
-            });
+            watches.remove(user);
         }
         self.feeds
             .lock()
@@ -144,17 +113,5 @@ impl ClusterNode {
             .unwrap_or_else(|e| e.into_inner())
             .insert(user.clone(), Instant::now());
         self.announce(Kind::Offline, vec![user.to_string()]);
-    }
-}
-
-async fn read_user(node: Weak<ClusterNode>, user: Pubkey, mut sub: async_nats::Subscriber) {
-    while let Some(msg) = sub.next().await {
-        let Some(node) = node.upgrade() else {
-            return;
-        };
-        match node.seal.open(msg.subject.as_str(), &msg.payload) {
-            Ok((_, payload)) => node.on_user_events(&user, &payload),
-            Err(why) => node.rejected(why),
-        }
     }
 }

@@ -105,6 +105,7 @@ async fn someone_on_nats_without_the_secret_can_neither_push_nor_fake_presence()
         node: "0123456789abcdef0123456789abcdef".into(),
         events: vec![ClusterEvent {
             envelope,
+            to: vec![alice.pubkey.clone()],
             ..Default::default()
         }],
     }
@@ -113,7 +114,7 @@ async fn someone_on_nats_without_the_secret_can_neither_push_nor_fake_presence()
         b"a secret the intruder made up, 32 bytes or more",
         "0123456789abcdef0123456789abcdef".into(),
     );
-    let subject = format!("united.user.{}", alice.pubkey);
+    let subject = "united.events".to_owned();
     nats.publish(subject.clone(), events.clone().into())
         .await
         .unwrap();
@@ -170,7 +171,7 @@ async fn a_genuine_bus_message_replayed_is_dropped() {
     let bob = c.user(1, "Bob").await;
     let mut alice_ws = c.ws_at(&alice, 0).await;
     let nats = intruder(&c).await;
-    let subject = format!("united.user.{}", alice.pubkey);
+    let subject = "united.events".to_owned();
     let mut tap = nats.subscribe(subject.clone()).await.unwrap();
     nats.flush().await.unwrap();
 
@@ -190,12 +191,19 @@ async fn a_genuine_bus_message_replayed_is_dropped() {
         "the conversation and the message went over the bus"
     );
     let before = rejected(&c, 0).await;
+    let before_own = rejected(&c, 1).await;
     for frame in &frames {
         nats.publish(subject.clone(), frame.clone()).await.unwrap();
     }
     nats.flush().await.unwrap();
     eventually("node 0 dropped every replay", || async {
         rejected(&c, 0).await >= before + frames.len() as f64
+    })
+    .await;
+    // Every node hears the events subject: node 1 gets its own frames back
+    // and drops them too (NATS never echoes a node's own messages to it).
+    eventually("node 1 dropped its own frames played back", || async {
+        rejected(&c, 1).await >= before_own + frames.len() as f64
     })
     .await;
     assert_silent(&mut alice_ws, Duration::from_millis(500)).await;
