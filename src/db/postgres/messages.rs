@@ -3,11 +3,11 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes, BytesMut};
 
 use deadpool_postgres::{Client, Transaction};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use futures_util::SinkExt as _;
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use uuid::Uuid;
 
 use super::rows::{message_from_row, MESSAGE_COLUMNS};
@@ -332,28 +332,58 @@ const COPY_TYPES: [Type; 10] = [
     Type::INT8,
 ];
 
-async fn copy_messages(tx: &Transaction<'_>, written: &[&MessageWrite]) -> Result<(), DbError> {
-    let statement = tx.prepare_cached(COPY_MESSAGES).await?;
-    let sink = tx.copy_in::<_, Bytes>(&statement).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
+/// The `COPY`'s rows in PostgreSQL's binary format, whole, so they go to the
+/// connection as one message: `BinaryCopyInWriter` hands it one every 4 KiB,
+/// each a wake-up of the connection task and a write of its own.
+fn copy_data(written: &[&MessageWrite]) -> Result<Bytes, DbError> {
+    const MAGIC: &[u8] = b"PGCOPY\n\xff\r\n\0";
+    let mut buf = BytesMut::with_capacity(
+        32 + written
+            .iter()
+            .map(|w| 256 + w.message.encrypted_payload.len())
+            .sum::<usize>(),
+    );
+    buf.put_slice(MAGIC);
+    buf.put_i32(0); // flags
+    buf.put_i32(0); // header extension
     for write in written {
         let m = &write.message;
-        writer
-            .as_mut()
-            .write(&[
-                &m.id,
-                &m.conversation_id,
-                &m.sender.as_str(),
-                &&m.encrypted_payload[..],
-                &&m.nonce[..],
-                &m.ephemeral_pubkey.as_ref().map(|k| &k[..]),
-                &(m.timestamp as i64),
-                &(m.server_sequence as i64),
-                &m.sender_display_name.as_str(),
-                &(m.created_at as i64),
-            ])
-            .await?;
+        let values: [&(dyn ToSql + Sync); 10] = [
+            &m.id,
+            &m.conversation_id,
+            &m.sender.as_str(),
+            &&m.encrypted_payload[..],
+            &&m.nonce[..],
+            &m.ephemeral_pubkey.as_ref().map(|k| &k[..]),
+            &(m.timestamp as i64),
+            &(m.server_sequence as i64),
+            &m.sender_display_name.as_str(),
+            &(m.created_at as i64),
+        ];
+        buf.put_i16(values.len() as i16);
+        for (value, ty) in values.iter().zip(&COPY_TYPES) {
+            let at = buf.len();
+            buf.put_i32(0);
+            let len = match value
+                .to_sql_checked(ty, &mut buf)
+                .map_err(|e| DbError::Other(format!("encoding a message for COPY: {e}")))?
+            {
+                IsNull::Yes => -1,
+                IsNull::No => i32::try_from(buf.len() - at - 4)
+                    .map_err(|_| DbError::Other("a COPY field over 2 GiB".into()))?,
+            };
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
     }
-    writer.finish().await?;
+    buf.put_i16(-1); // the end of the rows
+    Ok(buf.freeze())
+}
+
+async fn copy_messages(tx: &Transaction<'_>, written: &[&MessageWrite]) -> Result<(), DbError> {
+    let data = copy_data(written)?;
+    let statement = tx.prepare_cached(COPY_MESSAGES).await?;
+    let mut sink = pin!(tx.copy_in::<_, Bytes>(&statement).await?);
+    sink.send(data).await?;
+    sink.as_mut().finish().await?;
     Ok(())
 }
