@@ -32,6 +32,10 @@ const NATS_NOT_FOUND: &str = "nats-server not found: install it with 'apt-get in
 
 /// The database [`LocalPostgres`] creates and [`LocalPostgres::url`] names.
 pub const DATABASE: &str = "united";
+/// Extra settings for the PostgreSQL this module starts, as `pg_ctl -o`
+/// takes them (`-c shared_buffers=1GB -c ...`): for measuring how the
+/// server's settings move the cluster's figures (docs/operations.md).
+pub const PG_OPTIONS_VAR: &str = "UNITED_LOCAL_PG_OPTIONS";
 
 /// How long to wait for a nats-server to accept connections.
 const NATS_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -213,6 +217,11 @@ impl LocalPostgres {
         );
         if self.tls {
             opts.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
+        // More server settings, for measuring (`-c name=value ...`).
+        if let Ok(extra) = std::env::var(PG_OPTIONS_VAR) {
+            opts.push(' ');
+            opts.push_str(&extra);
         }
         let mut cmd = self.command("pg_ctl");
         cmd.arg("-D")
