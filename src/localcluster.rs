@@ -484,6 +484,15 @@ impl LocalNats {
                 .arg("--tlskey")
                 .arg(key);
         }
+        // One Go scheduler thread: this server carries a few hundred
+        // messages a second (one per group commit) beside the nodes and
+        // PostgreSQL on the same cores, and with more its idle threads spin
+        // (futex, nanosleep, sched_yield): 2.7 against 1.5 µs of its CPU per
+        // hub message on 2 cores (BENCHMARKS.md). `GOMAXPROCS` in the
+        // environment wins.
+        if std::env::var_os("GOMAXPROCS").is_none() {
+            cmd.env("GOMAXPROCS", "1");
+        }
         cmd.current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
