@@ -34,7 +34,7 @@ mod watching;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -76,8 +76,18 @@ const REPAIR_GRACE: Duration = Duration::from_millis(500);
 const RECENTLY_GONE: Duration = Duration::from_secs(10);
 /// Users per presence message.
 const SNAPSHOT_PART: usize = 2000;
-/// Publications waiting for NATS; past this they are dropped and repaired.
-const OUTBOX: usize = 65_536;
+/// Publications waiting for NATS, in number and in bytes; past either they
+/// are dropped (`united_cluster_publish_dropped_total`) and the repair poll
+/// delivers their events. A publication is a whole group commit's events
+/// (up to [`EVENTS_PART`]), so NATS down for a while must not hold them all.
+const OUTBOX: usize = 4096;
+const OUTBOX_BYTES: usize = 64 * 1024 * 1024;
+/// Messages the NATS client holds for one subscription (async-nats' default
+/// is 65,536, which whole commits of events would make gigabytes) and
+/// commands it holds for the server (its default 2,048). Past them it drops
+/// and reports a slow consumer; the repair poll reads what was lost.
+const SUBSCRIPTION_CAPACITY: usize = 1024;
+const CLIENT_CAPACITY: usize = 256;
 
 /// How this node reaches NATS: `--nats-url` and `--nats-ca-file`.
 pub struct NatsSettings {
@@ -126,6 +136,32 @@ struct Watch {
     ready: watch::Sender<Option<bool>>,
 }
 
+/// A number of bytes that may be taken and given back from any thread.
+struct Budget {
+    left: AtomicUsize,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Self {
+        Budget {
+            left: AtomicUsize::new(bytes),
+        }
+    }
+
+    /// Takes `n` bytes if that many are left.
+    fn take(&self, n: usize) -> bool {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(n)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.left.fetch_add(n, Ordering::AcqRel);
+    }
+}
+
 pub struct ClusterNode {
     id: String,
     runtime: OwnedRuntime,
@@ -138,6 +174,8 @@ pub struct ClusterNode {
     watches: Mutex<HashMap<Pubkey, Watch>>,
     recently_gone: Mutex<HashMap<Pubkey, Instant>>,
     outbox: mpsc::Sender<(String, Bytes)>,
+    /// Bytes in the outbox.
+    outbox_bytes: Arc<Budget>,
     snapshot_id: AtomicU64,
     /// Seals what this node publishes, checks what it receives.
     seal: Arc<BusSeal>,
@@ -183,6 +221,8 @@ impl ClusterNode {
             .context("--nats-url")?
             .name(format!("united-hub {}", &id[..8]))
             .no_echo()
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .client_capacity(CLIENT_CAPACITY)
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(3))
             .reconnect_delay_callback(|attempts| {
@@ -217,6 +257,7 @@ impl ClusterNode {
             watches: Mutex::new(HashMap::new()),
             recently_gone: Mutex::new(HashMap::new()),
             outbox,
+            outbox_bytes: Arc::new(Budget::new(OUTBOX_BYTES)),
             snapshot_id: AtomicU64::new(1),
             seal,
         });
@@ -234,7 +275,12 @@ impl ClusterNode {
             .await
             .context("subscribing to presence and events")?;
         let handle = node.runtime.handle();
-        handle.spawn(publisher(node.nats.clone(), node.seal.clone(), outgoing));
+        handle.spawn(publisher(
+            node.nats.clone(),
+            node.seal.clone(),
+            outgoing,
+            node.outbox_bytes.clone(),
+        ));
         handle.spawn(read_presence(Arc::downgrade(&node), presence));
         handle.spawn(read_events(Arc::downgrade(&node), events));
         handle.spawn(ticker(Arc::downgrade(&node)));
@@ -311,7 +357,13 @@ impl ClusterNode {
     // -- publishing ------------------------------------------------------------
 
     fn publish(&self, subject: String, payload: Bytes) {
+        let len = payload.len();
+        if !self.outbox_bytes.take(len) {
+            self.metrics.cluster.publish_dropped.inc();
+            return;
+        }
         if self.outbox.try_send((subject, payload)).is_err() {
+            self.outbox_bytes.give_back(len);
             self.metrics.cluster.publish_dropped.inc();
         }
     }
@@ -371,8 +423,10 @@ async fn publisher(
     nats: async_nats::Client,
     seal: Arc<BusSeal>,
     mut outgoing: mpsc::Receiver<(String, Bytes)>,
+    bytes: Arc<Budget>,
 ) {
     while let Some((subject, payload)) = outgoing.recv().await {
+        bytes.give_back(payload.len());
         let frame = seal.seal(&subject, payload);
         if let Err(e) = nats.publish(subject, frame).await {
             tracing::warn!(error = %e, "NATS publish failed; the repair poll covers it");
@@ -457,5 +511,22 @@ async fn ticker(node: Weak<ClusterNode>) {
             node.poll().await;
         }
         node.repair().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Budget;
+
+    #[test]
+    fn a_budget_gives_what_is_left_and_takes_back_what_is_returned() {
+        let budget = Budget::new(100);
+        assert!(budget.take(60));
+        assert!(!budget.take(41), "only 40 left");
+        assert!(budget.take(40));
+        assert!(!budget.take(1));
+        budget.give_back(60);
+        assert!(budget.take(60));
+        assert!(!budget.take(1));
     }
 }
