@@ -67,6 +67,14 @@ impl Pubkey {
     }
 }
 
+/// Lets maps keyed by `Pubkey` be asked with the key's text (its hash is
+/// the text's), without parsing it into a `Pubkey` first.
+impl std::borrow::Borrow<str> for Pubkey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Pubkey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -366,6 +374,14 @@ mod tests {
         assert_eq!(Pubkey::parse(&upper).unwrap().as_str(), "ab".repeat(32));
         assert!(Pubkey::parse("abc").is_err());
         assert!(Pubkey::parse(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn a_map_of_pubkeys_answers_to_the_key_text() {
+        let key = Pubkey::parse(&"ab".repeat(32)).unwrap();
+        let map: std::collections::HashMap<Pubkey, u8> = [(key.clone(), 1)].into();
+        assert_eq!(map.get(key.as_str()), Some(&1));
+        assert_eq!(map.get("cd".repeat(32).as_str()), None);
     }
 
     #[test]

@@ -140,7 +140,13 @@ impl ClusterNode {
         });
     }
 
-    pub(super) fn recently_gone(&self, user: &Pubkey) -> bool {
+    /// Whether `user` (a `Pubkey`, or its text) left this node within
+    /// [`RECENTLY_GONE`].
+    pub(super) fn recently_gone<Q>(&self, user: &Q) -> bool
+    where
+        Pubkey: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         self.recently_gone
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -150,8 +156,9 @@ impl ClusterNode {
 
     /// What another node published on [`EVENTS`]: each event goes to the
     /// feeds if a participant is watched here, and to the offline queue if
-    /// its recipient left this node a moment ago and is nowhere now.
-    pub(super) fn on_events(&self, payload: &[u8]) {
+    /// its recipient left this node a moment ago and is nowhere now. The
+    /// envelopes share `payload` (decoded from `Bytes`, not copied).
+    pub(super) fn on_events(&self, payload: Bytes) {
         let Ok(batch) = ClusterEvents::decode(payload) else {
             self.rejected(Rejected::Malformed);
             return;
@@ -167,6 +174,38 @@ impl ClusterNode {
                 }
                 continue;
             }
+            // Most events of a cluster of three nodes or more concern
+            // nobody here: look the participants up by their text first, and
+            // parse only what this node acts on.
+            let watched = {
+                let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+                feeds.is_watched(event.participant_a.as_str())
+                    || feeds.is_watched(event.participant_b.as_str())
+            };
+            if !watched {
+                // The recipient left this node a moment ago; the sender's
+                // node still thought them online. Nobody took the push:
+                // queue it, unless they are back somewhere.
+                let recipient = if event.sender == event.participant_a {
+                    &event.participant_b
+                } else {
+                    &event.participant_a
+                };
+                if !event.offline_queued && self.recently_gone(recipient.as_str()) {
+                    let (Ok(recipient), Ok(message_id)) = (
+                        Pubkey::parse(recipient),
+                        Uuid::from_slice(&event.message_id),
+                    ) else {
+                        self.rejected(Rejected::Malformed);
+                        continue;
+                    };
+                    if !self.registry.is_online(&recipient) && !self.presence.is_online(&recipient)
+                    {
+                        self.queue_offline(recipient, message_id);
+                    }
+                }
+                continue;
+            }
             let (Ok(conversation), Ok(message_id), Ok(a), Ok(b), Ok(sender)) = (
                 Uuid::from_slice(&event.conversation_id),
                 Uuid::from_slice(&event.message_id),
@@ -177,24 +216,6 @@ impl ClusterNode {
                 self.rejected(Rejected::Malformed);
                 continue;
             };
-            let watched = {
-                let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
-                feeds.is_watched(&a) || feeds.is_watched(&b)
-            };
-            if !watched {
-                // The recipient left this node a moment ago; the sender's
-                // node still thought them online. Nobody took the push:
-                // queue it, unless they are back somewhere.
-                let recipient = if sender == a { b } else { a };
-                if !event.offline_queued
-                    && self.recently_gone(&recipient)
-                    && !self.registry.is_online(&recipient)
-                    && !self.presence.is_online(&recipient)
-                {
-                    self.queue_offline(recipient, message_id);
-                }
-                continue;
-            }
             self.offer(Event {
                 conversation,
                 seq: event.server_sequence,

@@ -123,7 +123,12 @@ impl Feeds {
         }
     }
 
-    pub fn is_watched(&self, user: &Pubkey) -> bool {
+    /// Whether `user` (a `Pubkey`, or its text) is watched here.
+    pub fn is_watched<Q>(&self, user: &Q) -> bool
+    where
+        Pubkey: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         self.users.contains_key(user)
     }
 

@@ -439,14 +439,14 @@ async fn read_presence(node: Weak<ClusterNode>, mut sub: async_nats::Subscriber)
         let Some(node) = node.upgrade() else {
             return;
         };
-        let (sender, payload) = match node.seal.open(msg.subject.as_str(), &msg.payload) {
+        let (sender, payload) = match node.seal.open(msg.subject.as_str(), msg.payload.clone()) {
             Ok(opened) => opened,
             Err(why) => {
                 node.rejected(why);
                 continue;
             }
         };
-        let Ok(presence) = Presence::decode(&payload[..]) else {
+        let Ok(presence) = Presence::decode(payload) else {
             node.rejected(Rejected::Malformed);
             continue;
         };
@@ -469,10 +469,10 @@ async fn read_events(node: Weak<ClusterNode>, mut sub: async_nats::Subscriber) {
         let Some(node) = node.upgrade() else {
             return;
         };
-        match node.seal.open(msg.subject.as_str(), &msg.payload) {
+        match node.seal.open(msg.subject.as_str(), msg.payload.clone()) {
             // NATS does not echo a node's own messages: this is a replay.
             Ok((sender, _)) if sender == node.id => node.rejected(Rejected::Replayed),
-            Ok((_, payload)) => node.on_events(&payload),
+            Ok((_, payload)) => node.on_events(payload),
             Err(why) => node.rejected(why),
         }
     }
