@@ -7,9 +7,11 @@ use actix::prelude::*;
 use deadpool_postgres::Pool;
 
 use crate::db::postgres::{self as sql, checkout};
-use crate::db::{CommitMessages, DbError, Skipped};
+use crate::db::{CommitMessages, DbError, MessageWrite, Skipped};
 use crate::metrics::Metrics;
 use crate::model::now_ms;
+use crate::store::commit::{CommitBatch, CommitOutcome};
+use futures_util::future::BoxFuture;
 
 /// How often a group commit is tried before its messages fail: the first
 /// try assumes its ids are new ([`sql::Ids::AssumeNew`]); the others check
@@ -21,8 +23,9 @@ const COMMIT_TRIES: usize = 4;
 /// new failed on a stored one ([`IdPolicy`]).
 const CHECK_IDS_FOR: Duration = Duration::from_secs(10);
 
-/// Group commits on PostgreSQL: the `WriteBatcher`'s target in cluster
-/// mode. The batcher keeps one batch in flight per node.
+/// Group commits on PostgreSQL of whole batches
+/// ([`crate::store::Store::commit`]); conversations' appends go through a
+/// `TaskLane` with [`PgBatches`].
 pub struct PgCommitter {
     pub(super) handle: tokio::runtime::Handle,
     pub(super) pool: Pool,
@@ -69,45 +72,67 @@ impl Handler<CommitMessages> for PgCommitter {
         let pool = self.pool.clone();
         let metrics = self.metrics.clone();
         let policy = self.ids.clone();
-        let task = self.handle.spawn(async move {
-            let started = Instant::now();
-            let mut tries = 0;
-            let result = loop {
-                tries += 1;
-                // A retry looks the ids up: a stored one (a client's resend)
-                // is what makes the first try fail most often.
-                let ids = if tries == 1 {
-                    policy.first_try(Instant::now())
-                } else {
-                    sql::Ids::Check
-                };
-                let attempt = async {
-                    let mut client = checkout(&pool).await?;
-                    sql::commit_messages(&mut client, &msg.0, now_ms(), ids).await
-                }
-                .await;
-                if ids == sql::Ids::AssumeNew
-                    && attempt.as_ref().is_err_and(sql::is_unique_violation)
-                {
-                    policy.stored_id_met(Instant::now());
-                }
-                match attempt {
-                    Err(e) if tries < COMMIT_TRIES && sql::is_retryable(&e) => {
-                        tracing::debug!(error = %e, tries, "group commit lost a race; running it again");
-                    }
-                    other => break other,
-                }
-            };
-            metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            metrics.write_batch_size.observe(msg.0.len() as f64);
-            result
-        });
+        let task = self
+            .handle
+            .spawn(async move { commit(&pool, &metrics, &policy, &msg.0).await });
         Box::pin(async move {
             task.await
                 .map_err(|e| DbError::Other(format!("commit task failed: {e}")))?
         })
+    }
+}
+
+/// Commits `writes` in one transaction, trying again what lost a race.
+async fn commit(
+    pool: &Pool,
+    metrics: &Metrics,
+    policy: &IdPolicy,
+    writes: &[MessageWrite],
+) -> Result<Vec<Result<(), Skipped>>, DbError> {
+    let started = Instant::now();
+    let mut tries = 0;
+    let result = loop {
+        tries += 1;
+        // A retry looks the ids up: a stored one (a client's resend)
+        // is what makes the first try fail most often.
+        let ids = if tries == 1 {
+            policy.first_try(Instant::now())
+        } else {
+            sql::Ids::Check
+        };
+        let attempt = async {
+            let mut client = checkout(pool).await?;
+            sql::commit_messages(&mut client, writes, now_ms(), ids).await
+        }
+        .await;
+        if ids == sql::Ids::AssumeNew && attempt.as_ref().is_err_and(sql::is_unique_violation) {
+            policy.stored_id_met(Instant::now());
+        }
+        match attempt {
+            Err(e) if tries < COMMIT_TRIES && sql::is_retryable(&e) => {
+                tracing::debug!(error = %e, tries, "group commit lost a race; running it again");
+            }
+            other => break other,
+        }
+    };
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.write_batch_size.observe(writes.len() as f64);
+    result
+}
+
+/// What a [`TaskLane`] of this store commits with.
+pub(super) struct PgBatches {
+    pub(super) pool: Pool,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) ids: Arc<IdPolicy>,
+}
+
+impl CommitBatch for PgBatches {
+    fn commit(&self, writes: Vec<MessageWrite>) -> BoxFuture<'static, CommitOutcome> {
+        let (pool, metrics, ids) = (self.pool.clone(), self.metrics.clone(), self.ids.clone());
+        Box::pin(async move { commit(&pool, &metrics, &ids, &writes).await })
     }
 }
 

@@ -23,7 +23,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rand_core::{OsRng, RngCore};
 use uuid::Uuid;
 
-use self::committer::PgCommitter;
+use self::committer::{IdPolicy, PgBatches, PgCommitter};
 use crate::auth::IssuedChallenge;
 use crate::db::portable::{Row as PortableRow, Table, Value};
 use crate::db::postgres::{self as sql, checkout};
@@ -34,7 +34,7 @@ use crate::model::{
     now_ms, Conversation, DmKey, History, HistoryPage, OfflinePage, Pubkey, StoredMessage, User,
 };
 use crate::runtime::OwnedRuntime;
-use crate::store::commit::{Appender, CommitListener, WriteBatcher};
+use crate::store::commit::{Appender, CommitListener, TaskLane};
 use crate::tickets::TicketHolder;
 
 /// Connections in the pool.
@@ -44,6 +44,8 @@ pub struct PgStore {
     runtime: OwnedRuntime,
     pool: Pool,
     committer: Addr<PgCommitter>,
+    /// Shared by the committer and every lane.
+    ids: Arc<IdPolicy>,
     metrics: Arc<Metrics>,
     challenge_ttl: Duration,
     /// Keys the hash that stands for a client in `auth_challenges`; shared
@@ -107,17 +109,19 @@ impl PgStore {
                 .build()
                 .context("building the PostgreSQL pool")?
         };
+        let ids: Arc<IdPolicy> = Arc::default();
         let committer = PgCommitter {
             handle: runtime.handle(),
             pool: pool.clone(),
             metrics: metrics.clone(),
-            ids: Arc::default(),
+            ids: ids.clone(),
         }
         .start();
         let mut store = PgStore {
             runtime,
             pool,
             committer,
+            ids,
             metrics,
             challenge_ttl,
             client_salt: Vec::new(),
@@ -156,13 +160,19 @@ impl PgStore {
         self.committer.send(CommitMessages(writes)).await?
     }
 
-    /// Group commits through a `WriteBatcher` in front of the committer.
+    /// Group commits through a [`TaskLane`] on the store's runtime.
     pub fn appender(&self, listener: Option<Arc<dyn CommitListener>>) -> Appender {
-        let batcher = WriteBatcher::with_target(self.committer.clone().recipient())
-            .telling(listener)
-            .measuring(self.metrics.clone())
-            .start();
-        Appender::new(batcher)
+        let batches = PgBatches {
+            pool: self.pool.clone(),
+            metrics: self.metrics.clone(),
+            ids: self.ids.clone(),
+        };
+        Appender::new(TaskLane::new(
+            self.runtime.handle(),
+            batches,
+            listener,
+            Some(self.metrics.clone()),
+        ))
     }
 
     pub async fn health(&self) -> Result<(), DbError> {
