@@ -34,7 +34,7 @@ const NATS_NOT_FOUND: &str = "nats-server not found: install it with 'apt-get in
 pub const DATABASE: &str = "united";
 /// Extra settings for the PostgreSQL this module starts, as `pg_ctl -o`
 /// takes them (`-c shared_buffers=1GB -c ...`): for measuring how the
-/// server's settings move the cluster's figures (docs/operations.md).
+/// server's settings move the cluster's figures (BENCHMARKS.md, "Commands").
 pub const PG_OPTIONS_VAR: &str = "UNITED_LOCAL_PG_OPTIONS";
 
 /// How long to wait for a nats-server to accept connections.
