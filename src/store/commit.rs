@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
+use std::panic::AssertUnwindSafe;
 use uuid::Uuid;
 
 use crate::db::{DbError, MessageWrite, Skipped};
@@ -226,7 +228,12 @@ impl TaskLane {
             }
             let writes = batch.iter().map(|a| a.write.clone()).collect();
             let started = std::time::Instant::now();
-            let result = self.0.target.commit(writes).await;
+            // A panic in the engine fails this batch, not the lane: the
+            // task must live on to answer every conversation.
+            let result = AssertUnwindSafe(self.0.target.commit(writes))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(DbError::Other("the group commit panicked".into())));
             if let Some(metrics) = &self.0.metrics {
                 let took = started.elapsed().as_secs_f64();
                 for _ in &batch {
@@ -309,6 +316,8 @@ mod tests {
         batches: Batches,
         /// The index of the batch that fails, if any.
         fail_batch: Option<usize>,
+        /// The index of the batch whose commit panics, if any.
+        panic_batch: Option<usize>,
         delay: Duration,
     }
 
@@ -316,6 +325,7 @@ mod tests {
         fn commit(&self, writes: Vec<MessageWrite>) -> BoxFuture<'static, CommitOutcome> {
             let mut batches = self.batches.lock().unwrap();
             let fail = self.fail_batch == Some(batches.len());
+            let panic = self.panic_batch == Some(batches.len());
             batches.push(
                 writes
                     .iter()
@@ -326,6 +336,7 @@ mod tests {
             let delay = self.delay;
             Box::pin(async move {
                 tokio::time::sleep(delay).await;
+                assert!(!panic, "the engine panics in this commit");
                 if fail {
                     Err(DbError::Sqlite(rusqlite::Error::InvalidQuery))
                 } else {
@@ -380,10 +391,19 @@ mod tests {
     }
 
     fn rig(fail_batch: Option<usize>, delay: Duration) -> Rig {
+        rig_panicking(fail_batch, None, delay)
+    }
+
+    fn rig_panicking(
+        fail_batch: Option<usize>,
+        panic_batch: Option<usize>,
+        delay: Duration,
+    ) -> Rig {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let db = FakeDb {
             batches: batches.clone(),
             fail_batch,
+            panic_batch,
             delay,
         };
         let lane = TaskLane::new(tokio::runtime::Handle::current(), db, None, None);
@@ -514,5 +534,19 @@ mod tests {
         append(&rig, &rig.b, 3);
         let b = settle(&rig.b.1, 3).await;
         assert_eq!(b[2], (3, Ok(())), "the lane goes on after a failure");
+    }
+
+    #[actix_web::test]
+    async fn a_commit_that_panics_fails_its_batch_and_the_lane_goes_on() {
+        let rig = rig_panicking(None, Some(0), Duration::from_millis(5));
+        append(&rig, &rig.a, 1);
+        append(&rig, &rig.b, 1);
+        let a = settle(&rig.a.1, 1).await;
+        let b = settle(&rig.b.1, 1).await;
+        assert!(matches!(a[0], (1, Err(CommitFailure::Batch(_)))), "{a:?}");
+        assert!(matches!(b[0], (1, Err(CommitFailure::Batch(_)))), "{b:?}");
+        append(&rig, &rig.a, 2);
+        let a = settle(&rig.a.1, 2).await;
+        assert_eq!(a[1], (2, Ok(())), "the next batch commits");
     }
 }
