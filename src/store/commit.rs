@@ -164,24 +164,74 @@ struct TaskLaneInner {
     listener: Option<Arc<dyn CommitListener>>,
     /// Where `united_send_stage_seconds{stage="batch_wait"|"in_commit"}` go.
     metrics: Option<Arc<Metrics>>,
-    state: Mutex<TaskLaneState>,
+    pending: Pending,
 }
 
+/// The appends waiting for a lane's next batch, and whether its commit job
+/// (SQLite's writer job, a [`TaskLane`]'s task) is scheduled: at most one
+/// is, so batches commit one after the other, in append order.
 #[derive(Default)]
-struct TaskLaneState {
-    pending: VecDeque<AppendMessage>,
-    /// The commit task is running: at most one is.
-    running: bool,
+pub(crate) struct Pending(Mutex<PendingState>);
+
+#[derive(Default)]
+struct PendingState {
+    queue: VecDeque<AppendMessage>,
+    scheduled: bool,
+}
+
+impl Pending {
+    fn state(&self) -> std::sync::MutexGuard<'_, PendingState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `append`. True when no job was scheduled: the caller
+    /// schedules one, which is then the only one.
+    pub(crate) fn push(&self, append: AppendMessage) -> bool {
+        let mut state = self.state();
+        state.queue.push_back(append);
+        !std::mem::replace(&mut state.scheduled, true)
+    }
+
+    /// For the scheduled job: the next batch, up to [`MAX_BATCH`] appends;
+    /// `None` when nothing waits, which ends the job.
+    pub(crate) fn next_batch(&self) -> Option<Vec<AppendMessage>> {
+        let mut state = self.state();
+        let take = state.queue.len().min(MAX_BATCH);
+        if take == 0 {
+            state.scheduled = false;
+            return None;
+        }
+        Some(state.queue.drain(..take).collect())
+    }
+
+    /// For the scheduled job, after a batch: whether appends wait (the job
+    /// goes on); if none do, the job ends here.
+    pub(crate) fn more(&self) -> bool {
+        let mut state = self.state();
+        state.scheduled = !state.queue.is_empty();
+        state.scheduled
+    }
+}
+
+/// `united_send_stage_seconds{stage="batch_wait"}` for each append of
+/// `batch`, as it leaves the queue.
+pub(crate) fn observe_batch_wait(metrics: &Metrics, batch: &[AppendMessage]) {
+    for append in batch {
+        (metrics.stages.batch_wait).observe(append.at.elapsed().as_secs_f64());
+    }
+}
+
+/// `united_send_stage_seconds{stage="in_commit"}` for each append of
+/// `batch`: how long its transaction took.
+pub(crate) fn observe_in_commit(metrics: &Metrics, batch: &[AppendMessage], took: f64) {
+    for _ in batch {
+        metrics.stages.in_commit.observe(took);
+    }
 }
 
 impl Append for TaskLane {
     fn append(&self, append: AppendMessage) {
-        let idle = {
-            let mut state = self.state();
-            state.pending.push_back(append);
-            !std::mem::replace(&mut state.running, true)
-        };
-        if idle {
+        if self.0.pending.push(append) {
             let lane = self.clone();
             self.0.runtime.spawn(lane.run());
         }
@@ -201,30 +251,15 @@ impl TaskLane {
             target: Box::new(target),
             listener,
             metrics,
-            state: Mutex::default(),
+            pending: Pending::default(),
         }))
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, TaskLaneState> {
-        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Commits batches while appends wait: one at a time, in append order.
     async fn run(self) {
-        loop {
-            let batch: Vec<AppendMessage> = {
-                let mut state = self.state();
-                let take = state.pending.len().min(MAX_BATCH);
-                if take == 0 {
-                    state.running = false;
-                    return;
-                }
-                state.pending.drain(..take).collect()
-            };
+        while let Some(batch) = self.0.pending.next_batch() {
             if let Some(metrics) = &self.0.metrics {
-                for append in &batch {
-                    (metrics.stages.batch_wait).observe(append.at.elapsed().as_secs_f64());
-                }
+                observe_batch_wait(metrics, &batch);
             }
             let writes = batch.iter().map(|a| a.write.clone()).collect();
             let started = std::time::Instant::now();
@@ -235,10 +270,7 @@ impl TaskLane {
                 .await
                 .unwrap_or_else(|_| Err(DbError::Other("the group commit panicked".into())));
             if let Some(metrics) = &self.0.metrics {
-                let took = started.elapsed().as_secs_f64();
-                for _ in &batch {
-                    metrics.stages.in_commit.observe(took);
-                }
+                observe_in_commit(metrics, &batch, started.elapsed().as_secs_f64());
             }
             tell_committed(self.0.listener.as_ref(), &batch, &result);
             dispatch(batch, result);
@@ -548,5 +580,39 @@ mod tests {
         append(&rig, &rig.a, 2);
         let a = settle(&rig.a.1, 2).await;
         assert_eq!(a[1], (2, Ok(())), "the next batch commits");
+    }
+
+    #[actix_web::test]
+    async fn one_job_at_a_time_takes_the_queue_in_batches_of_at_most_max_batch() {
+        let rig = rig(None, Duration::ZERO);
+        let pending = Pending::default();
+        let write = |seq| AppendMessage {
+            write: MessageWrite {
+                message: message(rig.a.0, seq),
+                recipient: Pubkey::from_db("cd".repeat(32)),
+                offline_queued: false,
+            },
+            event: Bytes::new(),
+            reply: rig.a.2.clone(),
+            at: std::time::Instant::now(),
+        };
+        assert!(pending.push(write(1)), "the first append schedules the job");
+        for seq in 2..=(MAX_BATCH as u64 + 1) {
+            assert!(!pending.push(write(seq)), "one job at a time");
+        }
+        let first = pending.next_batch().unwrap();
+        assert_eq!(first.len(), MAX_BATCH);
+        assert_eq!(first[0].write.message.server_sequence, 1);
+        assert!(pending.more(), "one append still waits");
+        assert!(!pending.push(write(0)), "the job is still scheduled");
+        assert_eq!(pending.next_batch().unwrap().len(), 2);
+        assert!(!pending.more(), "nothing waits: the job ends");
+        assert!(pending.push(write(9)), "so the next append schedules one");
+        assert_eq!(pending.next_batch().unwrap().len(), 1);
+        assert!(
+            pending.next_batch().is_none(),
+            "an empty queue ends the job"
+        );
+        assert!(pending.push(write(10)));
     }
 }
