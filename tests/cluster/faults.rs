@@ -260,3 +260,26 @@ fn metric_value(text: &str, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+#[actix_web::test]
+async fn while_nats_is_down_a_session_opens_and_gets_other_nodes_messages_from_the_database() {
+    let mut c = cluster(2).await;
+    let alice = c.user(0, "Alice").await;
+    let bob = c.user(1, "Bob").await;
+    let conversation = bob.open_conversation(&alice).await;
+    c.nats.stop();
+    eventually("node 0 sees NATS gone", || async {
+        !c.nodes[0].state.cluster.as_ref().unwrap().bus_connected()
+    })
+    .await;
+
+    // The upgrade needs the database, not the bus: it goes through.
+    let mut alice_ws = c.ws_at(&alice, 0).await;
+    // Bob writes through node 1, which cannot tell node 0: node 0's repair
+    // poll reads the message from the database and pushes it.
+    bob.send_http(&alice, &conversation, "through the database")
+        .await;
+    let got = collect_messages(&mut alice_ws, 1, Duration::from_secs(10)).await;
+    assert_eq!(alice.open_proto(&got[0]), "through the database");
+    c.nats.start_again().expect("NATS starts again");
+}
