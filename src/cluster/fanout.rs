@@ -46,14 +46,14 @@ impl ClusterNode {
     }
 
     /// Publishes an event outside any conversation's sequence (a key
-    /// rotation, a new conversation) for those of `users` online on other
-    /// nodes.
+    /// rotation, a new conversation) for `users`' sessions on other nodes.
+    ///
+    /// Whether they are online elsewhere is not asked: such an event is
+    /// rare, no repair reads it back, and a session that opened on another
+    /// node a moment ago is not in this node's presence yet. Every node
+    /// hears it and pushes it to the sessions it has of `users`.
     pub fn publish_event(&self, users: &[Pubkey], envelope: Bytes) {
-        let to: Vec<String> = users
-            .iter()
-            .filter(|u| self.presence.is_online(u))
-            .map(Pubkey::to_string)
-            .collect();
+        let to: Vec<String> = users.iter().map(Pubkey::to_string).collect();
         if to.is_empty() {
             return;
         }

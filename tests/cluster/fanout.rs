@@ -316,3 +316,45 @@ async fn sessions_get_nothing_of_other_peoples_conversations() {
     assert_silent(&mut mallory_ws, Duration::from_millis(700)).await;
     assert_silent(&mut mallory_ws0, Duration::from_millis(100)).await;
 }
+
+/// A new conversation's event is not repaired from the database: it must
+/// reach a session that opened on another node a moment before, when the
+/// creating node may not have heard of that session yet.
+#[actix_web::test]
+async fn a_conversation_opened_just_after_a_session_on_another_node_reaches_that_session() {
+    let c = cluster(2).await;
+    for round in 0..10 {
+        let alice = c.user(0, &format!("Alice {round}")).await;
+        let bob = c.user(1, &format!("Bob {round}")).await;
+        let mut bob_ws = c.ws_at(&bob, 1).await;
+        alice.open_conversation(&bob).await;
+        let e = next_envelope(&mut bob_ws).await;
+        assert!(
+            matches!(e.payload, Some(Payload::DmConversationCreatedEvent(_))),
+            "round {round}: {e:?}"
+        );
+    }
+}
+
+/// The mechanism behind the test above, without its race: a new
+/// conversation's event goes on the bus even when no other node is known to
+/// hold a session of its users, since one may have opened a moment ago.
+#[actix_web::test]
+async fn a_new_conversation_goes_on_the_bus_whoever_is_known_online() {
+    use futures_util::StreamExt as _;
+    let c = cluster(2).await;
+    let tap = async_nats::connect(format!("127.0.0.1:{}", c.nats.port()))
+        .await
+        .expect("NATS");
+    let mut events = tap.subscribe("united.events").await.unwrap();
+    tap.flush().await.unwrap();
+    let alice = c.user(0, "Alice").await;
+    let bob = c.user(1, "Bob").await;
+    // Nobody has a session anywhere.
+    alice.open_conversation(&bob).await;
+    let frame = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+    assert!(
+        matches!(frame, Ok(Some(_))),
+        "the conversation's event was published: {frame:?}"
+    );
+}
