@@ -77,8 +77,9 @@ const RECENTLY_GONE: Duration = Duration::from_secs(10);
 /// Users per presence message.
 const SNAPSHOT_PART: usize = 2000;
 /// Publications waiting for NATS, in number and in bytes; past either they
-/// are dropped (`united_cluster_publish_dropped_total`) and the repair poll
-/// delivers their events. A publication is a whole group commit's events
+/// are dropped (`united_cluster_publish_dropped_total`): the repair poll
+/// reads a dropped commit's messages, the next snapshot (5 s) corrects
+/// dropped presence. A publication is a whole group commit's events
 /// (up to [`EVENTS_PART`]), so NATS down for a while must not hold them all.
 const OUTBOX: usize = 4096;
 const OUTBOX_BYTES: usize = 64 * 1024 * 1024;
